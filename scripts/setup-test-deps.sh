@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the interop tests need: Debian's chromium and a Python venv with aiortc.
+# Idempotent; safe to run on every CI run.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${SFU_TEST_VENV:-$root/target/test-venv}"
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  echo "setup: installing ${need_apt[*]} from Debian"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiortc, av, numpy' >/dev/null 2>&1; then
+  echo "setup: creating $venv with aiortc"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/tests/interop/requirements.txt"
+fi
+echo "setup: chromium $(chromium --version 2>/dev/null | awk '{print $2}'), aiortc $("$venv/bin/python" -c 'import aiortc; print(aiortc.__version__)')"
