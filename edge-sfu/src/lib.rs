@@ -1,0 +1,71 @@
+//! Edge SFU: terminates WebRTC for clients, selects and forwards speakers to listeners.
+
+pub mod config;
+pub mod edge;
+pub mod http;
+pub mod server;
+pub mod token;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use media::dtls::DtlsIdentity;
+use tracing::{info, warn};
+
+pub use config::{RunArgs, Settings};
+
+/// A running edge: its HTTP and UDP addresses, and the tasks to await or abort.
+pub struct RunningEdge {
+    pub http_addr: std::net::SocketAddr,
+    pub handle: server::EdgeHandle,
+    pub http_task: tokio::task::JoinHandle<()>,
+    pub udp_task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts an edge (UDP media and HTTP signalling) on the current tokio runtime.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
+    let identity = match &settings.dtls_cert {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            DtlsIdentity::from_pem(&pem).with_context(|| format!("loading DTLS certificate {}", path.display()))?
+        }
+        None => DtlsIdentity::generate()?,
+    };
+    let secret = match &settings.token_secret {
+        Some(s) => s.clone().into_bytes(),
+        None => {
+            warn!("no token secret configured (SFU_TOKEN_SECRET): using a random one, demo tokens on");
+            rand::random::<[u8; 32]>().to_vec()
+        }
+    };
+    let candidate_settings = settings.clone();
+    let (handle, udp_task) = server::start(
+        settings.edge.clone(),
+        settings.udp,
+        move |bound| candidate_settings.candidate(bound),
+        identity,
+        settings.handshake_timeout,
+    )
+    .await
+    .with_context(|| format!("binding UDP {}", settings.udp))?;
+    let state = http::AppState {
+        edge: handle.clone(),
+        tokens: token::TokenKeys::new(&secret),
+        demo_tokens: settings.demo_tokens,
+    };
+    let app = http::router(state, &settings.cors_allow_origin);
+    let listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", settings.http))?;
+    let http_addr = listener.local_addr()?;
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    info!(http = %http_addr, udp = %handle.udp_addr, candidate = %handle.candidate, "edge started");
+    Ok(RunningEdge { http_addr, handle, http_task, udp_task })
+}
+
+/// How long a demo or test token lives by default.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);

@@ -204,7 +204,7 @@ impl OutHeader {
             if let Some((id, level)) = self.csrc_level {
                 out.extend_from_slice(&[(id & 0x0f) << 4, level & 0x7f]);
             }
-            while (out.len() - ext_header) % 4 != 0 {
+            while !(out.len() - ext_header).is_multiple_of(4) {
                 out.push(0);
             }
             let words = ((out.len() - ext_header - 4) / 4) as u16;

@@ -1,0 +1,161 @@
+//! Edge configuration: defaults that work on loopback, a TOML file, `SFU_` environment
+//! variables and flags; a flag or variable wins over the file, the file over defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::edge::EdgeConfig;
+
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "SFU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address for signalling, the demo page and health (default 127.0.0.1:8080).
+    #[arg(long, env = "SFU_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// UDP address for all client media (default 127.0.0.1:3478).
+    #[arg(long, env = "SFU_UDP")]
+    pub udp: Option<SocketAddr>,
+    /// Address put in ICE candidates (default: the UDP address, or 127.0.0.1 if unspecified).
+    #[arg(long, env = "SFU_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Secret for HS256 join tokens. Without one, a random secret is made and demo tokens are on.
+    #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Listeners one channel may have on this edge (default 25).
+    #[arg(long, env = "SFU_MAX_LISTENERS_PER_CHANNEL")]
+    pub max_listeners_per_channel: Option<usize>,
+    /// Audio slots per listener (default 3).
+    #[arg(long, env = "SFU_SLOTS")]
+    pub slots: Option<usize>,
+    /// Sessions this edge accepts in all (default 5000).
+    #[arg(long, env = "SFU_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// Access-Control-Allow-Origin for signalling (default *).
+    #[arg(long, env = "SFU_CORS_ALLOW_ORIGIN")]
+    pub cors_allow_origin: Option<String>,
+    /// Serve /demo/token even with a configured secret (never in production).
+    #[arg(long, env = "SFU_DEMO_TOKENS")]
+    pub demo_tokens: Option<bool>,
+    /// PEM file with the DTLS private key and certificate (default: generated at start).
+    #[arg(long, env = "SFU_DTLS_CERT")]
+    pub dtls_cert: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    http: Option<SocketAddr>,
+    udp: Option<SocketAddr>,
+    public_ip: Option<IpAddr>,
+    token_secret: Option<String>,
+    max_listeners_per_channel: Option<usize>,
+    slots: Option<usize>,
+    max_sessions: Option<usize>,
+    cors_allow_origin: Option<String>,
+    demo_tokens: Option<bool>,
+    dtls_cert: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+    pub public_ip: Option<IpAddr>,
+    pub token_secret: Option<String>,
+    pub cors_allow_origin: String,
+    pub demo_tokens: bool,
+    pub dtls_cert: Option<PathBuf>,
+    pub edge: EdgeConfig,
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            udp: SocketAddr::from(([127, 0, 0, 1], 3478)),
+            public_ip: None,
+            token_secret: None,
+            cors_allow_origin: "*".to_owned(),
+            demo_tokens: false,
+            dtls_cert: None,
+            edge: EdgeConfig::default(),
+            handshake_timeout: media::dtls::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl Settings {
+    pub fn resolve(args: &RunArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Settings::default();
+        let token_secret = args.token_secret.clone().or(file.token_secret);
+        let mut edge = d.edge.clone();
+        edge.max_listeners_per_channel = args
+            .max_listeners_per_channel
+            .or(file.max_listeners_per_channel)
+            .unwrap_or(edge.max_listeners_per_channel);
+        edge.slots = args.slots.or(file.slots).unwrap_or(edge.slots);
+        edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
+        anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");
+        anyhow::ensure!(edge.max_listeners_per_channel >= 1, "max_listeners_per_channel must be at least 1");
+        Ok(Settings {
+            http: args.http.or(file.http).unwrap_or(d.http),
+            udp: args.udp.or(file.udp).unwrap_or(d.udp),
+            public_ip: args.public_ip.or(file.public_ip),
+            demo_tokens: args.demo_tokens.or(file.demo_tokens).unwrap_or(token_secret.is_none()),
+            token_secret,
+            cors_allow_origin: args.cors_allow_origin.clone().or(file.cors_allow_origin).unwrap_or(d.cors_allow_origin),
+            dtls_cert: args.dtls_cert.clone().or(file.dtls_cert),
+            edge,
+            handshake_timeout: d.handshake_timeout,
+        })
+    }
+
+    /// The address clients are told to send media to.
+    pub fn candidate(&self, bound: SocketAddr) -> SocketAddr {
+        let ip = self.public_ip.unwrap_or(if bound.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            bound.ip()
+        });
+        SocketAddr::new(ip, bound.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("edge-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.toml");
+        std::fs::write(&path, "http = \"0.0.0.0:9000\"\nslots = 2\nmax_listeners_per_channel = 10\n").unwrap();
+        let args = RunArgs { config: Some(path.clone()), slots: Some(4), ..Default::default() };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.http, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.edge.slots, 4);
+        assert_eq!(s.edge.max_listeners_per_channel, 10);
+        assert!(s.demo_tokens, "no secret configured: demo tokens on");
+        std::fs::write(&path, "htp = 1\n").unwrap();
+        let err = Settings::resolve(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,719 @@
+//! The edge's sans-IO core: sessions, demultiplexing, speaker selection and forwarding.
+//!
+//! Inputs are datagrams, DTLS results and commands, each with the current `Instant`;
+//! outputs are drained with [`Edge::poll_output`] and the next wake-up is
+//! [`Edge::poll_timeout`]. No sockets, no clock, no locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use media::ice::BindingRequest;
+use media::rtcp_report::{self, Feedback, NtpClock, ReceiveStats, SenderInfo};
+use media::rtp_header::{AudioLevel, OutHeader, RtpView};
+use media::slot::SlotRewriter;
+use media::speakers::{ActiveSpeakers, SelectorConfig};
+use media::srtp::{SrtpKeys, SrtpSession};
+use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
+use tracing::{debug, info, trace};
+
+pub type SessionId = u64;
+
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Audio slots per listener (N).
+    pub slots: usize,
+    pub max_listeners_per_channel: usize,
+    pub max_sessions: usize,
+    /// A session that has not finished ICE and DTLS by then is closed.
+    pub connect_timeout: Duration,
+    /// A connected session silent this long is closed (consent freshness, RFC 7675).
+    pub idle_timeout: Duration,
+    pub report_interval: Duration,
+    pub cname: String,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            slots: 3,
+            max_listeners_per_channel: 25,
+            max_sessions: 5000,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            report_interval: Duration::from_secs(1),
+            cname: "webrtc-sfu".to_owned(),
+        }
+    }
+}
+
+/// Reasons a datagram or packet was dropped; counted, exported as metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Drop {
+    Oversize,
+    UnknownKind,
+    StunMalformed,
+    StunUnknownUfrag,
+    StunBadCredentials,
+    UnknownSource,
+    NotConnected,
+    SrtpAuth,
+    RtpMalformed,
+    RtcpMalformed,
+    NotPublishing,
+    DtlsQueueFull,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 12] = [
+        Drop::Oversize,
+        Drop::UnknownKind,
+        Drop::StunMalformed,
+        Drop::StunUnknownUfrag,
+        Drop::StunBadCredentials,
+        Drop::UnknownSource,
+        Drop::NotConnected,
+        Drop::SrtpAuth,
+        Drop::RtpMalformed,
+        Drop::RtcpMalformed,
+        Drop::NotPublishing,
+        Drop::DtlsQueueFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Oversize => "oversize",
+            Drop::UnknownKind => "unknown_kind",
+            Drop::StunMalformed => "stun_malformed",
+            Drop::StunUnknownUfrag => "stun_unknown_ufrag",
+            Drop::StunBadCredentials => "stun_bad_credentials",
+            Drop::UnknownSource => "unknown_source",
+            Drop::NotConnected => "not_connected",
+            Drop::SrtpAuth => "srtp_auth",
+            Drop::RtpMalformed => "rtp_malformed",
+            Drop::RtcpMalformed => "rtcp_malformed",
+            Drop::NotPublishing => "not_publishing",
+            Drop::DtlsQueueFull => "dtls_queue_full",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    drops: HashMap<Drop, u64>,
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub rtcp_in: u64,
+    pub rtcp_out: u64,
+    pub nacks_in: u64,
+    pub sessions_opened: u64,
+    pub sessions_closed: u64,
+}
+
+impl Counters {
+    pub fn dropped(&self, reason: Drop) -> u64 {
+        self.drops.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitError {
+    #[error("channel has reached its listener limit")]
+    ChannelFull,
+    #[error("edge has reached its session limit")]
+    EdgeFull,
+}
+
+/// One listener slot as negotiated on a media section.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotParams {
+    pub ssrc: Ssrc,
+    pub payload_type: u8,
+    pub audio_level_ext: Option<u8>,
+    pub csrc_level_ext: Option<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PublishParams {
+    pub payload_type: u8,
+    pub audio_level_ext: Option<u8>,
+}
+
+/// A session as signalling set it up.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub channel: Arc<str>,
+    pub participant: Arc<str>,
+    pub local_ufrag: String,
+    pub local_pwd: String,
+    pub remote_ufrag: String,
+    pub publish: Option<PublishParams>,
+    pub slots: Vec<SlotParams>,
+    /// The SSRC for our receiver reports when we send nothing.
+    pub rtcp_ssrc: Ssrc,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    Transmit { to: SocketAddr, data: Bytes },
+    /// A DTLS datagram for the session's handshake task.
+    Dtls { session: SessionId, data: Bytes },
+    /// The session is gone (timeout, BYE, DELETE): drop its DTLS task.
+    Closed { session: SessionId, reason: &'static str },
+}
+
+/// What the quality of a session's link looks like from RTCP.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkStats {
+    /// Packets the client lost of what we sent it (from its reports).
+    pub remote_lost: u32,
+    pub remote_jitter_ms: f64,
+    pub rtt: Option<Duration>,
+    /// Of what the client published: lost and jitter as we measure them.
+    pub publish_lost: i64,
+    pub publish_jitter_ms: f64,
+}
+
+struct Publish {
+    params: PublishParams,
+    ssrc: Option<Ssrc>,
+    stats: Option<ReceiveStats>,
+}
+
+struct ListenerSlot {
+    params: SlotParams,
+    rewriter: SlotRewriter,
+}
+
+struct Session {
+    channel: Arc<str>,
+    participant: Arc<str>,
+    local_pwd: String,
+    local_ufrag: String,
+    remote_ufrag: String,
+    remote: Option<SocketAddr>,
+    srtp: Option<SrtpSession>,
+    publish: Option<Publish>,
+    slots: Vec<ListenerSlot>,
+    rtcp_ssrc: Ssrc,
+    created: Instant,
+    last_seen: Instant,
+    next_report: Instant,
+    link: LinkStats,
+}
+
+impl Session {
+    fn connected(&self) -> bool {
+        self.srtp.is_some()
+    }
+}
+
+struct Channel {
+    listeners: Vec<SessionId>,
+    publishers: HashMap<Ssrc, SessionId>,
+    selector: ActiveSpeakers<Ssrc>,
+    holders: Vec<Option<Ssrc>>,
+}
+
+/// A speaker as the demo page and operators see it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SpeakerView {
+    pub participant: String,
+    pub ssrc: u32,
+    pub slot: Option<usize>,
+    pub score: f32,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ChannelView {
+    pub listeners: usize,
+    pub speakers: Vec<SpeakerView>,
+}
+
+const TICK: Duration = Duration::from_millis(50);
+/// Level assumed for a publisher that sends no RFC 6464 extension.
+const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 50, voice: true };
+
+pub struct Edge {
+    config: EdgeConfig,
+    ntp: NtpClock,
+    clock_base: Instant,
+    next_id: SessionId,
+    sessions: HashMap<SessionId, Session>,
+    by_ufrag: HashMap<String, SessionId>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    channels: HashMap<Arc<str>, Channel>,
+    outputs: VecDeque<Output>,
+    next_tick: Instant,
+    counters: Counters,
+    scratch: Vec<u8>,
+}
+
+impl Edge {
+    pub fn new(config: EdgeConfig, now: Instant, unix_now: Duration) -> Self {
+        Edge {
+            config,
+            ntp: NtpClock::new(now, unix_now),
+            clock_base: now,
+            next_id: 1,
+            sessions: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            channels: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_tick: now + TICK,
+            counters: Counters::default(),
+            scratch: Vec::with_capacity(MAX_DATAGRAM),
+        }
+    }
+
+    pub fn config(&self) -> &EdgeConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn drop_packet(&mut self, reason: Drop) {
+        trace!(reason = reason.as_str(), "drop");
+        *self.counters.drops.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a drop that happened in the shell (e.g. a full DTLS queue).
+    pub fn count_drop(&mut self, reason: Drop) {
+        self.drop_packet(reason);
+    }
+
+    /// Whether a new session with (`listens`) could join `channel` now.
+    pub fn admit(&self, channel: &str, listens: bool) -> Result<(), AdmitError> {
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(AdmitError::EdgeFull);
+        }
+        if listens {
+            let listeners = self.channels.get(channel).map_or(0, |c| c.listeners.len());
+            if listeners >= self.config.max_listeners_per_channel {
+                return Err(AdmitError::ChannelFull);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_session(&mut self, new: NewSession, now: Instant) -> Result<SessionId, AdmitError> {
+        let listens = !new.slots.is_empty();
+        self.admit(&new.channel, listens)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let slots = new.slots.iter().take(self.config.slots).map(|&params| ListenerSlot {
+            params,
+            rewriter: SlotRewriter::new(params.ssrc, rand::random(), rand::random()),
+        });
+        let session = Session {
+            channel: new.channel.clone(),
+            participant: new.participant.clone(),
+            local_pwd: new.local_pwd,
+            local_ufrag: new.local_ufrag.clone(),
+            remote_ufrag: new.remote_ufrag,
+            remote: None,
+            srtp: None,
+            publish: new.publish.map(|params| Publish { params, ssrc: None, stats: None }),
+            slots: slots.collect(),
+            rtcp_ssrc: new.rtcp_ssrc,
+            created: now,
+            last_seen: now,
+            next_report: now + self.config.report_interval,
+            link: LinkStats::default(),
+        };
+        let slots = self.config.slots;
+        let channel = self.channels.entry(new.channel.clone()).or_insert_with(|| Channel {
+            listeners: Vec::new(),
+            publishers: HashMap::new(),
+            selector: ActiveSpeakers::new(SelectorConfig { slots, ..Default::default() }),
+            holders: vec![None; slots],
+        });
+        if listens {
+            channel.listeners.push(id);
+        }
+        self.by_ufrag.insert(new.local_ufrag, id);
+        self.sessions.insert(id, session);
+        self.counters.sessions_opened += 1;
+        info!(session = id, channel = %new.channel, participant = %new.participant, listens, "session added");
+        Ok(id)
+    }
+
+    /// Ends a session (DELETE, DTLS failure, timeout); sends BYE if it was connected.
+    pub fn remove_session(&mut self, id: SessionId, reason: &'static str) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_ufrag.remove(&s.local_ufrag);
+        if let Some(addr) = s.remote {
+            self.by_addr.remove(&addr);
+            let ours: Vec<Ssrc> = s.slots.iter().map(|l| l.rewriter.ssrc).collect();
+            let sources = if ours.is_empty() { vec![s.rtcp_ssrc] } else { ours };
+            if let (Some(srtp), Some(bye)) = (s.srtp.as_mut(), rtcp_report::bye(&sources, &self.config.cname)) {
+                if let Ok(data) = srtp.protect_rtcp(&bye) {
+                    self.counters.rtcp_out += 1;
+                    self.outputs.push_back(Output::Transmit { to: addr, data });
+                }
+            }
+        }
+        if let Some(channel) = self.channels.get_mut(&s.channel) {
+            channel.listeners.retain(|&l| l != id);
+            if let Some(ssrc) = s.publish.as_ref().and_then(|p| p.ssrc) {
+                channel.publishers.remove(&ssrc);
+                channel.selector.remove(&ssrc);
+            }
+            if channel.listeners.is_empty() && channel.publishers.is_empty() {
+                self.channels.remove(&s.channel);
+            }
+        }
+        self.counters.sessions_closed += 1;
+        info!(session = id, channel = %s.channel, reason, "session closed");
+        self.outputs.push_back(Output::Closed { session: id, reason });
+    }
+
+    pub fn dtls_established(&mut self, id: SessionId, keys: &SrtpKeys, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        match SrtpSession::new(keys) {
+            Ok(srtp) => {
+                debug!(session = id, profile = ?keys.profile, "connected");
+                s.srtp = Some(srtp);
+                s.last_seen = now;
+            }
+            Err(e) => {
+                debug!(session = id, error = %e, "srtp set-up failed");
+                self.remove_session(id, "srtp_setup_failed");
+            }
+        }
+    }
+
+    /// An outgoing DTLS datagram of the session's handshake task.
+    pub fn send_dtls(&mut self, id: SessionId, data: Bytes) {
+        if let Some(to) = self.sessions.get(&id).and_then(|s| s.remote) {
+            self.outputs.push_back(Output::Transmit { to, data });
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        if buf.len() > MAX_DATAGRAM {
+            return self.drop_packet(Drop::Oversize);
+        }
+        match classify(buf) {
+            PacketKind::Stun => self.handle_stun(now, from, buf),
+            PacketKind::Unknown => self.drop_packet(Drop::UnknownKind),
+            kind => {
+                let Some(&id) = self.by_addr.get(&from) else {
+                    return self.drop_packet(Drop::UnknownSource);
+                };
+                match kind {
+                    PacketKind::Dtls => {
+                        if let Some(s) = self.sessions.get_mut(&id) {
+                            s.last_seen = now;
+                        }
+                        self.outputs.push_back(Output::Dtls { session: id, data: Bytes::copy_from_slice(buf) });
+                    }
+                    PacketKind::Rtp => self.handle_rtp(now, id, buf),
+                    PacketKind::Rtcp => self.handle_rtcp(now, id, buf),
+                    PacketKind::Stun | PacketKind::Unknown => {}
+                }
+            }
+        }
+    }
+
+    fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
+        let req = match BindingRequest::parse(buf) {
+            Ok(r) => r,
+            Err(_) => return self.drop_packet(Drop::StunMalformed),
+        };
+        let Some(&id) = self.by_ufrag.get(&req.local_ufrag) else {
+            return self.drop_packet(Drop::StunUnknownUfrag);
+        };
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if req.remote_ufrag != s.remote_ufrag {
+            return self.drop_packet(Drop::StunBadCredentials);
+        }
+        let use_candidate = req.use_candidate;
+        let response = match req.respond(&s.local_pwd, from) {
+            Ok(r) => r,
+            Err(_) => return self.drop_packet(Drop::StunBadCredentials),
+        };
+        s.last_seen = now;
+        // Learn the address from the first valid check; move only on a nominating one.
+        if s.remote.is_none() || (use_candidate && s.remote != Some(from)) {
+            if let Some(old) = s.remote.replace(from) {
+                self.by_addr.remove(&old);
+            }
+            if let Some(other) = self.by_addr.insert(from, id) {
+                if other != id {
+                    debug!(session = id, previous = other, "address taken over by a newer session");
+                }
+            }
+            debug!(session = id, "ice address learnt");
+        }
+        self.outputs.push_back(Output::Transmit { to: from, data: Bytes::from(response) });
+    }
+
+    fn handle_rtp(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(srtp) = s.srtp.as_mut() else {
+            return self.drop_packet(Drop::NotConnected);
+        };
+        let plain = match srtp.unprotect_rtp(buf) {
+            Ok(p) => p,
+            Err(_) => return self.drop_packet(Drop::SrtpAuth),
+        };
+        s.last_seen = now;
+        let view = match RtpView::parse(&plain) {
+            Ok(v) => v,
+            Err(_) => return self.drop_packet(Drop::RtpMalformed),
+        };
+        let Some(publish) = s.publish.as_mut() else {
+            return self.drop_packet(Drop::NotPublishing);
+        };
+        if view.payload_type != publish.params.payload_type {
+            return self.drop_packet(Drop::RtpMalformed);
+        }
+        self.counters.rtp_in += 1;
+        let ssrc = view.ssrc;
+        if publish.ssrc != Some(ssrc) {
+            let old = publish.ssrc.replace(ssrc);
+            publish.stats = Some(ReceiveStats::new(ssrc, self.clock_base));
+            let channel = self.channels.get_mut(&s.channel).expect("session's channel exists");
+            if let Some(old) = old {
+                channel.publishers.remove(&old);
+                channel.selector.remove(&old);
+            }
+            channel.publishers.insert(ssrc, id);
+            debug!(session = id, %ssrc, "publishing");
+        }
+        if let Some(stats) = publish.stats.as_mut() {
+            stats.on_packet(view.sequence, view.timestamp, now);
+        }
+        let level = publish
+            .params
+            .audio_level_ext
+            .and_then(|ext| view.audio_level(ext))
+            .unwrap_or(UNKNOWN_LEVEL);
+        let channel_name = s.channel.clone();
+        let channel = self.channels.get_mut(&channel_name).expect("session's channel exists");
+        channel.selector.on_level(ssrc, level, now);
+        if channel.selector.update(now) {
+            Self::apply_selection(channel, &mut self.sessions, &channel_name);
+        }
+        let Some(slot) = channel.selector.slot_of(&ssrc) else { return };
+        self.forward(id, &channel_name, slot, &view, level, now);
+    }
+
+    /// Detaches slots whose holder changed, so the next packet starts a new mapping.
+    fn apply_selection(channel: &mut Channel, sessions: &mut HashMap<SessionId, Session>, name: &str) {
+        let now_holders: Vec<Option<Ssrc>> = channel.selector.slots().collect();
+        for (slot, (old, new)) in channel.holders.iter().zip(&now_holders).enumerate() {
+            if old == new {
+                continue;
+            }
+            debug!(channel = name, slot, from = ?old, to = ?new, "slot changed");
+            for l in &channel.listeners {
+                if let Some(ls) = sessions.get_mut(l).and_then(|s| s.slots.get_mut(slot)) {
+                    ls.rewriter.detach();
+                }
+            }
+        }
+        channel.holders = now_holders;
+    }
+
+    fn forward(&mut self, from: SessionId, channel: &str, slot: usize, view: &RtpView<'_>, level: AudioLevel, now: Instant) {
+        let Some(ch) = self.channels.get(channel) else { return };
+        let payload = view.payload();
+        for &lid in &ch.listeners {
+            if lid == from {
+                continue;
+            }
+            let Some(l) = self.sessions.get_mut(&lid) else { continue };
+            let (Some(to), Some(srtp)) = (l.remote, l.srtp.as_mut()) else { continue };
+            let Some(ls) = l.slots.get_mut(slot) else { continue };
+            let Some(out) = ls.rewriter.rewrite(view.ssrc, view.sequence, view.timestamp, payload.len(), now) else {
+                continue;
+            };
+            let p = ls.params;
+            OutHeader {
+                payload_type: p.payload_type,
+                marker: view.marker,
+                sequence: out.sequence,
+                timestamp: out.timestamp,
+                ssrc: p.ssrc,
+                csrc: Some(view.ssrc),
+                audio_level: p.audio_level_ext.map(|id| (id, level)),
+                csrc_level: p.csrc_level_ext.map(|id| (id, level.level)),
+            }
+            .write(payload, &mut self.scratch);
+            match srtp.protect_rtp(&self.scratch) {
+                Ok(data) => {
+                    self.counters.rtp_out += 1;
+                    self.outputs.push_back(Output::Transmit { to, data });
+                }
+                Err(e) => debug!(session = lid, error = %e, "srtp protect failed"),
+            }
+        }
+    }
+
+    fn handle_rtcp(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(srtp) = s.srtp.as_mut() else {
+            return self.drop_packet(Drop::NotConnected);
+        };
+        let plain = match srtp.unprotect_rtcp(buf) {
+            Ok(p) => p,
+            Err(_) => return self.drop_packet(Drop::SrtpAuth),
+        };
+        s.last_seen = now;
+        let feedback = match rtcp_report::parse_feedback(&plain) {
+            Ok(f) => f,
+            Err(_) => return self.drop_packet(Drop::RtcpMalformed),
+        };
+        self.counters.rtcp_in += 1;
+        let ntp_now = self.ntp.ntp(now);
+        let mut bye = None;
+        for f in feedback {
+            match f {
+                Feedback::SenderReport { ssrc, ntp } => {
+                    if let Some(stats) = s.publish.as_mut().and_then(|p| p.stats.as_mut()).filter(|st| st.ssrc == ssrc) {
+                        stats.on_sender_report(ntp, now);
+                    }
+                }
+                Feedback::Report(block) => {
+                    if s.slots.iter().any(|l| l.rewriter.ssrc.0 == block.ssrc) {
+                        s.link.remote_lost = block.total_lost;
+                        s.link.remote_jitter_ms = f64::from(block.jitter) * 1000.0 / f64::from(OPUS_CLOCK_RATE);
+                        if let Some(rtt) = rtcp_report::round_trip_time(&block, ntp_now) {
+                            s.link.rtt = Some(rtt);
+                        }
+                    }
+                }
+                Feedback::Nack { lost, .. } => self.counters.nacks_in += u64::from(lost),
+                Feedback::Bye(ssrc) => {
+                    if s.publish.as_ref().and_then(|p| p.ssrc) == Some(ssrc) {
+                        bye = Some(ssrc);
+                    }
+                }
+            }
+        }
+        if let Some(ssrc) = bye {
+            let channel = s.channel.clone();
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.selector.remove(&ssrc);
+                Self::apply_selection(ch, &mut self.sessions, &channel);
+            }
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        for (name, channel) in self.channels.iter_mut() {
+            if channel.selector.update(now) {
+                Self::apply_selection(channel, &mut self.sessions, name);
+            }
+        }
+        let mut expired = Vec::new();
+        for (&id, s) in &self.sessions {
+            if !s.connected() && now.saturating_duration_since(s.created) > self.config.connect_timeout {
+                expired.push((id, "connect_timeout"));
+            } else if s.connected() && now.saturating_duration_since(s.last_seen) > self.config.idle_timeout {
+                expired.push((id, "idle_timeout"));
+            }
+        }
+        for (id, reason) in expired {
+            self.remove_session(id, reason);
+        }
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.connected() && s.remote.is_some() && now >= s.next_report)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.send_reports(id, now);
+        }
+    }
+
+    fn send_reports(&mut self, id: SessionId, now: Instant) {
+        let ntp = self.ntp.ntp(now);
+        let cname = &self.config.cname;
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.next_report = now + self.config.report_interval;
+        let (Some(to), Some(srtp)) = (s.remote, s.srtp.as_mut()) else { return };
+        let mut blocks = Vec::new();
+        if let Some(publish) = s.publish.as_mut() {
+            if let Some(stats) = publish.stats.as_mut() {
+                blocks.push(stats.report_block(now));
+                s.link.publish_lost = stats.lost();
+                s.link.publish_jitter_ms = stats.jitter().as_secs_f64() * 1000.0;
+            }
+        }
+        let mut reports = Vec::new();
+        for ls in &s.slots {
+            let Some((ts, at)) = ls.rewriter.last_sent() else { continue };
+            let elapsed = now.saturating_duration_since(at);
+            let rtp_time = ts.wrapping_add((elapsed.as_micros() as u64 * u64::from(OPUS_CLOCK_RATE) / 1_000_000) as u32);
+            let info = SenderInfo {
+                ssrc: ls.rewriter.ssrc,
+                ntp,
+                rtp_time,
+                packets: ls.rewriter.packets_sent,
+                octets: ls.rewriter.octets_sent,
+            };
+            reports.extend(rtcp_report::sender_report(info, std::mem::take(&mut blocks), cname));
+        }
+        if !blocks.is_empty() {
+            let sender = s.slots.first().map_or(s.rtcp_ssrc, |l| l.rewriter.ssrc);
+            reports.extend(rtcp_report::receiver_report(sender, blocks, cname));
+        }
+        for r in reports {
+            if let Ok(data) = srtp.protect_rtcp(&r) {
+                self.counters.rtcp_out += 1;
+                self.outputs.push_back(Output::Transmit { to, data });
+            }
+        }
+    }
+
+    pub fn link_stats(&self, id: SessionId) -> Option<LinkStats> {
+        self.sessions.get(&id).map(|s| s.link)
+    }
+
+    pub fn channel_view(&self, name: &str) -> Option<ChannelView> {
+        let ch = self.channels.get(name)?;
+        let now = self.next_tick;
+        let mut speakers: Vec<SpeakerView> = ch
+            .publishers
+            .iter()
+            .filter_map(|(ssrc, id)| {
+                let s = self.sessions.get(id)?;
+                Some(SpeakerView {
+                    participant: s.participant.to_string(),
+                    ssrc: ssrc.0,
+                    slot: ch.selector.slot_of(ssrc),
+                    score: ch.selector.score(ssrc, now).unwrap_or(0.0),
+                })
+            })
+            .collect();
+        speakers.sort_by(|a, b| a.participant.cmp(&b.participant));
+        Some(ChannelView { listeners: ch.listeners.len(), speakers })
+    }
+}

@@ -1,0 +1,289 @@
+//! HTTP signalling in the style of WHIP (publish) and WHEP (listen), plus `join` for
+//! participants who do both, the demo page, and health.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use media::ice::random_credentials;
+use media::sdp_offer::{build_answer, AnswerParams, MediaAnswer, Offer, MAX_OFFER_LEN};
+use media::Ssrc;
+use serde::Deserialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{debug, warn};
+
+use crate::edge::{AdmitError, NewSession, PublishParams, SlotParams};
+use crate::server::EdgeHandle;
+use crate::token::{unix_now, Claims, Role, TokenError, TokenKeys};
+
+const DEMO_PAGE: &str = include_str!("demo.html");
+const RETRY_AFTER_SECS: &str = "5";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub edge: EdgeHandle,
+    pub tokens: TokenKeys,
+    pub demo_tokens: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// WHIP: the client sends.
+    Publish,
+    /// WHEP: the client receives.
+    Listen,
+    /// Both.
+    Join,
+}
+
+pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
+    let origin = if cors_allow_origin == "*" {
+        AllowOrigin::any()
+    } else {
+        let origins: Vec<HeaderValue> = cors_allow_origin
+            .split(',')
+            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+            .collect();
+        AllowOrigin::list(origins)
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER]);
+    Router::new()
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/whip/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Publish)))
+        .route("/whep/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Listen)))
+        .route("/join/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Join)))
+        .route("/session/{resource}", delete(end_session))
+        .route("/channels/{channel}", get(channel_view))
+        .route("/demo/token", get(demo_token))
+        .layer(DefaultBodyLimit::max(MAX_OFFER_LEN))
+        .layer(cors)
+        .with_state(Arc::new(state))
+}
+
+/// A signalling error: a status, a plain-text reason, and optional extra headers.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    header: Option<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), header: None }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message + "\n")
+            .into_response();
+        if let Some((name, value)) = self.header {
+            r.headers_mut().insert(name, value);
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+pub fn valid_channel(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, channel: &str, endpoint: Endpoint) -> Result<Claims, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(TokenError::Missing);
+    let claims = token.and_then(|t| state.tokens.verify(t.trim())).map_err(|e| {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_header(header::WWW_AUTHENTICATE, "Bearer")
+    })?;
+    if claims.channel != channel {
+        let message = format!("token is for channel {:?}, not {channel:?}", claims.channel);
+        return Err(ApiError::new(StatusCode::FORBIDDEN, message));
+    }
+    if claims.role == Role::Listener && endpoint != Endpoint::Listen {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "a listener token cannot publish"));
+    }
+    Ok(claims)
+}
+
+/// What the answer does with each offered section, and what the session sends and receives.
+struct Plan {
+    answers: Vec<MediaAnswer>,
+    publish: Option<PublishParams>,
+    slots: Vec<SlotParams>,
+}
+
+/// Decides each offered section's fate: one publish section and up to `slots` listen sections.
+fn plan(offer: &Offer, endpoint: Endpoint, slots: usize) -> Result<Plan, String> {
+    let mut answers = vec![MediaAnswer::Reject; offer.media.len()];
+    let mut publish = None;
+    let mut listen = Vec::new();
+    let bundled = |mid: &str| offer.bundle.iter().any(|m| m == mid);
+    for (i, m) in offer.media.iter().enumerate() {
+        let Some(audio) = &m.audio else { continue };
+        let accepted_any = publish.is_some() || !listen.is_empty();
+        // Without BUNDLE only one section can share our single transport.
+        if accepted_any && !(bundled(&m.mid) && offer.bundle.len() > 1) {
+            continue;
+        }
+        let take_publish = publish.is_none() && endpoint != Endpoint::Listen && audio.direction.client_sends();
+        let take_slot = listen.len() < slots
+            && endpoint != Endpoint::Publish
+            && audio.direction.client_receives();
+        let ssrc = take_slot.then(|| Ssrc(rand::random::<u32>() | 1));
+        if take_publish {
+            publish = Some(PublishParams { payload_type: audio.opus_pt, audio_level_ext: audio.audio_level_ext });
+        }
+        if let Some(ssrc) = ssrc {
+            listen.push(SlotParams {
+                ssrc,
+                payload_type: audio.opus_pt,
+                audio_level_ext: audio.audio_level_ext,
+                csrc_level_ext: audio.csrc_level_ext,
+            });
+        }
+        answers[i] = match (take_publish, ssrc) {
+            (true, Some(ssrc)) => MediaAnswer::SendReceive(ssrc),
+            (true, None) => MediaAnswer::Receive,
+            (false, Some(ssrc)) => MediaAnswer::Send(ssrc),
+            (false, None) => MediaAnswer::Reject,
+        };
+    }
+    match endpoint {
+        Endpoint::Publish | Endpoint::Join if publish.is_none() => {
+            Err("offer has no audio section the client sends on (sendonly or sendrecv)".into())
+        }
+        Endpoint::Listen if listen.is_empty() => {
+            Err("offer has no audio section the client receives on (recvonly or sendrecv)".into())
+        }
+        _ => Ok(Plan { answers, publish, slots: listen }),
+    }
+}
+
+async fn offer(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: String,
+    endpoint: Endpoint,
+) -> Response {
+    if !valid_channel(&channel) {
+        return error(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
+    }
+    let claims = match authorize(&state, &headers, &channel, endpoint) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/sdp") {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "body must be an SDP offer (Content-Type: application/sdp)");
+    }
+    let offer = match Offer::parse(&body) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Plan { answers, publish, slots } = match plan(&offer, endpoint, state.edge.config.slots) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (local_ufrag, local_pwd) = random_credentials();
+    let resource = format!("{:032x}", rand::random::<u128>());
+    let new = NewSession {
+        channel: channel.as_str().into(),
+        participant: claims.sub.as_str().into(),
+        local_ufrag: local_ufrag.clone(),
+        local_pwd: local_pwd.clone(),
+        remote_ufrag: offer.ice_ufrag.clone(),
+        publish,
+        slots,
+        rtcp_ssrc: Ssrc(rand::random::<u32>() | 1),
+    };
+    match state.edge.add_session(new, resource.clone(), offer.fingerprint).await {
+        Ok(Ok(id)) => debug!(session = id, %channel, participant = %claims.sub, ?endpoint, "offer answered"),
+        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull))) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                .with_header(header::RETRY_AFTER, RETRY_AFTER_SECS)
+                .into_response();
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    let answer = build_answer(
+        &offer,
+        &AnswerParams {
+            ice_ufrag: &local_ufrag,
+            ice_pwd: &local_pwd,
+            fingerprint: state.edge.fingerprint(),
+            candidates: &[state.edge.candidate],
+            cname: &state.edge.config.cname,
+            session_id: rand::random::<u64>() >> 1,
+        },
+        &answers,
+    );
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/sdp".to_owned()), (header::LOCATION, format!("/session/{resource}"))],
+        answer,
+    )
+        .into_response()
+}
+
+async fn end_session(State(state): State<Arc<AppState>>, Path(resource): Path<String>) -> Response {
+    if resource.len() != 32 || !resource.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return error(StatusCode::NOT_FOUND, "no such session");
+    }
+    match state.edge.remove_session(resource).await {
+        Ok(true) => StatusCode::OK.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such session"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn channel_view(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> Response {
+    if !valid_channel(&channel) {
+        return error(StatusCode::BAD_REQUEST, "invalid channel name");
+    }
+    match state.edge.channel_view(channel).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such channel on this edge"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct DemoTokenQuery {
+    channel: String,
+    name: String,
+    role: Role,
+}
+
+async fn demo_token(State(state): State<Arc<AppState>>, Query(q): Query<DemoTokenQuery>) -> Response {
+    if !state.demo_tokens {
+        return error(StatusCode::NOT_FOUND, "demo tokens are off on this edge; get a token from your application");
+    }
+    if !valid_channel(&q.channel) || q.name.is_empty() || q.name.len() > 64 {
+        return error(StatusCode::BAD_REQUEST, "invalid channel or name");
+    }
+    warn!(channel = %q.channel, name = %q.name, "issuing a demo token");
+    let token = state.tokens.sign(&Claims { sub: q.name, channel: q.channel, role: q.role, exp: unix_now() + 3600 });
+    Json(serde_json::json!({ "token": token })).into_response()
+}

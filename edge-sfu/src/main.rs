@@ -1,0 +1,70 @@
+use clap::{Parser, Subcommand};
+use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
+use edge_sfu::{RunArgs, Settings, DEFAULT_TOKEN_TTL};
+use tracing_subscriber::EnvFilter;
+
+/// Edge SFU: WebRTC voice for large channels.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge (the default).
+    Run(RunArgs),
+    /// Print a join token signed with the configured secret.
+    Token {
+        #[arg(long)]
+        channel: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Participant id.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = DEFAULT_TOKEN_TTL.as_secs())]
+        ttl: u64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token { channel, role, sub, ttl, run }) => {
+            let settings = Settings::resolve(&run)?;
+            let secret = settings
+                .token_secret
+                .ok_or_else(|| anyhow::anyhow!("no token secret: set SFU_TOKEN_SECRET or token_secret in the config file"))?;
+            anyhow::ensure!(edge_sfu::http::valid_channel(&channel), "invalid channel name {channel:?}");
+            let token = TokenKeys::new(secret.as_bytes()).sign(&Claims { sub, channel, role, exp: unix_now() + ttl });
+            println!("{token}");
+            Ok(())
+        }
+        Some(Command::Run(run)) => serve(run).await,
+        None => serve(cli.run).await,
+    }
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args)?;
+    let edge = edge_sfu::start(settings).await?;
+    println!("Edge SFU running. Open http://{}/ in two browser tabs: Talk in one, Listen in the other.", edge.http_addr);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = edge.http_task => anyhow::bail!("http server stopped"),
+        _ = edge.udp_task => anyhow::bail!("media task stopped"),
+    }
+    Ok(())
+}
