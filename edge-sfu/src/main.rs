@@ -3,6 +3,9 @@ use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
 use edge_sfu::{RunArgs, Settings, DEFAULT_TOKEN_TTL};
 use tracing_subscriber::EnvFilter;
 
+/// webrtc-dtls warns about every unknown ClientHello extension; keep that out of info logs.
+const DEFAULT_LOG_FILTER: &str = "info,webrtc_dtls=error,webrtc_srtp=error";
+
 /// Edge SFU: WebRTC voice for large channels.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
@@ -37,7 +40,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
