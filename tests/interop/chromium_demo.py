@@ -118,7 +118,7 @@ async def main():
         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-audio-capture={tone}", "--autoplay-policy=no-user-gesture-required",
-        "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "chromium.log"), "wb"))
