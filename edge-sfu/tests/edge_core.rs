@@ -1,0 +1,375 @@
+//! The edge core on a virtual clock: real STUN checks and real SRTP from fake clients,
+//! no sockets. Forwarding, slot continuity, caps, bad input and timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edge_sfu::edge::{AdmitError, Drop, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams};
+use media::ice::{binding_request, parse_binding_success};
+use media::rtcp_report::{self, Feedback, ReceiveStats};
+use media::rtp_header::{AudioLevel, OutHeader, RtpView};
+use media::srtp::{ProtectionProfile, SrtpKeys, SrtpSession};
+use media::Ssrc;
+
+const PT: u8 = 111;
+const LEVEL_EXT: u8 = 1;
+const LOUD: AudioLevel = AudioLevel { level: 20, voice: true };
+
+struct Client {
+    addr: SocketAddr,
+    id: SessionId,
+    server_ufrag: String,
+    server_pwd: String,
+    client_ufrag: String,
+    srtp: SrtpSession,
+    ssrc: Ssrc,
+    seq: u16,
+    ts: u32,
+    slots: Vec<Ssrc>,
+}
+
+struct Net {
+    edge: Edge,
+    now: Instant,
+    port: u16,
+    /// Everything the edge sent, by destination, not yet read.
+    inbox: Vec<(SocketAddr, Bytes)>,
+    closed: Vec<SessionId>,
+    dtls: Vec<(SessionId, Bytes)>,
+}
+
+impl Net {
+    fn new(config: EdgeConfig) -> Net {
+        let now = Instant::now();
+        Net {
+            edge: Edge::new(config, now, Duration::from_secs(1_800_000_000)),
+            now,
+            port: 10_000,
+            inbox: Vec::new(),
+            closed: Vec::new(),
+            dtls: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.edge.poll_output() {
+            match o {
+                Output::Transmit { to, data } => self.inbox.push((to, data)),
+                Output::Closed { session, .. } => self.closed.push(session),
+                Output::Dtls { session, data } => self.dtls.push((session, data)),
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            let next = self.edge.poll_timeout().min(end).max(self.now + Duration::from_millis(1));
+            self.now = next.min(end);
+            self.edge.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, data: &[u8]) {
+        self.edge.handle_datagram(self.now, from, data);
+        self.drain();
+    }
+
+    fn try_join(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Result<Client, AdmitError> {
+        self.port += 1;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let (server_ufrag, server_pwd) = media::ice::random_credentials();
+        let (client_ufrag, _) = media::ice::random_credentials();
+        let slots: Vec<Ssrc> = (0..slots).map(|i| Ssrc(u32::from(self.port) * 16 + i as u32)).collect();
+        let id = self.edge.add_session(
+            NewSession {
+                channel: Arc::from(channel),
+                participant: Arc::from(name),
+                local_ufrag: server_ufrag.clone(),
+                local_pwd: server_pwd.clone(),
+                remote_ufrag: client_ufrag.clone(),
+                publish: publish.then_some(PublishParams { payload_type: PT, audio_level_ext: Some(LEVEL_EXT) }),
+                slots: slots
+                    .iter()
+                    .map(|&ssrc| SlotParams { ssrc, payload_type: PT, audio_level_ext: Some(LEVEL_EXT), csrc_level_ext: None })
+                    .collect(),
+                rtcp_ssrc: Ssrc(1),
+            },
+            self.now,
+        )?;
+        let material: Vec<u8> = (0..56).map(|_| rand::random()).collect();
+        let keys = |is_client| SrtpKeys { profile: ProtectionProfile::AeadAes128Gcm, material: material.clone(), is_client };
+        let client = Client {
+            addr,
+            id,
+            server_ufrag,
+            server_pwd,
+            client_ufrag,
+            srtp: SrtpSession::new(&keys(true)).unwrap(),
+            ssrc: Ssrc(u32::from(self.port) * 1000),
+            seq: 65_500,
+            ts: 1234,
+            slots,
+        };
+        self.ice_check(&client);
+        self.edge.dtls_established(id, &keys(false), self.now);
+        self.drain();
+        Ok(client)
+    }
+
+    fn join(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Client {
+        self.try_join(channel, name, publish, slots).unwrap()
+    }
+
+    fn ice_check(&mut self, c: &Client) {
+        let (req, tid) = binding_request(&c.server_ufrag, &c.client_ufrag, &c.server_pwd).unwrap();
+        self.send(c.addr, &req);
+        let resp = self.take_for(c.addr).pop().expect("binding response");
+        assert_eq!(parse_binding_success(&resp, &tid, &c.server_pwd).unwrap(), c.addr);
+    }
+
+    fn speak(&mut self, c: &mut Client, level: AudioLevel) {
+        let mut buf = Vec::new();
+        OutHeader {
+            payload_type: PT,
+            marker: false,
+            sequence: c.seq,
+            timestamp: c.ts,
+            ssrc: c.ssrc,
+            csrc: None,
+            audio_level: Some((LEVEL_EXT, level)),
+            csrc_level: None,
+        }
+        .write(&[0xfc, 0xff, 0xfe], &mut buf);
+        c.seq = c.seq.wrapping_add(1);
+        c.ts = c.ts.wrapping_add(960);
+        let protected = c.srtp.protect_rtp(&buf).unwrap();
+        self.send(c.addr, &protected);
+    }
+
+    fn take_for(&mut self, addr: SocketAddr) -> Vec<Bytes> {
+        let (mine, rest) = std::mem::take(&mut self.inbox).into_iter().partition(|(to, _)| *to == addr);
+        self.inbox = rest;
+        mine.into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Decrypts what `c` received: RTP as (ssrc, seq, ts, csrcs), RTCP feedback separately.
+    fn received(&mut self, c: &mut Client) -> (Vec<(Ssrc, u16, u32, Vec<Ssrc>)>, Vec<Feedback>) {
+        let mut rtp = Vec::new();
+        let mut rtcp = Vec::new();
+        for d in self.take_for(c.addr) {
+            match media::classify(&d) {
+                media::PacketKind::Rtp => {
+                    let plain = c.srtp.unprotect_rtp(&d).expect("edge RTP decrypts");
+                    let v = RtpView::parse(&plain).unwrap();
+                    assert_eq!(v.payload_type, PT);
+                    rtp.push((v.ssrc, v.sequence, v.timestamp, v.csrcs().collect()));
+                }
+                media::PacketKind::Rtcp => {
+                    let plain = c.srtp.unprotect_rtcp(&d).expect("edge RTCP decrypts");
+                    rtcp.extend(rtcp_report::parse_feedback(&plain).unwrap());
+                }
+                other => panic!("unexpected {other:?} to a connected client"),
+            }
+        }
+        (rtp, rtcp)
+    }
+
+    /// `n` packet intervals of 20 ms in which each of `speakers` sends one packet.
+    fn talk(&mut self, speakers: &mut [&mut Client], levels: &[AudioLevel], n: usize) {
+        for _ in 0..n {
+            for (c, &l) in speakers.iter_mut().zip(levels) {
+                self.speak(c, l);
+            }
+            self.advance(Duration::from_millis(20));
+        }
+    }
+}
+
+fn assert_continuous(packets: &[(Ssrc, u16, u32, Vec<Ssrc>)]) {
+    for w in packets.windows(2) {
+        assert_eq!(w[1].0, w[0].0, "one slot, one SSRC");
+        assert_eq!(w[1].1, w[0].1.wrapping_add(1), "sequence continuous: {:?} -> {:?}", w[0], w[1]);
+        let dt = w[1].2.wrapping_sub(w[0].2);
+        assert!((960..48_000 * 10).contains(&dt), "timestamp moves forward: {:?} -> {:?}", w[0], w[1]);
+    }
+}
+
+#[test]
+fn speaker_reaches_every_listener_but_not_itself() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    let mut carol = net.join("lobby", "carol", false, 3);
+    let mut other = net.join("elsewhere", "dan", false, 3);
+    net.talk(&mut [&mut alice], &[LOUD], 50);
+    for listener in [&mut bob, &mut carol] {
+        let (rtp, _) = net.received(listener);
+        // Selection needs a few packets of speech; after that every packet arrives.
+        assert!(rtp.len() >= 45, "{} packets", rtp.len());
+        assert!(rtp.iter().all(|p| p.0 == listener.slots[0] && p.3 == vec![alice.ssrc]));
+        assert_continuous(&rtp);
+    }
+    assert!(net.received(&mut alice).0.is_empty(), "alice hears herself");
+    assert!(net.received(&mut other).0.is_empty(), "audio leaked to another channel");
+}
+
+#[test]
+fn slot_stays_continuous_when_the_speaker_changes() {
+    let mut net = Net::new(EdgeConfig { slots: 1, ..Default::default() });
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", true, 0);
+    let mut listener = net.join("lobby", "listener", false, 1);
+    net.talk(&mut [&mut alice, &mut bob], &[LOUD, AudioLevel::SILENCE], 100);
+    // Alice stops (DTX: nothing sent); Bob starts.
+    net.talk(&mut [&mut bob], &[LOUD], 150);
+    let (rtp, _) = net.received(&mut listener);
+    let speakers: Vec<Ssrc> = rtp.iter().map(|p| p.3[0]).collect();
+    let switch = speakers.iter().position(|&s| s == bob.ssrc).expect("bob was forwarded");
+    assert!(switch > 0 && speakers[..switch].iter().all(|&s| s == alice.ssrc));
+    assert!(speakers[switch..].iter().all(|&s| s == bob.ssrc));
+    assert_continuous(&rtp);
+    // The timestamp gap at the switch follows the silence (at least a frame).
+    assert!(rtp[switch].2.wrapping_sub(rtp[switch - 1].2) >= 960);
+}
+
+#[test]
+fn channel_listener_cap_is_enforced_per_channel() {
+    let mut net = Net::new(EdgeConfig { max_listeners_per_channel: 2, ..Default::default() });
+    net.join("lobby", "l1", false, 3);
+    net.join("lobby", "l2", false, 3);
+    assert_eq!(net.try_join("lobby", "l3", false, 3).err(), Some(AdmitError::ChannelFull));
+    assert_eq!(net.edge.admit("lobby", true), Err(AdmitError::ChannelFull));
+    // A publish-only speaker is not a listener; other channels have their own cap.
+    net.join("lobby", "speaker", true, 0);
+    net.join("other", "l4", false, 3);
+}
+
+#[test]
+fn dtls_only_reaches_a_session_from_its_checked_address() {
+    let mut net = Net::new(EdgeConfig::default());
+    let alice = net.join("lobby", "alice", false, 1);
+    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let spoofer: SocketAddr = "127.0.0.1:6666".parse().unwrap();
+    net.send(spoofer, &hello);
+    assert!(net.dtls.is_empty(), "spoofed DTLS reached a session");
+    assert_eq!(net.edge.counters().dropped(Drop::UnknownSource), 1);
+    net.send(alice.addr, &hello);
+    assert_eq!(net.dtls.len(), 1);
+    assert_eq!(net.dtls[0].0, alice.id);
+}
+
+#[test]
+fn bad_input_is_counted_and_dropped_without_harming_others() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 1);
+    let stranger: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+
+    net.send(stranger, &vec![0x80; 1501]);
+    assert_eq!(net.edge.counters().dropped(Drop::Oversize), 1);
+    net.send(stranger, &[70, 1, 2]);
+    assert_eq!(net.edge.counters().dropped(Drop::UnknownKind), 1);
+    net.send(stranger, &[0, 1, 0, 4, 1, 2]);
+    assert_eq!(net.edge.counters().dropped(Drop::StunMalformed), 1);
+    let (req, _) = binding_request("nosuchufrag", "x", "passwordpasswordpassword").unwrap();
+    net.send(stranger, &req);
+    assert_eq!(net.edge.counters().dropped(Drop::StunUnknownUfrag), 1);
+    let (req, _) = binding_request(&alice.server_ufrag, &alice.client_ufrag, "wrongpasswordwrongpasswo").unwrap();
+    net.send(stranger, &req);
+    assert_eq!(net.edge.counters().dropped(Drop::StunBadCredentials), 1);
+    assert!(net.take_for(stranger).is_empty(), "a bad check got an answer");
+    net.send(stranger, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(net.edge.counters().dropped(Drop::UnknownSource), 1);
+    // From alice's checked address: forged SRTP and SRTCP.
+    net.send(alice.addr, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    net.send(alice.addr, &[0x80, 200, 0, 1, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    assert_eq!(net.edge.counters().dropped(Drop::SrtpAuth), 2);
+    // Authentic SRTCP that is not valid RTCP.
+    let junk = alice.srtp.protect_rtcp(&[0x80, 200, 0, 2, 0, 0, 0, 1, 1, 2, 3, 4]).unwrap();
+    net.send(alice.addr, &junk);
+    assert_eq!(net.edge.counters().dropped(Drop::RtcpMalformed), 1);
+    // Bob is a listener: his RTP is refused, counted.
+    net.speak(&mut bob, LOUD);
+    assert_eq!(net.edge.counters().dropped(Drop::NotPublishing), 1);
+
+    // And alice still reaches bob.
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let (rtp, _) = net.received(&mut bob);
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.3 == vec![alice.ssrc]));
+}
+
+#[test]
+fn rtp_before_dtls_is_dropped() {
+    let mut net = Net::new(EdgeConfig::default());
+    let id = net
+        .edge
+        .add_session(
+            NewSession {
+                channel: Arc::from("lobby"),
+                participant: Arc::from("x"),
+                local_ufrag: "srvufrag".into(),
+                local_pwd: "serverpasswordserverpass".into(),
+                remote_ufrag: "cli1".into(),
+                publish: Some(PublishParams { payload_type: PT, audio_level_ext: None }),
+                slots: vec![],
+                rtcp_ssrc: Ssrc(1),
+            },
+            net.now,
+        )
+        .unwrap();
+    let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let (req, _) = binding_request("srvufrag", "cli1", "serverpasswordserverpass").unwrap();
+    net.send(addr, &req);
+    net.send(addr, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3]);
+    assert_eq!(net.edge.counters().dropped(Drop::NotConnected), 1);
+    // Never connects: closed after the connect timeout.
+    net.advance(EdgeConfig::default().connect_timeout + Duration::from_secs(1));
+    assert_eq!(net.closed, vec![id]);
+}
+
+#[test]
+fn reports_flow_both_ways_and_silent_sessions_time_out() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 1);
+    net.talk(&mut [&mut alice], &[LOUD], 60);
+    let (rtp, rtcp) = net.received(&mut bob);
+    // Bob got a sender report for his slot counting what was sent.
+    let sr = rtcp.iter().find(|f| matches!(f, Feedback::SenderReport { ssrc, .. } if *ssrc == bob.slots[0]));
+    assert!(sr.is_some(), "no SR for the slot: {rtcp:?}");
+    // Alice got a receiver report about her stream with no loss.
+    let (_, alice_rtcp) = net.received(&mut alice);
+    let block = alice_rtcp.iter().find_map(|f| match f {
+        Feedback::Report(b) if b.ssrc == alice.ssrc.0 => Some(b.clone()),
+        _ => None,
+    });
+    let block = block.expect("receiver report about alice");
+    assert_eq!(block.total_lost, 0);
+
+    // Bob reports back: the edge learns his loss and the round-trip time.
+    let mut stats = ReceiveStats::new(bob.slots[0], net.now);
+    for p in &rtp {
+        stats.on_packet(p.1, p.2, net.now);
+    }
+    if let Some(Feedback::SenderReport { ntp, .. }) = sr {
+        stats.on_sender_report(*ntp, net.now);
+    }
+    let rr = rtcp_report::receiver_report(Ssrc(99), vec![stats.report_block(net.now)], "bob").unwrap();
+    let protected = bob.srtp.protect_rtcp(&rr).unwrap();
+    net.send(bob.addr, &protected);
+    let link = net.edge.link_stats(bob.id).unwrap();
+    assert!(link.rtt.is_some(), "{link:?}");
+
+    // Everyone goes quiet: sessions end after the idle timeout, with a BYE.
+    net.advance(EdgeConfig::default().idle_timeout + Duration::from_secs(2));
+    let mut closed = net.closed.clone();
+    closed.sort();
+    assert_eq!(closed, vec![alice.id, bob.id]);
+    let (_, rtcp) = net.received(&mut bob);
+    assert!(rtcp.contains(&Feedback::Bye(bob.slots[0])), "{rtcp:?}");
+    assert_eq!(net.edge.session_count(), 0);
+}
