@@ -186,7 +186,7 @@ mod tests {
     fn feed(slot: &mut SlotRewriter, src: u32, seqs: std::ops::Range<u32>, ts0: u32, t0: Instant) -> Vec<Rewritten> {
         seqs.map(|i| {
             let seq = (i & 0xffff) as u16;
-            let now = t0 + Duration::from_millis(20 * u64::from(i - 0));
+            let now = t0 + Duration::from_millis(20 * u64::from(i));
             slot.rewrite(Ssrc(src), seq, ts0.wrapping_add(960 * i), 100, now).unwrap()
         })
         .collect()

@@ -1,0 +1,169 @@
+//! HTTP signalling against a running edge core: what a good offer gets, and the clear
+//! error each kind of bad request gets.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use edge_sfu::http::{router, AppState};
+use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
+use media::dtls::DtlsIdentity;
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"signalling-test";
+
+fn offer(directions: &[&str]) -> String {
+    let mids: Vec<String> = (0..directions.len()).map(|i| i.to_string()).collect();
+    let mut s = format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\n\
+         a=fingerprint:sha-256 00:01:02:03:04:05:06:07:08:09:0A:0B:0C:0D:0E:0F:10:11:12:13:14:15:16:17:18:19:1A:1B:1C:1D:1E:1F\r\n",
+        mids.join(" ")
+    );
+    for (i, d) in directions.iter().enumerate() {
+        s += &format!(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{i}\r\na=ice-ufrag:cli1\r\n\
+             a=ice-pwd:0123456789abcdefghijklmn\r\na=setup:actpass\r\na=rtcp-mux\r\na={d}\r\n\
+             a=rtpmap:111 opus/48000/2\r\na=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"
+        );
+    }
+    s
+}
+
+async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
+    let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: max_listeners, ..Default::default() };
+    let (handle, _task) = edge_sfu::server::start(
+        config,
+        "127.0.0.1:0".parse().unwrap(),
+        |a| a,
+        DtlsIdentity::generate().unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    router(AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens }, "https://player.example")
+}
+
+fn token(channel: &str, role: Role, exp: u64) -> String {
+    TokenKeys::new(SECRET).sign(&Claims { sub: "p1".into(), channel: channel.into(), role, exp })
+}
+
+fn post(path: &str, token: Option<&str>, content_type: &str, body: String) -> Request<Body> {
+    let mut r = Request::builder().method(Method::POST).uri(path).header(header::CONTENT_TYPE, content_type);
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    r.body(Body::from(body)).unwrap()
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn good_offers_are_answered_and_sessions_deleted() {
+    let app = app(25, false).await;
+    let listener = token("lobby", Role::Listener, unix_now() + 60);
+    let (status, headers, answer) =
+        send(&app, post("/whep/lobby", Some(&listener), "application/sdp", offer(&["recvonly"; 4]))).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert!(answer.contains("a=ice-lite") && answer.contains("a=setup:passive"));
+    // Three slots (N=3) answered sendonly with our SSRCs, the fourth rejected.
+    assert_eq!(answer.matches("a=sendonly").count(), 3, "{answer}");
+    assert_eq!(answer.matches("m=audio 0 ").count(), 1, "{answer}");
+    assert_eq!(answer.matches(" cname:").count(), 3);
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/session/"));
+    let delete = Request::builder().method(Method::DELETE).uri(&location).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, delete).await.0, StatusCode::OK);
+    let again = Request::builder().method(Method::DELETE).uri(&location).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, again).await.0, StatusCode::NOT_FOUND);
+
+    let speaker = token("lobby", Role::Speaker, unix_now() + 60);
+    let (status, _, answer) =
+        send(&app, post("/join/lobby", Some(&speaker), "application/sdp", offer(&["sendrecv", "recvonly"]))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(answer.contains("a=sendrecv") && answer.contains("a=sendonly"), "{answer}");
+    let (status, _, answer) = send(&app, post("/whip/lobby", Some(&speaker), "application/sdp", offer(&["sendonly"]))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(answer.contains("a=recvonly"), "{answer}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let app = app(1, false).await;
+    let now = unix_now();
+    let listener = token("lobby", Role::Listener, now + 60);
+    let good = offer(&["recvonly"]);
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (post("/whep/lobby", None, "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "missing bearer token"),
+        (post("/whep/lobby", Some("abc.def.ghi"), "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "invalid token"),
+        (
+            post("/whep/lobby", Some(&TokenKeys::new(b"forged").sign(&Claims { sub: "x".into(), channel: "lobby".into(), role: Role::Speaker, exp: now + 60 })), "application/sdp", good.clone()),
+            StatusCode::UNAUTHORIZED,
+            "invalid token",
+        ),
+        (post("/whep/lobby", Some(&token("lobby", Role::Listener, now - 600)), "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "expired"),
+        (post("/whep/other", Some(&listener), "application/sdp", good.clone()), StatusCode::FORBIDDEN, "not \"other\""),
+        (post("/whip/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])), StatusCode::FORBIDDEN, "cannot publish"),
+        (post("/join/lobby", Some(&listener), "application/sdp", offer(&["sendrecv"])), StatusCode::FORBIDDEN, "cannot publish"),
+        (post("/whep/lobby", Some(&listener), "text/plain", good.clone()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/sdp"),
+        (post("/whep/lobby", Some(&listener), "application/sdp", "v=0\r\nnonsense".into()), StatusCode::BAD_REQUEST, "not valid SDP"),
+        (post("/whep/lobby", Some(&listener), "application/sdp", good.replace("opus/48000/2", "PCMU/8000")), StatusCode::BAD_REQUEST, "Opus"),
+        (post("/whep/lobby", Some(&listener), "application/sdp", good.replace("a=rtcp-mux\r\n", "")), StatusCode::BAD_REQUEST, "rtcp-mux"),
+        (post("/whep/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])), StatusCode::BAD_REQUEST, "receives on"),
+        (post("/whep/lobby", Some(&listener), "application/sdp", "v".repeat(70_000)), StatusCode::PAYLOAD_TOO_LARGE, ""),
+        (post("/whep/bad%20name", Some(&listener), "application/sdp", good.clone()), StatusCode::BAD_REQUEST, "channel names"),
+    ];
+    for (req, status, needle) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (got, _, body) = send(&app, req).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert!(body.contains(needle), "{what}: {body:?} should mention {needle:?}");
+    }
+    // The cap: the second listener of the channel waits.
+    assert_eq!(send(&app, post("/whep/lobby", Some(&listener), "application/sdp", good.clone())).await.0, StatusCode::CREATED);
+    let (status, headers, body) = send(&app, post("/whep/lobby", Some(&listener), "application/sdp", good)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "5");
+
+    let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, get("/demo/token?channel=lobby&name=x&role=speaker")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(send(&app, get("/channels/nosuch")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(send(&app, get("/channels/lobby")).await.0, StatusCode::OK);
+    let (status, _, body) = send(&app, get("/healthz")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    let bad_delete = Request::builder().method(Method::DELETE).uri("/session/zz").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, bad_delete).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn web_players_on_other_origins_may_call_signalling() {
+    let app = app(25, false).await;
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/whep/lobby")
+        .header(header::ORIGIN, "https://player.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, _) = send(&app, preflight).await;
+    assert!(status.is_success());
+    assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://player.example");
+    let mut req = post("/whep/lobby", Some(&token("lobby", Role::Listener, unix_now() + 60)), "application/sdp", offer(&["recvonly"]));
+    req.headers_mut().insert(header::ORIGIN, "https://player.example".parse().unwrap());
+    let (status, headers, _) = send(&app, req).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let exposed = headers[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("location"), "{exposed}");
+    // Another origin gets no CORS grant.
+    let mut other = post("/whep/lobby", None, "application/sdp", String::new());
+    other.headers_mut().insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+    let (_, headers, _) = send(&app, other).await;
+    assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
