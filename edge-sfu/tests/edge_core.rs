@@ -30,6 +30,15 @@ struct Client {
     slots: Vec<Ssrc>,
 }
 
+/// An RTP packet a fake client received, decrypted.
+#[derive(Debug)]
+struct Seen {
+    ssrc: Ssrc,
+    seq: u16,
+    ts: u32,
+    csrcs: Vec<Ssrc>,
+}
+
 struct Net {
     edge: Edge,
     now: Instant,
@@ -157,7 +166,7 @@ impl Net {
     }
 
     /// Decrypts what `c` received: RTP as (ssrc, seq, ts, csrcs), RTCP feedback separately.
-    fn received(&mut self, c: &mut Client) -> (Vec<(Ssrc, u16, u32, Vec<Ssrc>)>, Vec<Feedback>) {
+    fn received(&mut self, c: &mut Client) -> (Vec<Seen>, Vec<Feedback>) {
         let mut rtp = Vec::new();
         let mut rtcp = Vec::new();
         for d in self.take_for(c.addr) {
@@ -166,7 +175,7 @@ impl Net {
                     let plain = c.srtp.unprotect_rtp(&d).expect("edge RTP decrypts");
                     let v = RtpView::parse(&plain).unwrap();
                     assert_eq!(v.payload_type, PT);
-                    rtp.push((v.ssrc, v.sequence, v.timestamp, v.csrcs().collect()));
+                    rtp.push(Seen { ssrc: v.ssrc, seq: v.sequence, ts: v.timestamp, csrcs: v.csrcs().collect() });
                 }
                 media::PacketKind::Rtcp => {
                     let plain = c.srtp.unprotect_rtcp(&d).expect("edge RTCP decrypts");
@@ -189,11 +198,11 @@ impl Net {
     }
 }
 
-fn assert_continuous(packets: &[(Ssrc, u16, u32, Vec<Ssrc>)]) {
+fn assert_continuous(packets: &[Seen]) {
     for w in packets.windows(2) {
-        assert_eq!(w[1].0, w[0].0, "one slot, one SSRC");
-        assert_eq!(w[1].1, w[0].1.wrapping_add(1), "sequence continuous: {:?} -> {:?}", w[0], w[1]);
-        let dt = w[1].2.wrapping_sub(w[0].2);
+        assert_eq!(w[1].ssrc, w[0].ssrc, "one slot, one SSRC");
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence continuous: {:?} -> {:?}", w[0], w[1]);
+        let dt = w[1].ts.wrapping_sub(w[0].ts);
         assert!((960..48_000 * 10).contains(&dt), "timestamp moves forward: {:?} -> {:?}", w[0], w[1]);
     }
 }
@@ -210,7 +219,7 @@ fn speaker_reaches_every_listener_but_not_itself() {
         let (rtp, _) = net.received(listener);
         // Selection needs a few packets of speech; after that every packet arrives.
         assert!(rtp.len() >= 45, "{} packets", rtp.len());
-        assert!(rtp.iter().all(|p| p.0 == listener.slots[0] && p.3 == vec![alice.ssrc]));
+        assert!(rtp.iter().all(|p| p.ssrc == listener.slots[0] && p.csrcs == vec![alice.ssrc]));
         assert_continuous(&rtp);
     }
     assert!(net.received(&mut alice).0.is_empty(), "alice hears herself");
@@ -227,13 +236,13 @@ fn slot_stays_continuous_when_the_speaker_changes() {
     // Alice stops (DTX: nothing sent); Bob starts.
     net.talk(&mut [&mut bob], &[LOUD], 150);
     let (rtp, _) = net.received(&mut listener);
-    let speakers: Vec<Ssrc> = rtp.iter().map(|p| p.3[0]).collect();
+    let speakers: Vec<Ssrc> = rtp.iter().map(|p| p.csrcs[0]).collect();
     let switch = speakers.iter().position(|&s| s == bob.ssrc).expect("bob was forwarded");
     assert!(switch > 0 && speakers[..switch].iter().all(|&s| s == alice.ssrc));
     assert!(speakers[switch..].iter().all(|&s| s == bob.ssrc));
     assert_continuous(&rtp);
     // The timestamp gap at the switch follows the silence (at least a frame).
-    assert!(rtp[switch].2.wrapping_sub(rtp[switch - 1].2) >= 960);
+    assert!(rtp[switch].ts.wrapping_sub(rtp[switch - 1].ts) >= 960);
 }
 
 #[test]
@@ -299,7 +308,7 @@ fn bad_input_is_counted_and_dropped_without_harming_others() {
     // And alice still reaches bob.
     net.talk(&mut [&mut alice], &[LOUD], 20);
     let (rtp, _) = net.received(&mut bob);
-    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.3 == vec![alice.ssrc]));
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]));
 }
 
 #[test]
@@ -353,7 +362,7 @@ fn reports_flow_both_ways_and_silent_sessions_time_out() {
     // Bob reports back: the edge learns his loss and the round-trip time.
     let mut stats = ReceiveStats::new(bob.slots[0], net.now);
     for p in &rtp {
-        stats.on_packet(p.1, p.2, net.now);
+        stats.on_packet(p.seq, p.ts, net.now);
     }
     if let Some(Feedback::SenderReport { ntp, .. }) = sr {
         stats.on_sender_report(*ntp, net.now);
