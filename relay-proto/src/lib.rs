@@ -1,3 +1,13 @@
 //! The core<->edge relay protocol over QUIC: control messages on one bidirectional
-//! stream, media as QUIC datagrams, and the quinn endpoint set-up both ends share.
-//! Built in the cascade issue; see DESIGN.md.
+//! stream ([`control`]), media as QUIC datagrams ([`datagram`]), a cluster-secret proof
+//! bound to the TLS session ([`auth`]), and the quinn set-up both ends share ([`endpoint`]).
+//!
+//! The codecs are sans-IO and never panic on network bytes.
+
+pub mod auth;
+pub mod control;
+pub mod datagram;
+pub mod endpoint;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;

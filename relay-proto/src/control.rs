@@ -1,0 +1,361 @@
+//! Control messages: `u32` big-endian length, a type byte, then the body. Strings are
+//! `u16` length + UTF-8. Every length is bounded; decoding never panics.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+/// Largest control frame accepted (type + body).
+pub const MAX_FRAME: usize = 64 * 1024;
+pub const MAX_STRING: usize = 1024;
+pub const MAX_SLOTS: usize = 16;
+
+/// A speaker holding a slot: its SSRC (as its own client sent it) and participant id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotHolder {
+    pub ssrc: u32,
+    pub participant: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// Edge -> core, first message.
+    Hello { version: u16, edge_id: String, signalling_url: String, capacity: u32, proof: [u8; 32] },
+    /// Core -> edge: accepted.
+    Welcome { core_id: String, slots: u8, proof: [u8; 32] },
+    /// Core -> edge: refused; the core closes the connection.
+    Reject { reason: String },
+    /// Edge -> core: the edge has participants of `channel`.
+    Subscribe { channel: String, listeners: u32 },
+    /// Core -> edge: the id media datagrams of `channel` carry.
+    Subscribed { channel: String, channel_id: u32 },
+    Unsubscribe { channel_id: u32 },
+    /// Edge -> core: counts per channel.
+    Load { channel_id: u32, listeners: u32, speakers: u32 },
+    /// Edge -> core: who a speaker is, for listeners' displays.
+    SpeakerInfo { channel_id: u32, ssrc: u32, participant: String },
+    /// Core -> edge: who holds which slot now.
+    Selection { channel_id: u32, slots: Vec<Option<SlotHolder>> },
+    /// Either way: take no new listeners; end within `deadline_ms`.
+    Drain { deadline_ms: u32 },
+    Goodbye { reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("message truncated")]
+    Truncated,
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("string is not UTF-8 or too long")]
+    BadString,
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    #[error("too many slots")]
+    TooManySlots,
+    #[error("empty frame")]
+    Empty,
+}
+
+mod tag {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const REJECT: u8 = 3;
+    pub const SUBSCRIBE: u8 = 4;
+    pub const SUBSCRIBED: u8 = 5;
+    pub const UNSUBSCRIBE: u8 = 6;
+    pub const LOAD: u8 = 7;
+    pub const SPEAKER_INFO: u8 = 8;
+    pub const SELECTION: u8 = 9;
+    pub const DRAIN: u8 = 10;
+    pub const GOODBYE: u8 = 11;
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(MAX_STRING)];
+    out.put_u16(bytes.len() as u16);
+    out.put_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.0.remaining() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+    fn bytes32(&mut self) -> Result<[u8; 32], DecodeError> {
+        self.need(32)?;
+        let mut out = [0u8; 32];
+        self.0.copy_to_slice(&mut out);
+        Ok(out)
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        if len > MAX_STRING {
+            return Err(DecodeError::BadString);
+        }
+        self.need(len)?;
+        let s = std::str::from_utf8(&self.0[..len]).map_err(|_| DecodeError::BadString)?.to_owned();
+        self.0.advance(len);
+        Ok(s)
+    }
+}
+
+impl Message {
+    /// Appends the framed message to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        match self {
+            Message::Hello { version, edge_id, signalling_url, capacity, proof } => {
+                out.put_u8(tag::HELLO);
+                out.put_u16(*version);
+                put_str(out, edge_id);
+                put_str(out, signalling_url);
+                out.put_u32(*capacity);
+                out.put_slice(proof);
+            }
+            Message::Welcome { core_id, slots, proof } => {
+                out.put_u8(tag::WELCOME);
+                put_str(out, core_id);
+                out.put_u8(*slots);
+                out.put_slice(proof);
+            }
+            Message::Reject { reason } => {
+                out.put_u8(tag::REJECT);
+                put_str(out, reason);
+            }
+            Message::Subscribe { channel, listeners } => {
+                out.put_u8(tag::SUBSCRIBE);
+                put_str(out, channel);
+                out.put_u32(*listeners);
+            }
+            Message::Subscribed { channel, channel_id } => {
+                out.put_u8(tag::SUBSCRIBED);
+                put_str(out, channel);
+                out.put_u32(*channel_id);
+            }
+            Message::Unsubscribe { channel_id } => {
+                out.put_u8(tag::UNSUBSCRIBE);
+                out.put_u32(*channel_id);
+            }
+            Message::Load { channel_id, listeners, speakers } => {
+                out.put_u8(tag::LOAD);
+                out.put_u32(*channel_id);
+                out.put_u32(*listeners);
+                out.put_u32(*speakers);
+            }
+            Message::SpeakerInfo { channel_id, ssrc, participant } => {
+                out.put_u8(tag::SPEAKER_INFO);
+                out.put_u32(*channel_id);
+                out.put_u32(*ssrc);
+                put_str(out, participant);
+            }
+            Message::Selection { channel_id, slots } => {
+                out.put_u8(tag::SELECTION);
+                out.put_u32(*channel_id);
+                let slots = &slots[..slots.len().min(MAX_SLOTS)];
+                out.put_u8(slots.len() as u8);
+                for slot in slots {
+                    match slot {
+                        Some(h) => {
+                            out.put_u8(1);
+                            out.put_u32(h.ssrc);
+                            put_str(out, &h.participant);
+                        }
+                        None => out.put_u8(0),
+                    }
+                }
+            }
+            Message::Drain { deadline_ms } => {
+                out.put_u8(tag::DRAIN);
+                out.put_u32(*deadline_ms);
+            }
+            Message::Goodbye { reason } => {
+                out.put_u8(tag::GOODBYE);
+                put_str(out, reason);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes one frame body (type byte and fields, without the length prefix).
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader(frame);
+        let t = r.u8().map_err(|_| DecodeError::Empty)?;
+        let m = match t {
+            tag::HELLO => Message::Hello {
+                version: r.u16()?,
+                edge_id: r.string()?,
+                signalling_url: r.string()?,
+                capacity: r.u32()?,
+                proof: r.bytes32()?,
+            },
+            tag::WELCOME => Message::Welcome { core_id: r.string()?, slots: r.u8()?, proof: r.bytes32()? },
+            tag::REJECT => Message::Reject { reason: r.string()? },
+            tag::SUBSCRIBE => Message::Subscribe { channel: r.string()?, listeners: r.u32()? },
+            tag::SUBSCRIBED => Message::Subscribed { channel: r.string()?, channel_id: r.u32()? },
+            tag::UNSUBSCRIBE => Message::Unsubscribe { channel_id: r.u32()? },
+            tag::LOAD => Message::Load { channel_id: r.u32()?, listeners: r.u32()?, speakers: r.u32()? },
+            tag::SPEAKER_INFO => {
+                Message::SpeakerInfo { channel_id: r.u32()?, ssrc: r.u32()?, participant: r.string()? }
+            }
+            tag::SELECTION => {
+                let channel_id = r.u32()?;
+                let n = usize::from(r.u8()?);
+                if n > MAX_SLOTS {
+                    return Err(DecodeError::TooManySlots);
+                }
+                let mut slots = Vec::with_capacity(n);
+                for _ in 0..n {
+                    slots.push(match r.u8()? {
+                        0 => None,
+                        _ => Some(SlotHolder { ssrc: r.u32()?, participant: r.string()? }),
+                    });
+                }
+                Message::Selection { channel_id, slots }
+            }
+            tag::DRAIN => Message::Drain { deadline_ms: r.u32()? },
+            tag::GOODBYE => Message::Goodbye { reason: r.string()? },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing(r.0.len()));
+        }
+        Ok(m)
+    }
+}
+
+/// Splits a byte stream into frames: push what the stream gave, pop messages.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or an error that
+    /// ends the stream (the length is bounded before anything is buffered for it).
+    pub fn next(&mut self) -> Result<Option<Message>, DecodeError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(DecodeError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let frame = self.buf.split_to(len);
+        Message::decode(&frame).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 _.:/-]{0,40}"
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let holder = (any::<u32>(), arb_string()).prop_map(|(ssrc, participant)| SlotHolder { ssrc, participant });
+        prop_oneof![
+            (any::<u16>(), arb_string(), arb_string(), any::<u32>(), any::<[u8; 32]>()).prop_map(
+                |(version, edge_id, signalling_url, capacity, proof)| Message::Hello { version, edge_id, signalling_url, capacity, proof }
+            ),
+            (arb_string(), any::<u8>(), any::<[u8; 32]>()).prop_map(|(core_id, slots, proof)| Message::Welcome { core_id, slots, proof }),
+            arb_string().prop_map(|reason| Message::Reject { reason }),
+            (arb_string(), any::<u32>()).prop_map(|(channel, listeners)| Message::Subscribe { channel, listeners }),
+            (arb_string(), any::<u32>()).prop_map(|(channel, channel_id)| Message::Subscribed { channel, channel_id }),
+            any::<u32>().prop_map(|channel_id| Message::Unsubscribe { channel_id }),
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(channel_id, listeners, speakers)| Message::Load { channel_id, listeners, speakers }),
+            (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(channel_id, ssrc, participant)| Message::SpeakerInfo { channel_id, ssrc, participant }),
+            (any::<u32>(), proptest::collection::vec(proptest::option::of(holder), 0..MAX_SLOTS))
+                .prop_map(|(channel_id, slots)| Message::Selection { channel_id, slots }),
+            any::<u32>().prop_map(|deadline_ms| Message::Drain { deadline_ms }),
+            arb_string().prop_map(|reason| Message::Goodbye { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(m in arb_message()) {
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            let mut reader = FrameReader::default();
+            // Fed one byte at a time, as a stream may deliver it.
+            for b in buf.iter() {
+                prop_assert_eq!(reader.next(), Ok(None));
+                reader.push(&[*b]);
+            }
+            prop_assert_eq!(reader.next(), Ok(Some(m)));
+            prop_assert_eq!(reader.next(), Ok(None));
+        }
+
+        #[test]
+        fn truncated_frames_are_rejected(m in arb_message(), cut in 1usize..200) {
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            let body = &buf[4..];
+            let cut = cut.min(body.len());
+            if cut < body.len() {
+                prop_assert!(Message::decode(&body[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn corrupted_frames_never_panic(m in arb_message(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            let i = at % buf.len();
+            buf[i] = byte;
+            let mut reader = FrameReader::default();
+            reader.push(&buf);
+            let _ = reader.next();
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Message::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_errors() {
+        let mut reader = FrameReader::default();
+        reader.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
+        assert_eq!(reader.next(), Err(DecodeError::TooLarge(MAX_FRAME + 1)));
+        assert_eq!(Message::decode(&[200]), Err(DecodeError::UnknownType(200)));
+        assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(Message::decode(&[tag::DRAIN, 0, 0, 0, 1, 9]), Err(DecodeError::Trailing(1)));
+        assert_eq!(Message::decode(&[tag::REJECT, 0, 2, 0xff, 0xfe]), Err(DecodeError::BadString));
+        assert_eq!(Message::decode(&[tag::SELECTION, 0, 0, 0, 1, 17]), Err(DecodeError::TooManySlots));
+    }
+}

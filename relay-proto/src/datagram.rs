@@ -1,0 +1,132 @@
+//! Media datagrams: a 16-byte header and one Opus payload.
+//!
+//! ```text
+//! 0      ver(2) marker(1) voice(1) reserved(4)
+//! 1      audio level, -dBov 0..=127
+//! 2..6   channel id (core-assigned)
+//! 6..10  speaker SSRC
+//! 10..12 RTP sequence number
+//! 12..16 RTP timestamp
+//! 16..   payload
+//! ```
+//! The core forwards an edge's datagram to other edges unchanged: one `Bytes`, cloned.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const HEADER_LEN: usize = 16;
+pub const MAX_PAYLOAD: usize = 1200;
+const VERSION: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaHeader {
+    pub channel_id: u32,
+    pub speaker: u32,
+    pub sequence: u16,
+    pub timestamp: u32,
+    /// RFC 6464 level, -dBov.
+    pub level: u8,
+    pub voice: bool,
+    pub marker: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatagramError {
+    #[error("datagram shorter than its header")]
+    Truncated,
+    #[error("unknown datagram version {0}")]
+    Version(u8),
+    #[error("payload of {0} bytes exceeds {MAX_PAYLOAD}")]
+    TooLarge(usize),
+    #[error("empty payload")]
+    Empty,
+}
+
+impl MediaHeader {
+    /// Appends header and payload to `out`.
+    pub fn encode(&self, payload: &[u8], out: &mut BytesMut) {
+        out.reserve(HEADER_LEN + payload.len());
+        out.put_u8(VERSION << 6 | u8::from(self.marker) << 5 | u8::from(self.voice) << 4);
+        out.put_u8(self.level & 0x7f);
+        out.put_u32(self.channel_id);
+        out.put_u32(self.speaker);
+        out.put_u16(self.sequence);
+        out.put_u32(self.timestamp);
+        out.put_slice(payload);
+    }
+
+    /// Splits a datagram into its header and a zero-copy slice of the payload.
+    pub fn decode(datagram: &Bytes) -> Result<(MediaHeader, Bytes), DatagramError> {
+        let h = Self::parse(datagram)?;
+        Ok((h, datagram.slice(HEADER_LEN..)))
+    }
+
+    /// Parses and validates the header only.
+    pub fn parse(d: &[u8]) -> Result<MediaHeader, DatagramError> {
+        if d.len() < HEADER_LEN {
+            return Err(DatagramError::Truncated);
+        }
+        let version = d[0] >> 6;
+        if version != VERSION {
+            return Err(DatagramError::Version(version));
+        }
+        let payload = d.len() - HEADER_LEN;
+        if payload == 0 {
+            return Err(DatagramError::Empty);
+        }
+        if payload > MAX_PAYLOAD {
+            return Err(DatagramError::TooLarge(payload));
+        }
+        Ok(MediaHeader {
+            marker: d[0] & 0x20 != 0,
+            voice: d[0] & 0x10 != 0,
+            level: d[1] & 0x7f,
+            channel_id: u32::from_be_bytes([d[2], d[3], d[4], d[5]]),
+            speaker: u32::from_be_bytes([d[6], d[7], d[8], d[9]]),
+            sequence: u16::from_be_bytes([d[10], d[11]]),
+            timestamp: u32::from_be_bytes([d[12], d[13], d[14], d[15]]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trips(channel_id: u32, speaker: u32, sequence: u16, timestamp: u32, level in 0u8..128,
+                       voice: bool, marker: bool, payload in proptest::collection::vec(any::<u8>(), 1..MAX_PAYLOAD)) {
+            let h = MediaHeader { channel_id, speaker, sequence, timestamp, level, voice, marker };
+            let mut out = BytesMut::new();
+            h.encode(&payload, &mut out);
+            let (back, p) = MediaHeader::decode(&out.freeze()).unwrap();
+            prop_assert_eq!(back, h);
+            prop_assert_eq!(&p[..], &payload[..]);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1400)) {
+            let _ = MediaHeader::decode(&Bytes::from(bytes));
+        }
+    }
+
+    #[test]
+    fn malformed_datagrams_are_rejected() {
+        let h = MediaHeader { channel_id: 1, speaker: 2, sequence: 3, timestamp: 4, level: 5, voice: true, marker: false };
+        let mut out = BytesMut::new();
+        h.encode(b"opus", &mut out);
+        let good = out.freeze();
+        for cut in 0..HEADER_LEN {
+            assert_eq!(MediaHeader::parse(&good[..cut]), Err(DatagramError::Truncated));
+        }
+        assert_eq!(MediaHeader::parse(&good[..HEADER_LEN]), Err(DatagramError::Empty));
+        let mut v2 = good.to_vec();
+        v2[0] = (v2[0] & 0x3f) | 2 << 6;
+        assert_eq!(MediaHeader::parse(&v2), Err(DatagramError::Version(2)));
+        let mut big = BytesMut::new();
+        h.encode(&[0u8; MAX_PAYLOAD + 1], &mut big);
+        assert_eq!(MediaHeader::parse(&big), Err(DatagramError::TooLarge(MAX_PAYLOAD + 1)));
+    }
+}

@@ -1,0 +1,248 @@
+//! quinn endpoints for both ends: TLS 1.3 with ring, our ALPN, and transport settings
+//! that notice a dead peer within about a second.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+pub const ALPN: &[u8] = b"sfu-relay/1";
+/// Keep-alives every 250 ms and a 1 s idle timeout: a dead peer is seen within ~1 s.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Datagrams queued for sending per connection before the oldest are dropped.
+pub const DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("quic: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The core's certificate chain and key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        TlsIdentity { certs: self.certs.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl TlsIdentity {
+    /// A self-signed certificate for local runs; edges authenticate the core by its
+    /// cluster-secret proof instead.
+    pub fn self_signed(names: Vec<String>) -> Result<Self, EndpointError> {
+        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| EndpointError::Certificate(e.to_string()))?;
+        Ok(TlsIdentity {
+            certs: vec![ck.cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()).into(),
+        })
+    }
+
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, EndpointError> {
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| EndpointError::Certificate(format!("{}: {e}", cert.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| EndpointError::Certificate(format!("{}: {e}", key.display())))?;
+        Ok(TlsIdentity { certs, key })
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s is a valid idle timeout")));
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+    t.datagram_receive_buffer_size(Some(1024 * 1024));
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_concurrent_bidi_streams(1u32.into());
+    Arc::new(t)
+}
+
+/// A server endpoint for the core.
+pub fn server(addr: SocketAddr, identity: TlsIdentity) -> Result<quinn::Endpoint, EndpointError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.certs, identity.key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(quinn::Endpoint::server(config, addr)?)
+}
+
+/// How an edge checks the core's certificate.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Verify against these roots (certificates from config).
+    Roots(Vec<CertificateDer<'static>>),
+    /// Accept any certificate: the core is authenticated by its cluster-secret proof.
+    ClusterSecretOnly,
+}
+
+/// A client endpoint for an edge.
+pub fn client(bind: SocketAddr, trust: Trust) -> Result<quinn::Endpoint, EndpointError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut tls = match trust {
+        Trust::Roots(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                roots.add(c)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::ClusterSecretOnly => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+            .with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// Accepts any certificate but still checks the handshake signatures with it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Writes framed control messages to a QUIC stream.
+pub async fn send_message(stream: &mut quinn::SendStream, message: &crate::control::Message) -> Result<(), quinn::WriteError> {
+    let mut buf = bytes::BytesMut::new();
+    message.encode(&mut buf);
+    stream.write_all(&buf).await
+}
+
+/// Reads the next control message; `Ok(None)` when the stream finished cleanly.
+pub async fn read_message(
+    stream: &mut quinn::RecvStream,
+    reader: &mut crate::control::FrameReader,
+) -> Result<Option<crate::control::Message>, ReadError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(m) = reader.next()? {
+            return Ok(Some(m));
+        }
+        match stream.read(&mut buf).await? {
+            Some(n) => reader.push(&buf[..n]),
+            None => return Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("malformed control message: {0}")]
+    Decode(#[from] crate::control::DecodeError),
+    #[error("stream: {0}")]
+    Stream(#[from] quinn::ReadError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{self, Side};
+    use crate::control::{FrameReader, Message};
+
+    #[tokio::test]
+    async fn edge_and_core_talk_over_real_quic_with_bound_proofs() {
+        let core = server("127.0.0.1:0".parse().unwrap(), TlsIdentity::self_signed(vec!["core".into()]).unwrap()).unwrap();
+        let core_addr = core.local_addr().unwrap();
+        let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
+        let server_task = tokio::spawn(async move {
+            let conn = core.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let mut reader = FrameReader::default();
+            let hello = read_message(&mut recv, &mut reader).await.unwrap().unwrap();
+            let binding = auth::session_binding(&conn).unwrap();
+            let Message::Hello { edge_id, proof, .. } = hello else { panic!("expected hello") };
+            assert!(auth::verify(b"secret", Side::Edge, &binding, &edge_id, &proof));
+            let reply = Message::Welcome { core_id: "c".into(), slots: 3, proof: auth::proof(b"secret", Side::Core, &binding, "c") };
+            send_message(&mut send, &reply).await.unwrap();
+            let d = conn.read_datagram().await.unwrap();
+            assert_eq!(&d[..], b"media");
+            conn.closed().await;
+        });
+        let conn = edge.connect(core_addr, "core").unwrap().await.unwrap();
+        let binding = auth::session_binding(&conn).unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Message::Hello {
+            version: crate::PROTOCOL_VERSION,
+            edge_id: "e1".into(),
+            signalling_url: "http://e1".into(),
+            capacity: 25,
+            proof: auth::proof(b"secret", Side::Edge, &binding, "e1"),
+        };
+        send_message(&mut send, &hello).await.unwrap();
+        let Some(Message::Welcome { core_id, proof, .. }) = read_message(&mut recv, &mut FrameReader::default()).await.unwrap() else {
+            panic!("expected welcome")
+        };
+        assert!(auth::verify(b"secret", Side::Core, &binding, &core_id, &proof));
+        conn.send_datagram(bytes::Bytes::from_static(b"media")).unwrap();
+        // Closing lets the core's `closed()` resolve.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.close(0u32.into(), b"done");
+        server_task.await.unwrap();
+    }
+}
