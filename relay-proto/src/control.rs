@@ -258,7 +258,7 @@ impl FrameReader {
 
     /// The next complete message, `Ok(None)` if more bytes are needed, or an error that
     /// ends the stream (the length is bounded before anything is buffered for it).
-    pub fn next(&mut self) -> Result<Option<Message>, DecodeError> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -312,11 +312,11 @@ mod tests {
             let mut reader = FrameReader::default();
             // Fed one byte at a time, as a stream may deliver it.
             for b in buf.iter() {
-                prop_assert_eq!(reader.next(), Ok(None));
+                prop_assert_eq!(reader.next_message(), Ok(None));
                 reader.push(&[*b]);
             }
-            prop_assert_eq!(reader.next(), Ok(Some(m)));
-            prop_assert_eq!(reader.next(), Ok(None));
+            prop_assert_eq!(reader.next_message(), Ok(Some(m)));
+            prop_assert_eq!(reader.next_message(), Ok(None));
         }
 
         #[test]
@@ -338,7 +338,7 @@ mod tests {
             buf[i] = byte;
             let mut reader = FrameReader::default();
             reader.push(&buf);
-            let _ = reader.next();
+            let _ = reader.next_message();
         }
 
         #[test]
@@ -351,7 +351,7 @@ mod tests {
     fn oversized_and_unknown_frames_are_errors() {
         let mut reader = FrameReader::default();
         reader.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
-        assert_eq!(reader.next(), Err(DecodeError::TooLarge(MAX_FRAME + 1)));
+        assert_eq!(reader.next_message(), Err(DecodeError::TooLarge(MAX_FRAME + 1)));
         assert_eq!(Message::decode(&[200]), Err(DecodeError::UnknownType(200)));
         assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(Message::decode(&[tag::DRAIN, 0, 0, 0, 1, 9]), Err(DecodeError::Trailing(1)));

@@ -181,7 +181,7 @@ pub async fn read_message(
 ) -> Result<Option<crate::control::Message>, ReadError> {
     let mut buf = [0u8; 4096];
     loop {
-        if let Some(m) = reader.next()? {
+        if let Some(m) = reader.next_message()? {
             return Ok(Some(m));
         }
         match stream.read(&mut buf).await? {
