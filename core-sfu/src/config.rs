@@ -1,0 +1,98 @@
+//! Core configuration: defaults for loopback, a TOML file, `SFU_` variables and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::core::CoreConfig;
+
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct CoreArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "SFU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// QUIC address edges connect to (default 127.0.0.1:4433).
+    #[arg(long, env = "SFU_QUIC")]
+    pub quic: Option<SocketAddr>,
+    /// HTTP address for operators: /healthz, /channels (default 127.0.0.1:8070).
+    #[arg(long, env = "SFU_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Shared secret edges prove they know (required).
+    #[arg(long, env = "SFU_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Active speakers forwarded per channel (default 3).
+    #[arg(long, env = "SFU_SLOTS")]
+    pub slots: Option<usize>,
+    /// This core's id in logs and welcomes (default "core").
+    #[arg(long, env = "SFU_CORE_ID")]
+    pub core_id: Option<String>,
+    /// PEM certificate chain for QUIC (default: self-signed).
+    #[arg(long, env = "SFU_QUIC_CERT")]
+    pub quic_cert: Option<PathBuf>,
+    /// PEM private key for QUIC.
+    #[arg(long, env = "SFU_QUIC_KEY")]
+    pub quic_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    quic: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    cluster_secret: Option<String>,
+    slots: Option<usize>,
+    core_id: Option<String>,
+    quic_cert: Option<PathBuf>,
+    quic_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub cluster_secret: String,
+    pub quic_cert: Option<PathBuf>,
+    pub quic_key: Option<PathBuf>,
+    pub core: CoreConfig,
+}
+
+impl CoreSettings {
+    /// Loopback defaults with the given secret.
+    pub fn local(cluster_secret: String) -> Self {
+        CoreSettings {
+            quic: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            http: SocketAddr::from(([127, 0, 0, 1], 8070)),
+            cluster_secret,
+            quic_cert: None,
+            quic_key: None,
+            core: CoreConfig::default(),
+        }
+    }
+
+    pub fn resolve(args: &CoreArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let secret = args
+            .cluster_secret
+            .clone()
+            .or(file.cluster_secret)
+            .context("no cluster secret: set SFU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file")?;
+        anyhow::ensure!(secret.len() >= 8, "the cluster secret must be at least 8 characters");
+        let mut s = CoreSettings::local(secret);
+        s.quic = args.quic.or(file.quic).unwrap_or(s.quic);
+        s.http = args.http.or(file.http).unwrap_or(s.http);
+        s.quic_cert = args.quic_cert.clone().or(file.quic_cert);
+        s.quic_key = args.quic_key.clone().or(file.quic_key);
+        s.core.selector.slots = args.slots.or(file.slots).unwrap_or(s.core.selector.slots);
+        anyhow::ensure!((1..=16).contains(&s.core.selector.slots), "slots must be 1..=16");
+        s.core.core_id = args.core_id.clone().or(file.core_id).unwrap_or(s.core.core_id);
+        Ok(s)
+    }
+}

@@ -1,0 +1,418 @@
+//! The core's sans-IO state: edges, channels, selection and fan-out.
+//!
+//! The shell authenticates edges and feeds their control messages and datagrams here
+//! with the current `Instant`; outputs are drained with [`Core::poll_output`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use media::rtp_header::AudioLevel;
+use media::speakers::{ActiveSpeakers, SelectorConfig};
+use relay_proto::control::{Message, SlotHolder};
+use relay_proto::datagram::MediaHeader;
+use tracing::{debug, info, trace};
+
+/// The shell's handle for one edge connection.
+pub type EdgeKey = u64;
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub core_id: String,
+    pub selector: SelectorConfig,
+    pub max_channels_per_edge: usize,
+    pub max_speakers_per_channel: usize,
+    /// A speaker silent (no datagrams) this long is forgotten.
+    pub speaker_timeout: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            core_id: "core".to_owned(),
+            selector: SelectorConfig::default(),
+            max_channels_per_edge: 10_000,
+            max_speakers_per_channel: 256,
+            speaker_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum CoreOutput {
+    Control { edge: EdgeKey, message: Message },
+    Datagram { edge: EdgeKey, data: Bytes },
+    Close { edge: EdgeKey, reason: &'static str },
+}
+
+/// Reasons an edge's input was refused; counted, exported as metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    MalformedDatagram,
+    UnknownChannel,
+    NotSubscribed,
+    SsrcConflict,
+    TooManySpeakers,
+    TooManyChannels,
+    UnexpectedMessage,
+    MalformedControl,
+    BadAuth,
+    BadVersion,
+    QueueFull,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MalformedDatagram => "malformed_datagram",
+            Refusal::UnknownChannel => "unknown_channel",
+            Refusal::NotSubscribed => "not_subscribed",
+            Refusal::SsrcConflict => "ssrc_conflict",
+            Refusal::TooManySpeakers => "too_many_speakers",
+            Refusal::TooManyChannels => "too_many_channels",
+            Refusal::UnexpectedMessage => "unexpected_message",
+            Refusal::MalformedControl => "malformed_control",
+            Refusal::BadAuth => "bad_auth",
+            Refusal::BadVersion => "bad_version",
+            Refusal::QueueFull => "queue_full",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CoreCounters {
+    refused: HashMap<Refusal, u64>,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub selection_changes: u64,
+}
+
+impl CoreCounters {
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused.get(&r).copied().unwrap_or(0)
+    }
+}
+
+struct EdgeState {
+    id: String,
+    signalling_url: String,
+    capacity: u32,
+    channels: Vec<u32>,
+}
+
+struct Speaker {
+    edge: EdgeKey,
+    participant: Arc<str>,
+    last_packet: Instant,
+}
+
+struct Channel {
+    name: Arc<str>,
+    /// Subscribed edges and their listener counts.
+    subscribers: HashMap<EdgeKey, u32>,
+    speakers: HashMap<u32, Speaker>,
+    selector: ActiveSpeakers<u32>,
+    holders: Vec<Option<u32>>,
+}
+
+/// What an operator sees of a channel.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChannelSummary {
+    pub name: String,
+    pub id: u32,
+    pub edges: usize,
+    pub listeners: u64,
+    pub speakers: usize,
+    pub selected: Vec<Option<u32>>,
+}
+
+const TICK: Duration = Duration::from_millis(50);
+
+pub struct Core {
+    config: CoreConfig,
+    edges: HashMap<EdgeKey, EdgeState>,
+    channels: HashMap<u32, Channel>,
+    by_name: HashMap<Arc<str>, u32>,
+    next_channel_id: u32,
+    outputs: VecDeque<CoreOutput>,
+    next_tick: Instant,
+    counters: CoreCounters,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig, now: Instant) -> Self {
+        Core {
+            config,
+            edges: HashMap::new(),
+            channels: HashMap::new(),
+            by_name: HashMap::new(),
+            next_channel_id: 1,
+            outputs: VecDeque::new(),
+            next_tick: now + TICK,
+            counters: CoreCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &CoreCounters {
+        &self.counters
+    }
+
+    /// Counts a refusal the shell made (bad auth, bad version, malformed control).
+    pub fn refuse(&mut self, r: Refusal) {
+        trace!(reason = r.as_str(), "refused");
+        *self.counters.refused.entry(r).or_default() += 1;
+    }
+
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// An authenticated edge.
+    pub fn edge_joined(&mut self, edge: EdgeKey, id: String, signalling_url: String, capacity: u32) {
+        info!(edge, %id, %signalling_url, capacity, "edge joined");
+        self.edges.insert(edge, EdgeState { id, signalling_url, capacity, channels: Vec::new() });
+    }
+
+    /// The edge's connection is gone: its subscriptions and speakers go with it.
+    pub fn edge_left(&mut self, edge: EdgeKey, now: Instant) {
+        let Some(state) = self.edges.remove(&edge) else { return };
+        info!(edge, id = %state.id, "edge left");
+        for channel_id in state.channels {
+            self.unsubscribe(edge, channel_id, now);
+        }
+    }
+
+    pub fn handle_control(&mut self, edge: EdgeKey, message: Message, now: Instant) {
+        if !self.edges.contains_key(&edge) {
+            return;
+        }
+        match message {
+            Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners),
+            Message::Unsubscribe { channel_id } => self.unsubscribe(edge, channel_id, now),
+            Message::Load { channel_id, listeners, .. } => {
+                match self.channels.get_mut(&channel_id).and_then(|c| c.subscribers.get_mut(&edge)) {
+                    Some(l) => *l = listeners,
+                    None => self.refuse(Refusal::NotSubscribed),
+                }
+            }
+            Message::SpeakerInfo { channel_id, ssrc, participant } => {
+                let Some(ch) = self.channels.get_mut(&channel_id) else {
+                    return self.refuse(Refusal::UnknownChannel);
+                };
+                match ch.speakers.get_mut(&ssrc) {
+                    Some(s) if s.edge == edge => s.participant = participant.into(),
+                    Some(_) => self.refuse(Refusal::SsrcConflict),
+                    None => {
+                        if !ch.subscribers.contains_key(&edge) {
+                            return self.refuse(Refusal::NotSubscribed);
+                        }
+                        if ch.speakers.len() >= self.config.max_speakers_per_channel {
+                            return self.refuse(Refusal::TooManySpeakers);
+                        }
+                        ch.speakers.insert(ssrc, Speaker { edge, participant: participant.into(), last_packet: now });
+                    }
+                }
+            }
+            Message::Goodbye { reason } => {
+                debug!(edge, %reason, "edge says goodbye");
+                self.outputs.push_back(CoreOutput::Close { edge, reason: "goodbye" });
+                self.edge_left(edge, now);
+            }
+            Message::Drain { .. } => debug!(edge, "edge is draining"),
+            _ => self.refuse(Refusal::UnexpectedMessage),
+        }
+    }
+
+    fn subscribe(&mut self, edge: EdgeKey, name: &str, listeners: u32) {
+        let Some(state) = self.edges.get_mut(&edge) else { return };
+        let id = match self.by_name.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.next_channel_id;
+                self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
+                let name: Arc<str> = name.into();
+                self.by_name.insert(name.clone(), id);
+                self.channels.insert(
+                    id,
+                    Channel {
+                        name,
+                        subscribers: HashMap::new(),
+                        speakers: HashMap::new(),
+                        selector: ActiveSpeakers::new(self.config.selector.clone()),
+                        holders: vec![None; self.config.selector.slots],
+                    },
+                );
+                debug!(channel = %name_of(&self.channels, id), id, "channel created");
+                id
+            }
+        };
+        if !state.channels.contains(&id) {
+            if state.channels.len() >= self.config.max_channels_per_edge {
+                return self.refuse(Refusal::TooManyChannels);
+            }
+            state.channels.push(id);
+        }
+        let ch = self.channels.get_mut(&id).expect("channel just found or made");
+        ch.subscribers.insert(edge, listeners);
+        self.outputs.push_back(CoreOutput::Control {
+            edge,
+            message: Message::Subscribed { channel: name.to_owned(), channel_id: id },
+        });
+        self.outputs.push_back(CoreOutput::Control { edge, message: selection_message(id, ch) });
+    }
+
+    fn unsubscribe(&mut self, edge: EdgeKey, channel_id: u32, now: Instant) {
+        if let Some(state) = self.edges.get_mut(&edge) {
+            state.channels.retain(|&c| c != channel_id);
+        }
+        let Some(ch) = self.channels.get_mut(&channel_id) else { return };
+        ch.subscribers.remove(&edge);
+        let gone: Vec<u32> = ch.speakers.iter().filter(|(_, s)| s.edge == edge).map(|(&k, _)| k).collect();
+        for ssrc in gone {
+            ch.speakers.remove(&ssrc);
+            ch.selector.remove(&ssrc);
+        }
+        if ch.subscribers.is_empty() {
+            let ch = self.channels.remove(&channel_id).expect("present above");
+            self.by_name.remove(&ch.name);
+            debug!(channel = %ch.name, "channel closed");
+        } else {
+            self.reselect(channel_id, now);
+        }
+    }
+
+    pub fn handle_datagram(&mut self, edge: EdgeKey, data: Bytes, now: Instant) {
+        let header = match MediaHeader::parse(&data) {
+            Ok(h) => h,
+            Err(_) => return self.refuse(Refusal::MalformedDatagram),
+        };
+        let Some(ch) = self.channels.get_mut(&header.channel_id) else {
+            return self.refuse(Refusal::UnknownChannel);
+        };
+        if !ch.subscribers.contains_key(&edge) {
+            return self.refuse(Refusal::NotSubscribed);
+        }
+        match ch.speakers.get_mut(&header.speaker) {
+            Some(s) if s.edge != edge => return self.refuse(Refusal::SsrcConflict),
+            Some(s) => s.last_packet = now,
+            None => {
+                if ch.speakers.len() >= self.config.max_speakers_per_channel {
+                    return self.refuse(Refusal::TooManySpeakers);
+                }
+                ch.speakers.insert(header.speaker, Speaker { edge, participant: "".into(), last_packet: now });
+            }
+        }
+        self.counters.datagrams_in += 1;
+        ch.selector.on_level(header.speaker, AudioLevel { level: header.level, voice: header.voice }, now);
+        let changed = ch.selector.update(now);
+        if changed {
+            self.reselect(header.channel_id, now);
+        }
+        let Some(ch) = self.channels.get(&header.channel_id) else { return };
+        if !ch.holders.contains(&Some(header.speaker)) {
+            return;
+        }
+        // One payload for every edge with listeners, the speaker's own included.
+        for (&target, &listeners) in &ch.subscribers {
+            if listeners > 0 {
+                self.counters.datagrams_out += 1;
+                self.outputs.push_back(CoreOutput::Datagram { edge: target, data: data.clone() });
+            }
+        }
+    }
+
+    /// Publishes the channel's selection to its edges if it changed.
+    fn reselect(&mut self, channel_id: u32, _now: Instant) {
+        let Some(ch) = self.channels.get_mut(&channel_id) else { return };
+        let holders: Vec<Option<u32>> = ch.selector.slots().collect();
+        if holders == ch.holders {
+            return;
+        }
+        debug!(channel = %ch.name, from = ?ch.holders, to = ?holders, "selection changed");
+        ch.holders = holders;
+        self.counters.selection_changes += 1;
+        let message = selection_message(channel_id, ch);
+        for &edge in ch.subscribers.keys() {
+            self.outputs.push_back(CoreOutput::Control { edge, message: message.clone() });
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<CoreOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        let timeout = self.config.speaker_timeout;
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        for id in ids {
+            let Some(ch) = self.channels.get_mut(&id) else { continue };
+            let stale: Vec<u32> = ch
+                .speakers
+                .iter()
+                .filter(|(_, s)| now.saturating_duration_since(s.last_packet) > timeout)
+                .map(|(&k, _)| k)
+                .collect();
+            for ssrc in stale {
+                ch.speakers.remove(&ssrc);
+                ch.selector.remove(&ssrc);
+            }
+            ch.selector.update(now);
+            self.reselect(id, now);
+        }
+    }
+
+    pub fn channels(&self) -> Vec<ChannelSummary> {
+        let mut out: Vec<ChannelSummary> = self
+            .channels
+            .iter()
+            .map(|(&id, ch)| ChannelSummary {
+                name: ch.name.to_string(),
+                id,
+                edges: ch.subscribers.len(),
+                listeners: ch.subscribers.values().map(|&l| u64::from(l)).sum(),
+                speakers: ch.speakers.len(),
+                selected: ch.holders.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Edges by id with their signalling URL and capacity, for operators.
+    pub fn edges(&self) -> Vec<(String, String, u32)> {
+        self.edges.values().map(|e| (e.id.clone(), e.signalling_url.clone(), e.capacity)).collect()
+    }
+}
+
+fn name_of(channels: &HashMap<u32, Channel>, id: u32) -> Arc<str> {
+    channels.get(&id).map(|c| c.name.clone()).unwrap_or_else(|| "?".into())
+}
+
+fn selection_message(channel_id: u32, ch: &Channel) -> Message {
+    Message::Selection {
+        channel_id,
+        slots: ch
+            .holders
+            .iter()
+            .map(|h| {
+                h.map(|ssrc| SlotHolder {
+                    ssrc,
+                    participant: ch.speakers.get(&ssrc).map(|s| s.participant.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect(),
+    }
+}

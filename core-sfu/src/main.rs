@@ -1,0 +1,28 @@
+use clap::Parser;
+use core_sfu::{CoreArgs, CoreSettings};
+use tracing_subscriber::EnvFilter;
+
+/// Core SFU: selects a channel's active speakers across edges and fans them out.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    args: CoreArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = CoreSettings::resolve(&Cli::parse().args)?;
+    let core = core_sfu::start(settings).await?;
+    println!("Core SFU running: QUIC {} for edges, http://{}/channels for operators.", core.handle.quic_addr, core.http_addr);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = core.quic_task => anyhow::bail!("core task stopped"),
+        _ = core.http_task => anyhow::bail!("http server stopped"),
+    }
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The core's async shell: a QUIC server for edges and one task owning the [`Core`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use relay_proto::auth::{self, Side};
+use relay_proto::control::{FrameReader, Message};
+use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
+use relay_proto::PROTOCOL_VERSION;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::core::{ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeKey, Refusal};
+
+const COMMAND_QUEUE: usize = 16 * 1024;
+/// Control messages queued per edge before the edge is dropped as too slow.
+const CONTROL_QUEUE: usize = 1024;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Command {
+    Joined { edge: EdgeKey, conn: quinn::Connection, control: mpsc::Sender<Message>, hello: Hello },
+    Left { edge: EdgeKey },
+    Control { edge: EdgeKey, message: Message },
+    Datagram { edge: EdgeKey, data: Bytes },
+    Refused { reason: Refusal },
+    Channels { reply: oneshot::Sender<Vec<ChannelSummary>> },
+    Stats { reply: oneshot::Sender<(CoreCounters, usize)> },
+}
+
+struct Hello {
+    edge_id: String,
+    signalling_url: String,
+    capacity: u32,
+}
+
+#[derive(Clone)]
+pub struct CoreHandle {
+    commands: mpsc::Sender<Command>,
+    pub quic_addr: SocketAddr,
+}
+
+impl CoreHandle {
+    pub async fn channels(&self) -> Option<Vec<ChannelSummary>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Channels { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn stats(&self) -> Option<(CoreCounters, usize)> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Binds the QUIC endpoint and starts accepting edges.
+pub fn start(
+    config: CoreConfig,
+    quic: SocketAddr,
+    identity: TlsIdentity,
+    cluster_secret: Vec<u8>,
+) -> anyhow::Result<(CoreHandle, JoinHandle<()>)> {
+    let endpoint = relay_proto::endpoint::server(quic, identity)?;
+    let quic_addr = endpoint.local_addr()?;
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let core_id = config.core_id.clone();
+    let slots = config.selector.slots as u8;
+    let core = Core::new(config, Instant::now());
+    let core_task = tokio::spawn(run_core(core, rx));
+    let accept_commands = commands.clone();
+    let secret = Arc::new(cluster_secret);
+    let accept_task = tokio::spawn(async move {
+        let mut next_key: EdgeKey = 1;
+        while let Some(incoming) = endpoint.accept().await {
+            let edge = next_key;
+            next_key += 1;
+            let commands = accept_commands.clone();
+            let secret = secret.clone();
+            let core_id = core_id.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => serve_edge(edge, conn, commands, &secret, &core_id, slots).await,
+                    Err(e) => debug!(error = %e, "edge handshake failed"),
+                }
+            });
+        }
+    });
+    let task = tokio::spawn(async move {
+        let _ = core_task.await;
+        accept_task.abort();
+    });
+    Ok((CoreHandle { commands, quic_addr }, task))
+}
+
+/// Authenticates one edge, then relays its control messages and datagrams to the core task.
+async fn serve_edge(
+    edge: EdgeKey,
+    conn: quinn::Connection,
+    commands: mpsc::Sender<Command>,
+    secret: &[u8],
+    core_id: &str,
+    slots: u8,
+) {
+    let remote = conn.remote_address();
+    let refuse = |reason: Refusal| {
+        let commands = commands.clone();
+        async move {
+            let _ = commands.send(Command::Refused { reason }).await;
+        }
+    };
+    let Some(binding) = auth::session_binding(&conn) else { return };
+    let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+        debug!(%remote, "edge opened no control stream");
+        return;
+    };
+    let mut reader = FrameReader::default();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut recv, &mut reader)).await {
+        Ok(Ok(Some(Message::Hello { version, edge_id, signalling_url, capacity, proof }))) => {
+            if version != PROTOCOL_VERSION {
+                refuse(Refusal::BadVersion).await;
+                let reason = format!("unsupported protocol version {version}; this core speaks {PROTOCOL_VERSION}");
+                warn!(%remote, %edge_id, version, "edge refused: protocol version");
+                reject(&conn, &mut send, reason).await;
+                return;
+            }
+            if !auth::verify(secret, Side::Edge, &binding, &edge_id, &proof) {
+                refuse(Refusal::BadAuth).await;
+                warn!(%remote, %edge_id, "edge refused: bad cluster secret");
+                reject(&conn, &mut send, "bad cluster secret".to_owned()).await;
+                return;
+            }
+            Hello { edge_id, signalling_url, capacity }
+        }
+        Ok(Ok(Some(_))) => {
+            refuse(Refusal::UnexpectedMessage).await;
+            reject(&conn, &mut send, "the first message must be hello".to_owned()).await;
+            return;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            refuse(Refusal::MalformedControl).await;
+            reject(&conn, &mut send, format!("malformed hello: {e}")).await;
+            return;
+        }
+        _ => return,
+    };
+    let welcome = Message::Welcome {
+        core_id: core_id.to_owned(),
+        slots,
+        proof: auth::proof(secret, Side::Core, &binding, core_id),
+    };
+    if send_message(&mut send, &welcome).await.is_err() {
+        return;
+    }
+    let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = control_rx.recv().await {
+            if send_message(&mut send, &m).await.is_err() {
+                break;
+            }
+        }
+    });
+    info!(edge, %remote, edge_id = %hello.edge_id, "edge authenticated");
+    if commands.send(Command::Joined { edge, conn: conn.clone(), control, hello }).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            m = read_message(&mut recv, &mut reader) => match m {
+                Ok(Some(message)) => {
+                    if commands.send(Command::Control { edge, message }).await.is_err() { break; }
+                }
+                Ok(None) => break,
+                Err(ReadError::Decode(e)) => {
+                    refuse(Refusal::MalformedControl).await;
+                    warn!(edge, error = %e, "malformed control message; closing");
+                    conn.close(1u32.into(), b"malformed control message");
+                    break;
+                }
+                Err(ReadError::Stream(_)) => break,
+            },
+            d = conn.read_datagram() => match d {
+                Ok(data) => {
+                    // Media never waits: a full queue drops the datagram.
+                    if commands.try_send(Command::Datagram { edge, data }).is_err() {
+                        refuse(Refusal::QueueFull).await;
+                    }
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    writer.abort();
+    let _ = commands.send(Command::Left { edge }).await;
+}
+
+async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) {
+    let _ = send_message(send, &Message::Reject { reason }).await;
+    let _ = send.finish();
+    // Give the reject a moment to leave before closing.
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    conn.close(2u32.into(), b"rejected");
+}
+
+struct EdgeLink {
+    conn: quinn::Connection,
+    control: mpsc::Sender<Message>,
+}
+
+async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
+    let mut links: std::collections::HashMap<EdgeKey, EdgeLink> = std::collections::HashMap::new();
+    let mut datagram_drops: u64 = 0;
+    loop {
+        let deadline = tokio::time::Instant::from_std(core.poll_timeout());
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = Instant::now();
+                match cmd {
+                    Command::Joined { edge, conn, control, hello } => {
+                        links.insert(edge, EdgeLink { conn, control });
+                        core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity);
+                    }
+                    Command::Left { edge } => {
+                        links.remove(&edge);
+                        core.edge_left(edge, now);
+                    }
+                    Command::Control { edge, message } => core.handle_control(edge, message, now),
+                    Command::Datagram { edge, data } => core.handle_datagram(edge, data, now),
+                    Command::Refused { reason } => core.refuse(reason),
+                    Command::Channels { reply } => { let _ = reply.send(core.channels()); }
+                    Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
+        }
+        while let Some(out) = core.poll_output() {
+            match out {
+                CoreOutput::Datagram { edge, data } => {
+                    if let Some(link) = links.get(&edge) {
+                        // quinn drops the oldest queued datagrams when an edge is slow.
+                        if link.conn.datagram_send_buffer_space() < data.len() || link.conn.send_datagram(data).is_err() {
+                            datagram_drops += 1;
+                            if datagram_drops.is_power_of_two() {
+                                debug!(edge, total = datagram_drops, "datagram to a slow edge dropped");
+                            }
+                        }
+                    }
+                }
+                CoreOutput::Control { edge, message } => {
+                    if let Some(link) = links.get(&edge) {
+                        if link.control.try_send(message).is_err() {
+                            warn!(edge, "edge does not read its control stream; closing");
+                            link.conn.close(3u32.into(), b"control stream backlog");
+                        }
+                    }
+                }
+                CoreOutput::Close { edge, reason } => {
+                    if let Some(link) = links.remove(&edge) {
+                        link.conn.close(0u32.into(), reason.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+}

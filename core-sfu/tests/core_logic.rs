@@ -1,0 +1,181 @@
+//! The core's selection and fan-out on a virtual clock.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use core_sfu::core::{Core, CoreConfig, CoreOutput, EdgeKey, Refusal};
+use relay_proto::control::Message;
+use relay_proto::datagram::MediaHeader;
+
+const LOUD: u8 = 20;
+const SOFT: u8 = 50;
+const SILENT: u8 = 127;
+
+struct Sim {
+    core: Core,
+    now: Instant,
+    channel_ids: HashMap<EdgeKey, u32>,
+    datagrams: Vec<(EdgeKey, Bytes)>,
+    selections: Vec<(EdgeKey, Vec<Option<u32>>)>,
+    seq: HashMap<u32, u16>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let now = Instant::now();
+        Sim { core: Core::new(CoreConfig::default(), now), now, channel_ids: HashMap::new(), datagrams: vec![], selections: vec![], seq: HashMap::new() }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                CoreOutput::Datagram { edge, data } => self.datagrams.push((edge, data)),
+                CoreOutput::Control { edge, message: Message::Subscribed { channel_id, .. } } => {
+                    self.channel_ids.insert(edge, channel_id);
+                }
+                CoreOutput::Control { edge, message: Message::Selection { slots, .. } } => {
+                    self.selections.push((edge, slots.iter().map(|s| s.as_ref().map(|h| h.ssrc)).collect()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn edge(&mut self, edge: EdgeKey, listeners: u32) {
+        self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25);
+        self.core.handle_control(edge, Message::Subscribe { channel: "lobby".into(), listeners }, self.now);
+        self.drain();
+    }
+
+    fn datagram(&mut self, edge: EdgeKey, speaker: u32, level: u8) -> Bytes {
+        let seq = self.seq.entry(speaker).or_default();
+        *seq = seq.wrapping_add(1);
+        let h = MediaHeader {
+            channel_id: self.channel_ids[&edge],
+            speaker,
+            sequence: *seq,
+            timestamp: u32::from(*seq) * 960,
+            level,
+            voice: level < SILENT,
+            marker: false,
+        };
+        let mut out = BytesMut::new();
+        h.encode(b"opus-frame", &mut out);
+        out.freeze()
+    }
+
+    /// `ms` of 20 ms packets from each (edge, speaker, level).
+    fn talk(&mut self, ms: u64, speakers: &[(EdgeKey, u32, u8)]) {
+        for _ in 0..ms / 20 {
+            self.now += Duration::from_millis(20);
+            for &(edge, ssrc, level) in speakers {
+                let d = self.datagram(edge, ssrc, level);
+                self.core.handle_datagram(edge, d, self.now);
+            }
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    fn forwarded_speakers(&mut self, to: EdgeKey) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .datagrams
+            .iter()
+            .filter(|(e, _)| *e == to)
+            .map(|(_, d)| MediaHeader::parse(d).unwrap().speaker)
+            .collect();
+        v.sort();
+        v.dedup();
+        self.datagrams.clear();
+        v
+    }
+
+    fn selected(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.selections.last().map(|(_, s)| s.iter().flatten().copied().collect()).unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn fans_out_one_payload_to_every_edge_with_listeners() {
+    let mut sim = Sim::new();
+    sim.edge(1, 2);
+    sim.edge(2, 0);
+    sim.edge(3, 5);
+    sim.talk(400, &[(1, 100, LOUD)]);
+    let mut by_edge: HashMap<EdgeKey, Vec<Bytes>> = HashMap::new();
+    for (e, d) in sim.datagrams.drain(..) {
+        by_edge.entry(e).or_default().push(d);
+    }
+    assert!(!by_edge.contains_key(&2), "an edge without listeners got media");
+    let (own, far) = (&by_edge[&1], &by_edge[&3]);
+    assert!(own.len() >= 15, "the speaker's own edge gets the stream for its other listeners");
+    assert_eq!(own.len(), far.len());
+    // The same buffer, not a copy per edge.
+    assert_eq!(own.last().unwrap().as_ptr(), far.last().unwrap().as_ptr());
+    assert_eq!(MediaHeader::parse(far.last().unwrap()).unwrap().speaker, 100);
+}
+
+#[test]
+fn top_three_of_four_and_the_slots_follow_who_talks() {
+    let mut sim = Sim::new();
+    sim.edge(1, 1);
+    sim.edge(2, 1);
+    sim.edge(3, 1);
+    sim.talk(2000, &[(1, 11, LOUD), (1, 12, LOUD), (2, 21, LOUD), (3, 31, SOFT)]);
+    assert_eq!(sim.selected(), vec![11, 12, 21]);
+    assert_eq!(sim.forwarded_speakers(3), vec![11, 12, 21], "the quietest is not forwarded");
+    // 31 gets loud and 12 goes silent (DTX: stops sending).
+    let before = sim.core.counters().selection_changes;
+    sim.talk(300, &[(1, 11, LOUD), (2, 21, LOUD), (3, 31, LOUD)]);
+    assert!(sim.core.counters().selection_changes > before);
+    assert_eq!(sim.selected(), vec![11, 21, 31], "31 takes 12's slot within 300 ms");
+    sim.datagrams.clear();
+    sim.talk(200, &[(1, 11, LOUD), (2, 21, LOUD), (3, 31, LOUD)]);
+    assert_eq!(sim.forwarded_speakers(1), vec![11, 21, 31]);
+    // Every edge was told the same selection.
+    let last: Vec<_> = sim.selections.iter().rev().take(3).map(|(_, s)| s.clone()).collect();
+    assert!(last.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn bad_datagrams_are_refused_and_counted() {
+    let mut sim = Sim::new();
+    sim.edge(1, 1);
+    sim.edge(2, 1);
+    sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25);
+    let good = sim.datagram(1, 100, LOUD);
+    sim.core.handle_datagram(1, good.clone(), sim.now);
+    sim.core.handle_datagram(1, Bytes::from_static(&[0x40, 1, 2]), sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::MalformedDatagram), 1);
+    sim.core.handle_datagram(9, good.clone(), sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::NotSubscribed), 1);
+    let mut other_channel = good.to_vec();
+    other_channel[2..6].copy_from_slice(&77u32.to_be_bytes());
+    sim.core.handle_datagram(1, Bytes::from(other_channel), sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::UnknownChannel), 1);
+    // Edge 2 claims edge 1's speaker.
+    let stolen = sim.datagram(2, 100, LOUD);
+    sim.core.handle_datagram(2, stolen, sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::SsrcConflict), 1);
+    sim.core.handle_control(1, Message::Welcome { core_id: "x".into(), slots: 3, proof: [0; 32] }, sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::UnexpectedMessage), 1);
+}
+
+#[test]
+fn an_edge_leaving_frees_its_speakers_slots() {
+    let mut sim = Sim::new();
+    sim.edge(1, 1);
+    sim.edge(2, 1);
+    sim.talk(1000, &[(1, 100, LOUD), (2, 200, LOUD)]);
+    assert_eq!(sim.selected(), vec![100, 200]);
+    sim.core.edge_left(1, sim.now);
+    sim.drain();
+    assert_eq!(sim.selected(), vec![200]);
+    assert_eq!(sim.selections.last().unwrap().0, 2, "the remaining edge is told");
+    assert_eq!(sim.core.channels()[0].edges, 1);
+    sim.core.edge_left(2, sim.now);
+    assert!(sim.core.channels().is_empty(), "a channel without edges is closed");
+}
