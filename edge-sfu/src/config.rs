@@ -45,6 +45,22 @@ pub struct RunArgs {
     /// PEM file with the DTLS private key and certificate (default: generated at start).
     #[arg(long, env = "SFU_DTLS_CERT")]
     pub dtls_cert: Option<PathBuf>,
+    /// The core's QUIC address, HOST:PORT: run in cascade mode (default: standalone).
+    #[arg(long, env = "SFU_CORE")]
+    pub core: Option<String>,
+    /// Shared secret of the cluster, proven to the core (required with --core).
+    #[arg(long, env = "SFU_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// This edge's id at the core (default: edge-<UDP address>).
+    #[arg(long, env = "SFU_EDGE_ID")]
+    pub edge_id: Option<String>,
+    /// Signalling URL clients use for this edge (default: http://<HTTP address>).
+    #[arg(long, env = "SFU_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// PEM CA certificate to verify the core's QUIC certificate (default: the core is
+    /// authenticated by its cluster-secret proof alone).
+    #[arg(long, env = "SFU_CORE_CA")]
+    pub core_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -60,6 +76,21 @@ struct FileConfig {
     cors_allow_origin: Option<String>,
     demo_tokens: Option<bool>,
     dtls_cert: Option<PathBuf>,
+    core: Option<String>,
+    cluster_secret: Option<String>,
+    edge_id: Option<String>,
+    public_url: Option<String>,
+    core_ca: Option<PathBuf>,
+}
+
+/// Where the core is and how to prove ourselves to it.
+#[derive(Clone, Debug)]
+pub struct CascadeSettings {
+    pub core: String,
+    pub cluster_secret: String,
+    pub edge_id: Option<String>,
+    pub public_url: Option<String>,
+    pub core_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +104,8 @@ pub struct Settings {
     pub dtls_cert: Option<PathBuf>,
     pub edge: EdgeConfig,
     pub handshake_timeout: Duration,
+    /// `Some`: cascade mode under a core.
+    pub cascade: Option<CascadeSettings>,
 }
 
 impl Default for Settings {
@@ -87,6 +120,7 @@ impl Default for Settings {
             dtls_cert: None,
             edge: EdgeConfig::default(),
             handshake_timeout: media::dtls::DEFAULT_HANDSHAKE_TIMEOUT,
+            cascade: None,
         }
     }
 }
@@ -113,6 +147,23 @@ impl Settings {
         edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
         anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");
         anyhow::ensure!(edge.max_listeners_per_channel >= 1, "max_listeners_per_channel must be at least 1");
+        let cascade = match args.core.clone().or(file.core) {
+            Some(core) => {
+                let cluster_secret = args.cluster_secret.clone().or(file.cluster_secret).context(
+                    "cascade mode (--core) needs the cluster secret: set SFU_CLUSTER_SECRET or --cluster-secret",
+                )?;
+                anyhow::ensure!(core.contains(':'), "--core must be HOST:PORT, got {core:?}");
+                edge.cascade = true;
+                Some(CascadeSettings {
+                    core,
+                    cluster_secret,
+                    edge_id: args.edge_id.clone().or(file.edge_id),
+                    public_url: args.public_url.clone().or(file.public_url),
+                    core_ca: args.core_ca.clone().or(file.core_ca),
+                })
+            }
+            None => None,
+        };
         Ok(Settings {
             http: args.http.or(file.http).unwrap_or(d.http),
             udp: args.udp.or(file.udp).unwrap_or(d.udp),
@@ -123,6 +174,7 @@ impl Settings {
             dtls_cert: args.dtls_cert.clone().or(file.dtls_cert),
             edge,
             handshake_timeout: d.handshake_timeout,
+            cascade,
         })
     }
 

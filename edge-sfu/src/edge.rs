@@ -17,6 +17,8 @@ use media::slot::SlotRewriter;
 use media::speakers::{ActiveSpeakers, SelectorConfig};
 use media::srtp::{SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
+use relay_proto::control::Message;
+use relay_proto::datagram::MediaHeader;
 use tracing::{debug, info, trace};
 
 pub type SessionId = u64;
@@ -33,6 +35,8 @@ pub struct EdgeConfig {
     pub idle_timeout: Duration,
     pub report_interval: Duration,
     pub cname: String,
+    /// Selection comes from a core: local speakers are uplinked, the core's picks forwarded.
+    pub cascade: bool,
 }
 
 impl Default for EdgeConfig {
@@ -45,6 +49,7 @@ impl Default for EdgeConfig {
             idle_timeout: Duration::from_secs(30),
             report_interval: Duration::from_secs(1),
             cname: "webrtc-sfu".to_owned(),
+            cascade: false,
         }
     }
 }
@@ -64,10 +69,13 @@ pub enum Drop {
     RtcpMalformed,
     NotPublishing,
     DtlsQueueFull,
+    RelayMalformed,
+    RelayUnknownChannel,
+    RelayNotSelected,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 12] = [
+    pub const ALL: [Drop; 15] = [
         Drop::Oversize,
         Drop::UnknownKind,
         Drop::StunMalformed,
@@ -80,6 +88,9 @@ impl Drop {
         Drop::RtcpMalformed,
         Drop::NotPublishing,
         Drop::DtlsQueueFull,
+        Drop::RelayMalformed,
+        Drop::RelayUnknownChannel,
+        Drop::RelayNotSelected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +107,9 @@ impl Drop {
             Drop::RtcpMalformed => "rtcp_malformed",
             Drop::NotPublishing => "not_publishing",
             Drop::DtlsQueueFull => "dtls_queue_full",
+            Drop::RelayMalformed => "relay_malformed",
+            Drop::RelayUnknownChannel => "relay_unknown_channel",
+            Drop::RelayNotSelected => "relay_not_selected",
         }
     }
 }
@@ -108,6 +122,8 @@ pub struct Counters {
     pub rtcp_in: u64,
     pub rtcp_out: u64,
     pub nacks_in: u64,
+    pub uplink_out: u64,
+    pub relay_in: u64,
     pub sessions_opened: u64,
     pub sessions_closed: u64,
 }
@@ -162,6 +178,10 @@ pub enum Output {
     Dtls { session: SessionId, data: Bytes },
     /// The session is gone (timeout, BYE, DELETE): drop its DTLS task.
     Closed { session: SessionId, reason: &'static str },
+    /// A control message for the core.
+    Relay(Message),
+    /// A media datagram for the core.
+    Uplink(Bytes),
 }
 
 /// What the quality of a session's link looks like from RTCP.
@@ -213,8 +233,40 @@ impl Session {
 struct Channel {
     listeners: Vec<SessionId>,
     publishers: HashMap<Ssrc, SessionId>,
+    /// Local selection: what listeners hear standalone; the uplink filter in cascade.
     selector: ActiveSpeakers<Ssrc>,
+    /// Who holds each slot: from `selector` standalone, from the core in cascade.
     holders: Vec<Option<Ssrc>>,
+    /// The core's id for this channel, once subscribed.
+    relay_id: Option<u32>,
+    /// Participant ids of the core's selected speakers.
+    holder_names: HashMap<Ssrc, String>,
+    /// Sessions of this channel on this edge, connected or not.
+    members: usize,
+}
+
+impl Channel {
+    fn new(slots: usize) -> Self {
+        Channel {
+            listeners: Vec::new(),
+            publishers: HashMap::new(),
+            selector: ActiveSpeakers::new(SelectorConfig { slots, ..Default::default() }),
+            holders: vec![None; slots],
+            relay_id: None,
+            holder_names: HashMap::new(),
+            members: 0,
+        }
+    }
+}
+
+/// The fields of one packet forwarded to a slot, from a local publisher or the core.
+struct Forwarded<'a> {
+    speaker: Ssrc,
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+    level: AudioLevel,
+    payload: &'a [u8],
 }
 
 /// A speaker as the demo page and operators see it.
@@ -249,6 +301,8 @@ pub struct Edge {
     next_tick: Instant,
     counters: Counters,
     scratch: Vec<u8>,
+    relay_up: bool,
+    by_relay_id: HashMap<u32, Arc<str>>,
 }
 
 impl Edge {
@@ -266,6 +320,8 @@ impl Edge {
             next_tick: now + TICK,
             counters: Counters::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
+            relay_up: false,
+            by_relay_id: HashMap::new(),
         }
     }
 
@@ -331,14 +387,22 @@ impl Edge {
             link: LinkStats::default(),
         };
         let slots = self.config.slots;
-        let channel = self.channels.entry(new.channel.clone()).or_insert_with(|| Channel {
-            listeners: Vec::new(),
-            publishers: HashMap::new(),
-            selector: ActiveSpeakers::new(SelectorConfig { slots, ..Default::default() }),
-            holders: vec![None; slots],
-        });
+        let is_new = !self.channels.contains_key(&new.channel);
+        let channel = self.channels.entry(new.channel.clone()).or_insert_with(|| Channel::new(slots));
+        channel.members += 1;
         if listens {
             channel.listeners.push(id);
+        }
+        if self.config.cascade && self.relay_up {
+            let listeners = channel.listeners.len() as u32;
+            match (is_new, channel.relay_id) {
+                (true, _) => self.outputs.push_back(Output::Relay(Message::Subscribe { channel: new.channel.to_string(), listeners })),
+                (false, Some(channel_id)) if listens => {
+                    let speakers = channel.publishers.len() as u32;
+                    self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
+                }
+                _ => {}
+            }
         }
         self.by_ufrag.insert(new.local_ufrag, id);
         self.sessions.insert(id, session);
@@ -370,7 +434,17 @@ impl Edge {
                 channel.publishers.remove(&ssrc);
                 channel.selector.remove(&ssrc);
             }
-            if channel.listeners.is_empty() && channel.publishers.is_empty() {
+            channel.members -= 1;
+            let (listeners, speakers) = (channel.listeners.len() as u32, channel.publishers.len() as u32);
+            let empty = channel.members == 0;
+            if let Some(channel_id) = channel.relay_id.filter(|_| self.relay_up) {
+                let m = if empty { Message::Unsubscribe { channel_id } } else { Message::Load { channel_id, listeners, speakers } };
+                self.outputs.push_back(Output::Relay(m));
+            }
+            if empty {
+                if let Some(id) = channel.relay_id {
+                    self.by_relay_id.remove(&id);
+                }
                 self.channels.remove(&s.channel);
             }
         }
@@ -482,16 +556,20 @@ impl Edge {
         }
         self.counters.rtp_in += 1;
         let ssrc = view.ssrc;
+        let Some(channel) = self.channels.get_mut(&s.channel) else { return };
         if publish.ssrc != Some(ssrc) {
             let old = publish.ssrc.replace(ssrc);
             publish.stats = Some(ReceiveStats::new(ssrc, self.clock_base));
-            let channel = self.channels.get_mut(&s.channel).expect("session's channel exists");
             if let Some(old) = old {
                 channel.publishers.remove(&old);
                 channel.selector.remove(&old);
             }
             channel.publishers.insert(ssrc, id);
             debug!(session = id, %ssrc, "publishing");
+            if let (Some(channel_id), true) = (channel.relay_id, self.relay_up) {
+                let participant = s.participant.to_string();
+                self.outputs.push_back(Output::Relay(Message::SpeakerInfo { channel_id, ssrc: ssrc.0, participant }));
+            }
         }
         if let Some(stats) = publish.stats.as_mut() {
             stats.on_packet(view.sequence, view.timestamp, now);
@@ -502,19 +580,46 @@ impl Edge {
             .and_then(|ext| view.audio_level(ext))
             .unwrap_or(UNKNOWN_LEVEL);
         let channel_name = s.channel.clone();
-        let channel = self.channels.get_mut(&channel_name).expect("session's channel exists");
         channel.selector.on_level(ssrc, level, now);
-        if channel.selector.update(now) {
-            Self::apply_selection(channel, &mut self.sessions, &channel_name);
+        let changed = channel.selector.update(now);
+        let packet = Forwarded {
+            speaker: ssrc,
+            sequence: view.sequence,
+            timestamp: view.timestamp,
+            marker: view.marker,
+            level,
+            payload: view.payload(),
+        };
+        if self.config.cascade {
+            // Only the edge's own top N can be in the channel's top N: uplink those.
+            if let (Some(channel_id), true, Some(_)) = (channel.relay_id, self.relay_up, channel.selector.slot_of(&ssrc)) {
+                let mut out = bytes::BytesMut::with_capacity(relay_proto::datagram::HEADER_LEN + packet.payload.len());
+                MediaHeader {
+                    channel_id,
+                    speaker: ssrc.0,
+                    sequence: packet.sequence,
+                    timestamp: packet.timestamp,
+                    level: level.level,
+                    voice: level.voice,
+                    marker: packet.marker,
+                }
+                .encode(packet.payload, &mut out);
+                self.counters.uplink_out += 1;
+                self.outputs.push_back(Output::Uplink(out.freeze()));
+            }
+            return;
         }
-        let Some(slot) = channel.selector.slot_of(&ssrc) else { return };
-        self.forward(id, &channel_name, slot, &view, level, now);
+        if changed {
+            let holders: Vec<Option<Ssrc>> = channel.selector.slots().collect();
+            Self::set_holders(channel, holders, &mut self.sessions, &channel_name);
+        }
+        let Some(slot) = channel.holders.iter().position(|h| *h == Some(ssrc)) else { return };
+        self.forward(id, &channel_name, slot, &packet, now);
     }
 
-    /// Detaches slots whose holder changed, so the next packet starts a new mapping.
-    fn apply_selection(channel: &mut Channel, sessions: &mut HashMap<SessionId, Session>, name: &str) {
-        let now_holders: Vec<Option<Ssrc>> = channel.selector.slots().collect();
-        for (slot, (old, new)) in channel.holders.iter().zip(&now_holders).enumerate() {
+    /// Sets who holds each slot, detaching changed slots so the next packet starts a new mapping.
+    fn set_holders(channel: &mut Channel, holders: Vec<Option<Ssrc>>, sessions: &mut HashMap<SessionId, Session>, name: &str) {
+        for (slot, (old, new)) in channel.holders.iter().zip(&holders).enumerate() {
             if old == new {
                 continue;
             }
@@ -525,12 +630,14 @@ impl Edge {
                 }
             }
         }
-        channel.holders = now_holders;
+        channel.holders = holders;
     }
 
-    fn forward(&mut self, from: SessionId, channel: &str, slot: usize, view: &RtpView<'_>, level: AudioLevel, now: Instant) {
+    /// Sends one packet on `slot` to every listener of the channel but `from`.
+    fn forward(&mut self, from: SessionId, channel: &str, slot: usize, packet: &Forwarded<'_>, now: Instant) {
         let Some(ch) = self.channels.get(channel) else { return };
-        let payload = view.payload();
+        let payload = packet.payload;
+        let level = packet.level;
         for &lid in &ch.listeners {
             if lid == from {
                 continue;
@@ -538,17 +645,17 @@ impl Edge {
             let Some(l) = self.sessions.get_mut(&lid) else { continue };
             let (Some(to), Some(srtp)) = (l.remote, l.srtp.as_mut()) else { continue };
             let Some(ls) = l.slots.get_mut(slot) else { continue };
-            let Some(out) = ls.rewriter.rewrite(view.ssrc, view.sequence, view.timestamp, payload.len(), now) else {
+            let Some(out) = ls.rewriter.rewrite(packet.speaker, packet.sequence, packet.timestamp, payload.len(), now) else {
                 continue;
             };
             let p = ls.params;
             OutHeader {
                 payload_type: p.payload_type,
-                marker: view.marker,
+                marker: packet.marker,
                 sequence: out.sequence,
                 timestamp: out.timestamp,
                 ssrc: p.ssrc,
-                csrc: Some(view.ssrc),
+                csrc: Some(packet.speaker),
                 audio_level: p.audio_level_ext.map(|id| (id, level)),
                 csrc_level: p.csrc_level_ext.map(|id| (id, level.level)),
             }
@@ -561,6 +668,99 @@ impl Edge {
                 Err(e) => debug!(session = lid, error = %e, "srtp protect failed"),
             }
         }
+    }
+
+    /// The link to the core is up: subscribe to every channel this edge serves.
+    pub fn relay_connected(&mut self) {
+        self.relay_up = true;
+        self.by_relay_id.clear();
+        for (name, ch) in &mut self.channels {
+            ch.relay_id = None;
+            let listeners = ch.listeners.len() as u32;
+            self.outputs.push_back(Output::Relay(Message::Subscribe { channel: name.to_string(), listeners }));
+        }
+        info!(channels = self.channels.len(), "core link up");
+    }
+
+    /// The link is down: listeners stay; selection resumes when the core is back.
+    pub fn relay_disconnected(&mut self) {
+        if !self.relay_up {
+            return;
+        }
+        self.relay_up = false;
+        self.by_relay_id.clear();
+        for ch in self.channels.values_mut() {
+            ch.relay_id = None;
+        }
+        info!("core link down");
+    }
+
+    pub fn handle_relay_control(&mut self, message: Message) {
+        match message {
+            Message::Subscribed { channel, channel_id } => {
+                let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone());
+                let Some((name, ch)) = name.and_then(|n| self.channels.get_mut(&n).map(|ch| (n, ch))) else {
+                    // Gone while the subscription was under way.
+                    self.outputs.push_back(Output::Relay(Message::Unsubscribe { channel_id }));
+                    return;
+                };
+                ch.relay_id = Some(channel_id);
+                self.by_relay_id.insert(channel_id, name);
+                for (ssrc, sid) in &ch.publishers {
+                    if let Some(s) = self.sessions.get(sid) {
+                        let participant = s.participant.to_string();
+                        self.outputs.push_back(Output::Relay(Message::SpeakerInfo { channel_id, ssrc: ssrc.0, participant }));
+                    }
+                }
+                debug!(%channel, channel_id, "subscribed");
+            }
+            Message::Selection { channel_id, slots } => {
+                let Some(name) = self.by_relay_id.get(&channel_id).cloned() else {
+                    return self.drop_packet(Drop::RelayUnknownChannel);
+                };
+                let Some(ch) = self.channels.get_mut(&name) else { return };
+                let mut holders = vec![None; self.config.slots];
+                ch.holder_names.clear();
+                for (slot, holder) in holders.iter_mut().zip(slots) {
+                    if let Some(h) = holder {
+                        *slot = Some(Ssrc(h.ssrc));
+                        ch.holder_names.insert(Ssrc(h.ssrc), h.participant);
+                    }
+                }
+                Self::set_holders(ch, holders, &mut self.sessions, &name);
+            }
+            Message::Drain { deadline_ms } => info!(deadline_ms, "core asks this edge to drain"),
+            Message::Goodbye { reason } => info!(%reason, "core says goodbye"),
+            other => debug!(?other, "unexpected message from the core"),
+        }
+    }
+
+    /// A datagram from the core: a selected speaker's packet for this edge's listeners.
+    pub fn handle_relay_datagram(&mut self, data: &Bytes, now: Instant) {
+        let (header, payload) = match MediaHeader::decode(data) {
+            Ok(h) => h,
+            Err(_) => return self.drop_packet(Drop::RelayMalformed),
+        };
+        let Some(name) = self.by_relay_id.get(&header.channel_id).cloned() else {
+            return self.drop_packet(Drop::RelayUnknownChannel);
+        };
+        let Some(ch) = self.channels.get(&name) else { return };
+        let speaker = Ssrc(header.speaker);
+        let Some(slot) = ch.holders.iter().position(|h| *h == Some(speaker)) else {
+            return self.drop_packet(Drop::RelayNotSelected);
+        };
+        self.counters.relay_in += 1;
+        // A local speaker's own session never gets its voice back.
+        let from = ch.publishers.get(&speaker).copied().unwrap_or(0);
+        let packet = Forwarded {
+            speaker,
+            sequence: header.sequence,
+            timestamp: header.timestamp,
+            marker: header.marker,
+            level: AudioLevel { level: header.level, voice: header.voice },
+            payload: &payload,
+        };
+        self.forward(from, &name, slot, &packet, now);
     }
 
     fn handle_rtcp(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
@@ -608,7 +808,10 @@ impl Edge {
             let channel = s.channel.clone();
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.selector.remove(&ssrc);
-                Self::apply_selection(ch, &mut self.sessions, &channel);
+                if !self.config.cascade {
+                    let holders = ch.selector.slots().collect();
+                    Self::set_holders(ch, holders, &mut self.sessions, &channel);
+                }
             }
         }
     }
@@ -627,8 +830,9 @@ impl Edge {
         }
         self.next_tick = now + TICK;
         for (name, channel) in self.channels.iter_mut() {
-            if channel.selector.update(now) {
-                Self::apply_selection(channel, &mut self.sessions, name);
+            if channel.selector.update(now) && !self.config.cascade {
+                let holders = channel.selector.slots().collect();
+                Self::set_holders(channel, holders, &mut self.sessions, name);
             }
         }
         let mut expired = Vec::new();
@@ -708,11 +912,19 @@ impl Edge {
                 Some(SpeakerView {
                     participant: s.participant.to_string(),
                     ssrc: ssrc.0,
-                    slot: ch.selector.slot_of(ssrc),
+                    slot: ch.holders.iter().position(|h| h == &Some(*ssrc)),
                     score: ch.selector.score(ssrc, now).unwrap_or(0.0),
                 })
             })
             .collect();
+        for (slot, holder) in ch.holders.iter().enumerate() {
+            let Some(ssrc) = holder else { continue };
+            if ch.publishers.contains_key(ssrc) {
+                continue;
+            }
+            let participant = ch.holder_names.get(ssrc).cloned().unwrap_or_default();
+            speakers.push(SpeakerView { participant, ssrc: ssrc.0, slot: Some(slot), score: 1.0 });
+        }
         speakers.sort_by(|a, b| a.participant.cmp(&b.participant));
         Some(ChannelView { listeners: ch.listeners.len(), speakers })
     }

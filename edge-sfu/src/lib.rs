@@ -38,26 +38,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
             rand::random::<[u8; 32]>().to_vec()
         }
     };
+    let listener = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", settings.http))?;
+    let http_addr = listener.local_addr()?;
+    let udp = tokio::net::UdpSocket::bind(settings.udp)
+        .await
+        .with_context(|| format!("binding UDP {}", settings.udp))?;
+    let relay = match &settings.cascade {
+        Some(c) => Some(relay_config(c, &settings, http_addr, udp.local_addr()?)?),
+        None => None,
+    };
     let candidate_settings = settings.clone();
     let (handle, udp_task) = server::start(
         settings.edge.clone(),
-        settings.udp,
+        udp,
         move |bound| candidate_settings.candidate(bound),
         identity,
         settings.handshake_timeout,
-    )
-    .await
-    .with_context(|| format!("binding UDP {}", settings.udp))?;
+        relay,
+    )?;
     let state = http::AppState {
         edge: handle.clone(),
         tokens: token::TokenKeys::new(&secret),
         demo_tokens: settings.demo_tokens,
     };
     let app = http::router(state, &settings.cors_allow_origin);
-    let listener = tokio::net::TcpListener::bind(settings.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", settings.http))?;
-    let http_addr = listener.local_addr()?;
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http server stopped");
@@ -65,6 +71,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
     });
     info!(http = %http_addr, udp = %handle.udp_addr, candidate = %handle.candidate, "edge started");
     Ok(RunningEdge { http_addr, handle, http_task, udp_task })
+}
+
+fn relay_config(
+    c: &config::CascadeSettings,
+    settings: &Settings,
+    http_addr: std::net::SocketAddr,
+    udp_addr: std::net::SocketAddr,
+) -> anyhow::Result<server::RelayConfig> {
+    use relay_proto::endpoint::Trust;
+    use rustls_pki_types::pem::PemObject;
+    let trust = match &c.core_ca {
+        Some(path) => Trust::Roots(
+            rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        ),
+        None => Trust::ClusterSecretOnly,
+    };
+    Ok(server::RelayConfig {
+        core: c.core.clone(),
+        cluster_secret: c.cluster_secret.clone().into_bytes(),
+        edge_id: c.edge_id.clone().unwrap_or_else(|| format!("edge-{udp_addr}")),
+        signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+        capacity: settings.edge.max_listeners_per_channel as u32,
+        trust,
+    })
 }
 
 /// How long a demo or test token lives by default.

@@ -9,10 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use media::dtls::{self, DatagramSink, DtlsIdentity, DTLS_QUEUE};
 use media::srtp::SrtpKeys;
+use relay_proto::auth::{self, Side};
+use relay_proto::control::{FrameReader, Message};
+use relay_proto::endpoint::{read_message, send_message, Trust};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::edge::{AdmitError, ChannelView, Counters, Drop, Edge, EdgeConfig, NewSession, Output, SessionId};
 
@@ -50,7 +53,36 @@ enum Command {
     Stats {
         reply: oneshot::Sender<(Counters, usize)>,
     },
+    RelayUp {
+        link: RelayLink,
+    },
+    RelayDown,
+    RelayControl(Message),
+    RelayDatagram(Bytes),
 }
+
+/// How an edge reaches its core.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// `host:port` of the core's QUIC endpoint, resolved at every connect.
+    pub core: String,
+    pub cluster_secret: Vec<u8>,
+    pub edge_id: String,
+    pub signalling_url: String,
+    pub capacity: u32,
+    pub trust: Trust,
+}
+
+/// The live link to the core, as the edge task uses it.
+struct RelayLink {
+    conn: quinn::Connection,
+    control: mpsc::Sender<Message>,
+}
+
+const RELAY_CONTROL_QUEUE: usize = 4096;
+const RELAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const RELAY_MAX_BACKOFF: Duration = Duration::from_secs(2);
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A cheap, cloneable handle to a running edge.
 #[derive(Clone)]
@@ -117,17 +149,19 @@ struct Shell {
     resource_of: HashMap<SessionId, String>,
     send_errors: u64,
     last_send_warning: Option<Instant>,
+    relay: Option<RelayLink>,
+    uplink_drops: u64,
 }
 
-/// Binds the UDP socket and starts the edge task.
-pub async fn start(
+/// Starts the edge task on a bound UDP socket (and the core link in cascade mode).
+pub fn start(
     config: EdgeConfig,
-    udp: SocketAddr,
+    socket: UdpSocket,
     candidate_for: impl Fn(SocketAddr) -> SocketAddr,
     identity: DtlsIdentity,
     handshake_timeout: Duration,
+    relay: Option<RelayConfig>,
 ) -> std::io::Result<(EdgeHandle, JoinHandle<()>)> {
-    let socket = UdpSocket::bind(udp).await?;
     let udp_addr = socket.local_addr()?;
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let now = Instant::now();
@@ -150,8 +184,15 @@ pub async fn start(
         resource_of: HashMap::new(),
         send_errors: 0,
         last_send_warning: None,
+        relay: None,
+        uplink_drops: 0,
     };
-    Ok((handle, tokio::spawn(shell.run(rx))))
+    let task = tokio::spawn(shell.run(rx));
+    if let Some(relay) = relay {
+        let link_commands = handle.commands.clone();
+        tokio::spawn(relay_link(relay, link_commands));
+    }
+    Ok((handle, task))
 }
 
 impl Shell {
@@ -213,6 +254,16 @@ impl Shell {
             Command::Stats { reply } => {
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));
             }
+            Command::RelayUp { link } => {
+                self.relay = Some(link);
+                self.edge.relay_connected();
+            }
+            Command::RelayDown => {
+                self.relay = None;
+                self.edge.relay_disconnected();
+            }
+            Command::RelayControl(message) => self.edge.handle_relay_control(message),
+            Command::RelayDatagram(data) => self.edge.handle_relay_datagram(&data, now),
         }
     }
 
@@ -264,6 +315,20 @@ impl Shell {
                         }
                     }
                 }
+                Output::Relay(message) => {
+                    if let Some(link) = &self.relay {
+                        if link.control.try_send(message).is_err() {
+                            warn!("core link backlog: reconnecting");
+                            link.conn.close(1u32.into(), b"control backlog");
+                        }
+                    }
+                }
+                Output::Uplink(data) => {
+                    let sent = self.relay.as_ref().is_some_and(|l| l.conn.send_datagram(data).is_ok());
+                    if !sent {
+                        self.uplink_drops += 1;
+                    }
+                }
                 Output::Closed { session, .. } => {
                     if let Some(t) = self.dtls.remove(&session) {
                         t.task.abort();
@@ -275,4 +340,124 @@ impl Shell {
             }
         }
     }
+}
+
+/// Keeps a link to the core: connect, authenticate both ways, relay, and on loss retry
+/// with backoff. Listeners stay connected to the edge throughout.
+async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
+    let mut backoff = RELAY_MIN_BACKOFF;
+    let mut endpoint: Option<quinn::Endpoint> = None;
+    let mut last_warning: Option<Instant> = None;
+    while !commands.is_closed() {
+        match connect_core(&config, &mut endpoint).await {
+            Ok((conn, send, recv, reader, core_id)) => {
+                info!(core = %config.core, %core_id, "connected to core");
+                backoff = RELAY_MIN_BACKOFF;
+                pump(conn, send, recv, reader, &commands).await;
+                if commands.send(Command::RelayDown).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if last_warning.is_none_or(|t| now - t > Duration::from_secs(10)) {
+                    last_warning = Some(now);
+                    warn!(core = %config.core, error = %e, "cannot reach the core; retrying");
+                }
+            }
+        }
+        let jitter = Duration::from_millis(u64::from(rand::random::<u8>() % 50));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(RELAY_MAX_BACKOFF);
+    }
+}
+
+type Connected = (quinn::Connection, quinn::SendStream, quinn::RecvStream, FrameReader, String);
+
+async fn connect_core(config: &RelayConfig, endpoint: &mut Option<quinn::Endpoint>) -> anyhow::Result<Connected> {
+    let addr = tokio::net::lookup_host(&config.core)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", config.core))?;
+    if endpoint.is_none() {
+        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        *endpoint = Some(relay_proto::endpoint::client(bind, config.trust.clone())?);
+    }
+    let endpoint = endpoint.as_ref().expect("set above");
+    let host = config.core.rsplit_once(':').map_or(config.core.as_str(), |(h, _)| h);
+    let server_name = host.trim_start_matches('[').trim_end_matches(']');
+    let conn = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
+        .await
+        .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
+    let binding = auth::session_binding(&conn).ok_or_else(|| anyhow::anyhow!("no TLS exporter"))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Message::Hello {
+        version: relay_proto::PROTOCOL_VERSION,
+        edge_id: config.edge_id.clone(),
+        signalling_url: config.signalling_url.clone(),
+        capacity: config.capacity,
+        proof: auth::proof(&config.cluster_secret, Side::Edge, &binding, &config.edge_id),
+    };
+    send_message(&mut send, &hello).await?;
+    let mut reader = FrameReader::default();
+    let reply = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, read_message(&mut recv, &mut reader))
+        .await
+        .map_err(|_| anyhow::anyhow!("core sent no welcome"))??;
+    match reply {
+        Some(Message::Welcome { core_id, proof, .. }) => {
+            if !auth::verify(&config.cluster_secret, Side::Core, &binding, &core_id, &proof) {
+                conn.close(2u32.into(), b"core failed authentication");
+                anyhow::bail!("core {core_id} did not prove the cluster secret");
+            }
+            Ok((conn, send, recv, reader, core_id))
+        }
+        Some(Message::Reject { reason }) => anyhow::bail!("core refused this edge: {reason}"),
+        other => anyhow::bail!("unexpected first message from the core: {other:?}"),
+    }
+}
+
+/// Relays one connection until it ends.
+async fn pump(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut reader: FrameReader,
+    commands: &mpsc::Sender<Command>,
+) {
+    let (control, mut control_rx) = mpsc::channel::<Message>(RELAY_CONTROL_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = control_rx.recv().await {
+            if send_message(&mut send, &m).await.is_err() {
+                break;
+            }
+        }
+    });
+    if commands.send(Command::RelayUp { link: RelayLink { conn: conn.clone(), control } }).await.is_err() {
+        writer.abort();
+        return;
+    }
+    loop {
+        tokio::select! {
+            m = read_message(&mut recv, &mut reader) => match m {
+                Ok(Some(message)) => {
+                    if commands.send(Command::RelayControl(message)).await.is_err() { break; }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "core link failed");
+                    conn.close(1u32.into(), b"malformed control message");
+                    break;
+                }
+            },
+            d = conn.read_datagram() => match d {
+                // Media never waits: a full queue drops the datagram.
+                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram(data)); }
+                Err(e) => {
+                    debug!(error = %e, "core link closed");
+                    break;
+                }
+            },
+        }
+    }
+    writer.abort();
 }

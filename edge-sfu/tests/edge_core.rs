@@ -12,6 +12,8 @@ use media::rtcp_report::{self, Feedback, ReceiveStats};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
 use media::srtp::{ProtectionProfile, SrtpKeys, SrtpSession};
 use media::Ssrc;
+use relay_proto::control::{Message, SlotHolder};
+use relay_proto::datagram::MediaHeader;
 
 const PT: u8 = 111;
 const LEVEL_EXT: u8 = 1;
@@ -47,6 +49,8 @@ struct Net {
     inbox: Vec<(SocketAddr, Bytes)>,
     closed: Vec<SessionId>,
     dtls: Vec<(SessionId, Bytes)>,
+    relay: Vec<Message>,
+    uplink: Vec<Bytes>,
 }
 
 impl Net {
@@ -59,6 +63,8 @@ impl Net {
             inbox: Vec::new(),
             closed: Vec::new(),
             dtls: Vec::new(),
+            relay: Vec::new(),
+            uplink: Vec::new(),
         }
     }
 
@@ -68,6 +74,8 @@ impl Net {
                 Output::Transmit { to, data } => self.inbox.push((to, data)),
                 Output::Closed { session, .. } => self.closed.push(session),
                 Output::Dtls { session, data } => self.dtls.push((session, data)),
+                Output::Relay(m) => self.relay.push(m),
+                Output::Uplink(d) => self.uplink.push(d),
             }
         }
     }
@@ -381,4 +389,66 @@ fn reports_flow_both_ways_and_silent_sessions_time_out() {
     let (_, rtcp) = net.received(&mut bob);
     assert!(rtcp.contains(&Feedback::Bye(bob.slots[0])), "{rtcp:?}");
     assert_eq!(net.edge.session_count(), 0);
+}
+
+fn core_datagram(channel_id: u32, speaker: u32, sequence: u16) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    MediaHeader { channel_id, speaker, sequence, timestamp: u32::from(sequence) * 960, level: 20, voice: true, marker: false }
+        .encode(b"opus", &mut out);
+    out.freeze()
+}
+
+#[test]
+fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected();
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    assert!(matches!(&net.relay[0], Message::Subscribe { channel, .. } if channel == "lobby"), "{:?}", net.relay);
+    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 });
+    net.drain();
+
+    net.talk(&mut [&mut alice], &[LOUD], 30);
+    assert!(net.uplink.len() >= 25, "alice is uplinked: {}", net.uplink.len());
+    let h = MediaHeader::parse(net.uplink.last().unwrap()).unwrap();
+    assert_eq!((h.channel_id, h.speaker, h.level), (7, alice.ssrc.0, LOUD.level));
+    assert!(net.received(&mut bob).0.is_empty(), "in cascade the core decides what bob hears");
+    assert!(net.relay.iter().any(|m| matches!(m, Message::SpeakerInfo { ssrc, participant, .. } if *ssrc == alice.ssrc.0 && participant == "alice")));
+
+    // The core selects a remote speaker and alice; both reach bob, alice never herself.
+    let remote = 555u32;
+    let holder = |ssrc: u32, name: &str| Some(SlotHolder { ssrc, participant: name.into() });
+    net.edge.handle_relay_control(Message::Selection { channel_id: 7, slots: vec![holder(remote, "zoe"), holder(alice.ssrc.0, "alice"), None] });
+    for seq in 0..20 {
+        net.edge.handle_relay_datagram(&core_datagram(7, remote, seq), net.now);
+        net.edge.handle_relay_datagram(&core_datagram(7, alice.ssrc.0, seq), net.now);
+        net.advance(Duration::from_millis(20));
+    }
+    let (rtp, _) = net.received(&mut bob);
+    let on_slot = |slot: usize| rtp.iter().filter(|p| p.ssrc == bob.slots[slot]).collect::<Vec<_>>();
+    assert_eq!(on_slot(0).len(), 20);
+    assert!(on_slot(0).iter().all(|p| p.csrcs == vec![Ssrc(remote)]));
+    assert_eq!(on_slot(1).len(), 20);
+    assert!(on_slot(1).iter().all(|p| p.csrcs == vec![alice.ssrc]));
+    let (alice_rtp, _) = net.received(&mut alice);
+    assert!(alice_rtp.iter().all(|p| p.csrcs == vec![Ssrc(remote)]), "alice hears only zoe");
+    assert_eq!(alice_rtp.len(), 20);
+    let view = net.edge.channel_view("lobby").unwrap();
+    assert!(view.speakers.iter().any(|s| s.participant == "zoe" && s.slot == Some(0)), "{view:?}");
+
+    // Bad datagrams from the core are counted and dropped.
+    net.edge.handle_relay_datagram(&Bytes::from_static(b"\x40junk"), net.now);
+    net.edge.handle_relay_datagram(&core_datagram(99, remote, 1), net.now);
+    net.edge.handle_relay_datagram(&core_datagram(7, 4242, 1), net.now);
+    assert_eq!(net.edge.counters().dropped(Drop::RelayMalformed), 1);
+    assert_eq!(net.edge.counters().dropped(Drop::RelayUnknownChannel), 1);
+    assert_eq!(net.edge.counters().dropped(Drop::RelayNotSelected), 1);
+
+    // The link drops and returns: the edge subscribes again; listeners were never touched.
+    net.relay.clear();
+    net.edge.relay_disconnected();
+    net.edge.relay_connected();
+    net.drain();
+    assert!(matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"), "{:?}", net.relay);
+    assert_eq!(net.edge.session_count(), 2);
 }

@@ -32,15 +32,10 @@ fn offer(directions: &[&str]) -> String {
 
 async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
     let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: max_listeners, ..Default::default() };
-    let (handle, _task) = edge_sfu::server::start(
-        config,
-        "127.0.0.1:0".parse().unwrap(),
-        |a| a,
-        DtlsIdentity::generate().unwrap(),
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (handle, _task) =
+        edge_sfu::server::start(config, socket, |a| a, DtlsIdentity::generate().unwrap(), std::time::Duration::from_secs(5), None)
+            .unwrap();
     router(AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens }, "https://player.example")
 }
 
