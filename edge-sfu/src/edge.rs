@@ -689,8 +689,12 @@ impl Edge {
         }
         self.relay_up = false;
         self.by_relay_id.clear();
-        for ch in self.channels.values_mut() {
+        let slots = self.config.slots;
+        // No media flows without the core: vacate the slots, so that when selection
+        // resumes every slot starts a new mapping and stays continuous.
+        for (name, ch) in self.channels.iter_mut() {
             ch.relay_id = None;
+            Self::set_holders(ch, vec![None; slots], &mut self.sessions, name);
         }
         info!("core link down");
     }

@@ -427,6 +427,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let (rtp, _) = net.received(&mut bob);
     let on_slot = |slot: usize| rtp.iter().filter(|p| p.ssrc == bob.slots[slot]).collect::<Vec<_>>();
     assert_eq!(on_slot(0).len(), 20);
+    let on_slot_zero_last = on_slot(0).last().unwrap().seq;
     assert!(on_slot(0).iter().all(|p| p.csrcs == vec![Ssrc(remote)]));
     assert_eq!(on_slot(1).len(), 20);
     assert!(on_slot(1).iter().all(|p| p.csrcs == vec![alice.ssrc]));
@@ -451,4 +452,12 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     net.drain();
     assert!(matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"), "{:?}", net.relay);
     assert_eq!(net.edge.session_count(), 2);
+    // The new core already selected the same speaker: bob's slot still continues at +1.
+    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 8 });
+    net.edge.handle_relay_control(Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] });
+    net.edge.handle_relay_datagram(&core_datagram(8, remote, 500), net.now);
+    net.drain();
+    let (rtp, _) = net.received(&mut bob);
+    assert_eq!(rtp.len(), 1);
+    assert_eq!(rtp[0].seq, on_slot_zero_last.wrapping_add(1), "slot 0 continues across the core restart");
 }

@@ -6,21 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{run_python, start_edge, token};
+use common::{client, heard_tracks, run_python, start_edge, token};
 use edge_sfu::edge::Drop;
 use edge_sfu::token::Role;
 use serde_json::{json, Value};
 
 const ALICE_TONE: f64 = 440.0;
 const DAVE_TONE: f64 = 660.0;
-
-fn client<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["clients"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
-}
-
-fn heard_tracks(c: &Value) -> Vec<&Value> {
-    c["tracks"].as_array().unwrap().iter().filter(|t| t["packets"].as_u64().unwrap() > 0).collect()
-}
 
 /// Asserts one received slot carries exactly one speaker, decoded, in order; returns the speaker's SSRC.
 fn assert_clean_slot(who: &str, track: &Value, tones: &HashMap<u64, f64>) -> u64 {

@@ -1,7 +1,6 @@
 //! HTTP signalling against a running edge core: what a good offer gets, and the clear
 //! error each kind of bad request gets.
 
-mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};

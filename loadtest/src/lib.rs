@@ -1,3 +1,4 @@
-//! Load tester: synthetic speakers and listeners doing real ICE, DTLS and SRTP with the
-//! `media` crate's client side, reporting join time, loss, jitter and latency.
-//! Built in the load-test issue; see DESIGN.md.
+//! Local clusters (a core and edges on loopback) and, next, synthetic listeners and
+//! speakers doing real ICE/DTLS/SRTP.
+
+pub mod cluster;

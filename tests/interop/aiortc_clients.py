@@ -7,6 +7,7 @@ so a listener can tell from the decoded audio whose voice it got.
 
 import asyncio
 import fractions
+import time
 import json
 import sys
 import urllib.error
@@ -27,7 +28,8 @@ _original_handle = RTCRtpReceiver._handle_rtp_packet
 
 
 async def _recording_handle(self, packet, arrival_time_ms):
-    PACKETS.setdefault(id(self), []).append((packet.ssrc, packet.sequence_number, list(packet.csrc)))
+    PACKETS.setdefault(id(self), []).append(
+        (packet.ssrc, packet.sequence_number, list(packet.csrc), time.monotonic()))
     await _original_handle(self, packet, arrival_time_ms)
 
 
@@ -35,18 +37,25 @@ RTCRtpReceiver._handle_rtp_packet = _recording_handle
 
 
 class ToneTrack(AudioStreamTrack):
-    """A sine tone at `freq` Hz, loud enough to carry a high RFC 6464 level."""
+    """A sine tone at `freq` Hz; silence outside the (start, end) seconds of `schedule`."""
 
-    def __init__(self, freq):
+    def __init__(self, freq, amplitude=12000, schedule=None, quiet_until=0.0, quiet_amplitude=0):
         super().__init__()
         self.freq = freq
+        self.amplitude = amplitude
+        self.schedule = schedule
+        self.quiet_until = quiet_until
+        self.quiet_amplitude = quiet_amplitude
         self.n = 0
 
     async def recv(self):
         frame = await super().recv()  # paces at real time and sets pts
         t = (np.arange(FRAME) + self.n) / SAMPLE_RATE
         self.n += FRAME
-        samples = (np.sin(2 * np.pi * self.freq * t) * 12000).astype(np.int16)
+        now = self.n / SAMPLE_RATE
+        on = self.schedule is None or any(a <= now < b for a, b in self.schedule)
+        amplitude = (self.quiet_amplitude if now < self.quiet_until else self.amplitude) if on else 0
+        samples = (np.sin(2 * np.pi * self.freq * t) * amplitude).astype(np.int16)
         out = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         out.sample_rate = SAMPLE_RATE
         out.pts = frame.pts
@@ -87,7 +96,8 @@ async def consume(track, sink):
         pass
 
 
-async def run_client(spec, base, end_time):
+async def run_client(spec, default_base, end_time):
+    base = spec.get("base", default_base)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(spec.get("start_delay", 0))
     result = {"name": spec["name"], "tracks": [], "errors": []}
@@ -96,7 +106,9 @@ async def run_client(spec, base, end_time):
     sinks = {}
     sender_transceiver = None
     if spec.get("tone"):
-        sender_transceiver = pc.addTransceiver(ToneTrack(spec["tone"]), direction=spec.get("send_direction", "sendrecv"))
+        track = ToneTrack(spec["tone"], spec.get("amplitude", 12000), spec.get("schedule"),
+                          spec.get("quiet_until", 0.0), spec.get("quiet_amplitude", 0))
+        sender_transceiver = pc.addTransceiver(track, direction=spec.get("send_direction", "sendrecv"))
     for _ in range(spec.get("recv_tracks", 0)):
         pc.addTransceiver("audio", direction="recvonly")
 
@@ -133,11 +145,21 @@ async def run_client(spec, base, end_time):
         sink = sinks.get(id(track), {"frames": 0, "chunks": []})
         samples = np.concatenate(sink["chunks"]) if sink["chunks"] else np.zeros(0, dtype=np.int16)
         voiced = samples[-SAMPLE_RATE:] if len(samples) else samples
+        arrivals = [p[3] for p in packets]
+        # Speakers in the order they appeared on this slot.
+        order = []
+        for p in packets:
+            for c in p[2]:
+                if c not in order:
+                    order.append(c)
         result["tracks"].append({
             "mid": t.mid,
             "packets": len(packets),
             "ssrcs": sorted({p[0] for p in packets}),
             "csrcs": sorted({c for p in packets for c in p[2]}),
+            "csrc_order": order,
+            "last_second_csrcs": sorted({c for p in packets if p[3] >= packets[-1][3] - 1.0 for c in p[2]}) if packets else [],
+            "max_gap_ms": max((b - a for a, b in zip(arrivals, arrivals[1:])), default=0.0) * 1000.0,
             "seq_gaps": gaps,
             "seq_backwards": backwards,
             "frames": sink["frames"],
