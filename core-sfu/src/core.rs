@@ -63,6 +63,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 11] = [
+        Refusal::MalformedDatagram,
+        Refusal::UnknownChannel,
+        Refusal::NotSubscribed,
+        Refusal::SsrcConflict,
+        Refusal::TooManySpeakers,
+        Refusal::TooManyChannels,
+        Refusal::UnexpectedMessage,
+        Refusal::MalformedControl,
+        Refusal::BadAuth,
+        Refusal::BadVersion,
+        Refusal::QueueFull,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::MalformedDatagram => "malformed_datagram",
@@ -85,6 +99,8 @@ pub struct CoreCounters {
     refused: HashMap<Refusal, u64>,
     pub datagrams_in: u64,
     pub datagrams_out: u64,
+    /// Datagrams not sent because an edge's send buffer was full.
+    pub datagrams_dropped: u64,
     pub selection_changes: u64,
 }
 
@@ -166,6 +182,11 @@ impl Core {
     pub fn refuse(&mut self, r: Refusal) {
         trace!(reason = r.as_str(), "refused");
         *self.counters.refused.entry(r).or_default() += 1;
+    }
+
+    /// Counts a datagram the shell could not hand to a slow edge.
+    pub fn count_send_drop(&mut self) {
+        self.counters.datagrams_dropped += 1;
     }
 
     pub fn edge_count(&self) -> usize {

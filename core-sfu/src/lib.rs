@@ -6,9 +6,14 @@ pub mod core;
 pub mod server;
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use relay_proto::endpoint::TlsIdentity;
 use tracing::info;
 
@@ -30,10 +35,16 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
     };
     let (handle, quic_task) = server::start(settings.core.clone(), settings.quic, identity, settings.cluster_secret.clone().into_bytes())
         .with_context(|| format!("binding QUIC {}", settings.quic))?;
+    let state = HttpState {
+        handle: handle.clone(),
+        node: settings.core.core_id.clone(),
+        recorder: Arc::new(PrometheusBuilder::new().build_recorder()),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/channels", get(channels))
-        .with_state(handle.clone());
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
@@ -47,6 +58,39 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
     Ok(RunningCore { http_addr, handle, quic_task, http_task })
 }
 
-async fn channels(State(handle): State<server::CoreHandle>) -> Json<Vec<core::ChannelSummary>> {
-    Json(handle.channels().await.unwrap_or_default())
+#[derive(Clone)]
+struct HttpState {
+    handle: server::CoreHandle,
+    node: String,
+    /// This node's own registry: several nodes may share a process (the local cluster).
+    recorder: Arc<PrometheusRecorder>,
+}
+
+async fn channels(State(state): State<HttpState>) -> Json<Vec<core::ChannelSummary>> {
+    Json(state.handle.channels().await.unwrap_or_default())
+}
+
+/// Prometheus text: the core's counters, copied from one snapshot at scrape time so the
+/// media path never touches the metrics registry.
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    let (Some((c, edges)), Some(channels)) = (state.handle.stats().await, state.handle.channels().await) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "core is shutting down\n").into_response();
+    };
+    metrics::with_local_recorder(state.recorder.as_ref(), || {
+        let node = state.node.clone();
+        let labels = [("node", node.clone()), ("role", "core".to_owned())];
+        metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
+        metrics::gauge!("sfu_core_channels", &labels).set(channels.len() as f64);
+        let listeners: u64 = channels.iter().map(|c| c.listeners).sum();
+        metrics::gauge!("sfu_core_listeners", &labels).set(listeners as f64);
+        metrics::counter!("sfu_core_datagrams_in_total", &labels).absolute(c.datagrams_in);
+        metrics::counter!("sfu_core_datagrams_out_total", &labels).absolute(c.datagrams_out);
+        metrics::counter!("sfu_core_datagrams_dropped_total", &labels).absolute(c.datagrams_dropped);
+        metrics::counter!("sfu_core_selection_changes_total", &labels).absolute(c.selection_changes);
+        for r in core::Refusal::ALL {
+            let labels = [("node", node.clone()), ("role", "core".to_owned()), ("reason", r.as_str().to_owned())];
+            metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.recorder.handle().render()).into_response()
 }

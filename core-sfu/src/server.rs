@@ -211,7 +211,6 @@ struct EdgeLink {
 
 async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
     let mut links: std::collections::HashMap<EdgeKey, EdgeLink> = std::collections::HashMap::new();
-    let mut datagram_drops: u64 = 0;
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
         tokio::select! {
@@ -242,9 +241,10 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                     if let Some(link) = links.get(&edge) {
                         // quinn drops the oldest queued datagrams when an edge is slow.
                         if link.conn.datagram_send_buffer_space() < data.len() || link.conn.send_datagram(data).is_err() {
-                            datagram_drops += 1;
-                            if datagram_drops.is_power_of_two() {
-                                debug!(edge, total = datagram_drops, "datagram to a slow edge dropped");
+                            core.count_send_drop();
+                            let total = core.counters().datagrams_dropped;
+                            if total.is_power_of_two() {
+                                debug!(edge, total, "datagram to a slow edge dropped");
                             }
                         }
                     }

@@ -82,6 +82,20 @@ async fn a_wrong_cluster_secret_is_refused() {
     // The connection is closed: nothing more gets through.
     tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await.expect("closed");
     assert_eq!(core.handle.stats().await.unwrap().1, 0, "no edge joined");
+    // Operators see it on /metrics.
+    let metrics = http_get(core.http_addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains(r#"sfu_core_refused_total{node="core",role="core",reason="bad_auth"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"sfu_core_edges{node="core",role="core"} 0"#), "{metrics}");
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: core\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 #[tokio::test]

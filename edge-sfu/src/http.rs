@@ -27,6 +27,9 @@ pub struct AppState {
     pub edge: EdgeHandle,
     pub tokens: TokenKeys,
     pub demo_tokens: bool,
+    /// This node's metrics registry (several nodes may share a process).
+    pub metrics: std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>,
+    pub node: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,7 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
         .route("/whip/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Publish)))
         .route("/whep/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Listen)))
         .route("/join/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Join)))
@@ -286,4 +290,30 @@ async fn demo_token(State(state): State<Arc<AppState>>, Query(q): Query<DemoToke
     warn!(channel = %q.channel, name = %q.name, "issuing a demo token");
     let token = state.tokens.sign(&Claims { sub: q.name, channel: q.channel, role: q.role, exp: unix_now() + 3600 });
     Json(serde_json::json!({ "token": token })).into_response()
+}
+
+/// Prometheus text: the edge's counters, copied from one snapshot at scrape time so the
+/// media path never touches the metrics registry.
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let Ok((c, sessions)) = state.edge.stats().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
+    };
+    metrics::with_local_recorder(state.metrics.as_ref(), || {
+        let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];
+        metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
+        metrics::counter!("sfu_edge_sessions_opened_total", &labels).absolute(c.sessions_opened);
+        metrics::counter!("sfu_edge_sessions_closed_total", &labels).absolute(c.sessions_closed);
+        metrics::counter!("sfu_edge_rtp_in_total", &labels).absolute(c.rtp_in);
+        metrics::counter!("sfu_edge_rtp_out_total", &labels).absolute(c.rtp_out);
+        metrics::counter!("sfu_edge_rtcp_in_total", &labels).absolute(c.rtcp_in);
+        metrics::counter!("sfu_edge_rtcp_out_total", &labels).absolute(c.rtcp_out);
+        metrics::counter!("sfu_edge_nacks_in_total", &labels).absolute(c.nacks_in);
+        metrics::counter!("sfu_edge_uplink_out_total", &labels).absolute(c.uplink_out);
+        metrics::counter!("sfu_edge_relay_in_total", &labels).absolute(c.relay_in);
+        for d in crate::edge::Drop::ALL {
+            let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
+            metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.handle().render()).into_response()
 }

@@ -58,10 +58,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         settings.handshake_timeout,
         relay,
     )?;
+    let node = settings.cascade.as_ref().and_then(|c| c.edge_id.clone()).unwrap_or_else(|| format!("edge-{}", handle.udp_addr));
     let state = http::AppState {
         edge: handle.clone(),
         tokens: token::TokenKeys::new(&secret),
         demo_tokens: settings.demo_tokens,
+        metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
+        node,
     };
     let app = http::router(state, &settings.cors_allow_origin);
     let http_task = tokio::spawn(async move {

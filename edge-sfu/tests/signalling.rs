@@ -35,7 +35,8 @@ async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
     let (handle, _task) =
         edge_sfu::server::start(config, socket, |a| a, DtlsIdentity::generate().unwrap(), std::time::Duration::from_secs(5), None)
             .unwrap();
-    router(AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens }, "https://player.example")
+    let metrics = std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+    router(AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens, metrics, node: "edge-test".into() }, "https://player.example")
 }
 
 fn token(channel: &str, role: Role, exp: u64) -> String {
@@ -131,6 +132,11 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(send(&app, get("/channels/lobby")).await.0, StatusCode::OK);
     let (status, _, body) = send(&app, get("/healthz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    // Every refused request above is visible to operators.
+    let (status, _, metrics) = send(&app, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.contains("sfu_edge_sessions{node=\"edge-test\",role=\"edge\"} 1"), "{metrics}");
+    assert!(metrics.contains("sfu_edge_dropped_total{node=\"edge-test\",role=\"edge\",reason=\"srtp_auth\"} 0"), "{metrics}");
     let bad_delete = Request::builder().method(Method::DELETE).uri("/session/zz").body(Body::empty()).unwrap();
     assert_eq!(send(&app, bad_delete).await.0, StatusCode::NOT_FOUND);
 }
