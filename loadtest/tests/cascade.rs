@@ -224,3 +224,23 @@ async fn listeners_hear_again_after_the_core_restarts() {
     assert_in_order("l2", t);
     assert_tone("l2", t, 440.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_talks_on_edge_one_and_chromium_listens_on_edge_three() {
+    // As the README's main job runs it: demo tokens from each edge's own page.
+    let cluster = LocalCluster::start(ClusterSpec { edges: 3, ..Default::default() }).unwrap();
+    let spec = json!({"base": base(&cluster, 0), "listen_base": base(&cluster, 2), "channel": "lobby", "duration": 4});
+    let report = run_python("chromium_demo.py", spec, Duration::from_secs(120)).await;
+    let (talker, listener) = (&report["talker"], &report["listener"]);
+    assert_eq!(talker["state"], "connected", "{report}");
+    assert_eq!(listener["state"], "connected", "{report}");
+    let talker_ssrc = talker["outbound"][0]["ssrc"].as_u64().expect("talker sends");
+    let heard: Vec<&Value> =
+        listener["inbound"].as_array().unwrap().iter().filter(|s| s["packetsReceived"].as_u64().unwrap() > 0).collect();
+    assert_eq!(heard.len(), 1, "{report}");
+    assert!(heard[0]["totalAudioEnergy"].as_f64().unwrap() > 0.0, "{report}");
+    let csrcs: Vec<u64> = listener["csrcs"].as_array().unwrap().iter().map(|c| c["source"].as_u64().unwrap()).collect();
+    assert_eq!(csrcs, vec![talker_ssrc], "{report}");
+    // Edge 3's page names the speaker on edge 1, learnt from the core's selection.
+    assert_eq!(listener["hearing"], json!(["alice"]), "{report}");
+}

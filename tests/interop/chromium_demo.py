@@ -1,6 +1,7 @@
 """Drives Debian's headless Chromium on the edge's demo page: one tab talks, one listens.
 
-Reads a JSON spec on stdin ({"base", "channel", "duration"}), prints a JSON report of what
+Reads a JSON spec on stdin ({"base", "channel", "duration"}, and "listen_base" to listen on
+another edge's page), prints a JSON report of what
 each tab's RTCPeerConnection saw (getStats, getContributingSources) and what the page shows.
 Talks to Chromium over the DevTools protocol; no browser download, no driver.
 """
@@ -131,9 +132,8 @@ async def main():
         else:
             raise RuntimeError("chromium did not start: " + open(os.path.join(work, "chromium.log")).read()[-2000:])
         port = int(open(port_file).read().split()[0])
-        page = spec["base"] + "/"
-        talker = await open_tab(port, page)
-        listener = await open_tab(port, page)
+        talker = await open_tab(port, spec["base"] + "/")
+        listener = await open_tab(port, spec.get("listen_base", spec["base"]) + "/")
         for tab in (talker, listener):
             await tab.eval(f"window.CHANNEL = {json.dumps(spec['channel'])}; true")
         await join(talker, "alice", "talk")
