@@ -710,6 +710,9 @@ impl Edge {
                 };
                 ch.relay_id = Some(channel_id);
                 self.by_relay_id.insert(channel_id, name);
+                // Counts may have moved while the subscription was under way.
+                let (listeners, speakers) = (ch.listeners.len() as u32, ch.publishers.len() as u32);
+                self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
                 for (ssrc, sid) in &ch.publishers {
                     if let Some(s) = self.sessions.get(sid) {
                         let participant = s.participant.to_string();

@@ -407,6 +407,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     assert!(matches!(&net.relay[0], Message::Subscribe { channel, .. } if channel == "lobby"), "{:?}", net.relay);
     net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 });
     net.drain();
+    assert!(net.relay.contains(&Message::Load { channel_id: 7, listeners: 2, speakers: 0 }), "{:?}", net.relay);
 
     net.talk(&mut [&mut alice], &[LOUD], 30);
     assert!(net.uplink.len() >= 25, "alice is uplinked: {}", net.uplink.len());
