@@ -2,3 +2,4 @@
 //! speakers doing real ICE/DTLS/SRTP.
 
 pub mod cluster;
+pub mod measure;

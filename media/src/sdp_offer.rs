@@ -511,3 +511,128 @@ a=rtpmap:111 opus/48000/2\r\n";
         }
     }
 }
+
+/// Client side: what an offer asks for.
+pub struct OfferParams<'a> {
+    pub ice_ufrag: &'a str,
+    pub ice_pwd: &'a str,
+    pub fingerprint: &'a [u8; 32],
+    /// Our sending SSRC on the first section, if we publish.
+    pub send_ssrc: Option<Ssrc>,
+    /// Sections we receive on (after the sending one, if any).
+    pub receive_sections: usize,
+}
+
+pub const OFFER_OPUS_PT: u8 = 111;
+pub const OFFER_AUDIO_LEVEL_EXT: u8 = 1;
+
+/// Client side: a bundled, audio-only offer as a WebRTC client would make it.
+pub fn build_offer(p: &OfferParams<'_>) -> String {
+    let sections = usize::from(p.send_ssrc.is_some()) + p.receive_sections;
+    let mids: Vec<String> = (0..sections).map(|i| i.to_string()).collect();
+    let mut s = format!(
+        "v=0\r\no=- {} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE {}\r\n",
+        rand::random::<u64>() >> 1,
+        mids.join(" ")
+    );
+    let fingerprint = format_fingerprint(p.fingerprint);
+    for (i, mid) in mids.iter().enumerate() {
+        let sending = i == 0 && p.send_ssrc.is_some();
+        let _ = write!(
+            s,
+            "m=audio 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n\
+             a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\na=rtcp-mux\r\na={}\r\n\
+             a=rtpmap:{pt} opus/48000/2\r\na=fmtp:{pt} minptime=10;useinbandfec=1\r\na=extmap:{ext} {AUDIO_LEVEL_URI}\r\n",
+            p.ice_ufrag,
+            p.ice_pwd,
+            if sending { "sendonly" } else { "recvonly" },
+            pt = OFFER_OPUS_PT,
+            ext = OFFER_AUDIO_LEVEL_EXT,
+        );
+        if let (true, Some(ssrc)) = (sending, p.send_ssrc) {
+            let _ = write!(s, "a=ssrc:{} cname:loadtest\r\n", ssrc.0);
+        }
+    }
+    s
+}
+
+/// Client side: what we need from the server's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    pub fingerprint: [u8; 32],
+    pub candidates: Vec<SocketAddr>,
+    /// The server's sending SSRC per section it sends on, in section order.
+    pub slot_ssrcs: Vec<Ssrc>,
+}
+
+impl Answer {
+    pub fn parse(text: &str) -> Result<Answer, SdpError> {
+        if text.len() > MAX_OFFER_LEN {
+            return Err(SdpError::TooLarge);
+        }
+        let session = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
+            .map_err(|e| SdpError::Unparseable(e.to_string()))?;
+        let first = session
+            .media_descriptions
+            .iter()
+            .find(|m| m.media_name.port.value != 0)
+            .ok_or(SdpError::NoAudio)?;
+        let (ice_ufrag, ice_pwd) = ice_credentials(first, &session).ok_or(SdpError::NoIceCredentials)?;
+        let fingerprint = dtls_fingerprint(first, &session)?;
+        let mut candidates = Vec::new();
+        let mut slot_ssrcs = Vec::new();
+        for m in session.media_descriptions.iter().filter(|m| m.media_name.port.value != 0) {
+            for c in attribute_values(m, "candidate") {
+                let f: Vec<&str> = c.split_whitespace().collect();
+                if f.len() >= 8 && f[2].eq_ignore_ascii_case("udp") && f[7] == "host" {
+                    if let (Ok(ip), Ok(port)) = (f[4].parse::<std::net::IpAddr>(), f[5].parse::<u16>()) {
+                        let addr = SocketAddr::new(ip, port);
+                        if !candidates.contains(&addr) {
+                            candidates.push(addr);
+                        }
+                    }
+                }
+            }
+            if let Some(ssrc) = attribute_values(m, "ssrc").filter_map(|v| v.split_whitespace().next()?.parse().ok()).next() {
+                slot_ssrcs.push(Ssrc(ssrc));
+            }
+        }
+        Ok(Answer { ice_ufrag, ice_pwd, fingerprint, candidates, slot_ssrcs })
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+
+    #[test]
+    fn our_offer_is_accepted_and_our_answer_understood() {
+        let fp = [7u8; 32];
+        let text = build_offer(&OfferParams {
+            ice_ufrag: "cliufrag",
+            ice_pwd: "clientpasswordclientpass",
+            fingerprint: &fp,
+            send_ssrc: Some(Ssrc(42)),
+            receive_sections: 2,
+        });
+        let offer = Offer::parse(&text).unwrap();
+        assert_eq!(offer.media.len(), 3);
+        assert_eq!(offer.media[0].audio.as_ref().unwrap().direction, Direction::SendOnly);
+        assert_eq!(offer.media[0].audio.as_ref().unwrap().ssrc, Some(Ssrc(42)));
+        assert_eq!(offer.media[2].audio.as_ref().unwrap().direction, Direction::RecvOnly);
+        let cands = ["127.0.0.1:4000".parse().unwrap()];
+        let answer = build_answer(
+            &offer,
+            &AnswerParams { ice_ufrag: "srvu", ice_pwd: "serverpasswordserverpass", fingerprint: &[9; 32], candidates: &cands, cname: "sfu", session_id: 1 },
+            &[MediaAnswer::Receive, MediaAnswer::Send(Ssrc(5)), MediaAnswer::Send(Ssrc(6))],
+        );
+        let a = Answer::parse(&answer).unwrap();
+        assert_eq!((a.ice_ufrag.as_str(), a.ice_pwd.as_str()), ("srvu", "serverpasswordserverpass"));
+        assert_eq!(a.fingerprint, [9; 32]);
+        assert_eq!(a.candidates, cands.to_vec());
+        assert_eq!(a.slot_ssrcs, vec![Ssrc(5), Ssrc(6)]);
+        assert!(Answer::parse("v=0\r\n").is_err());
+    }
+}
