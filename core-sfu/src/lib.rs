@@ -43,6 +43,7 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/channels", get(channels))
+        .route("/edges", get(edges))
         .route("/metrics", get(metrics_text))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(settings.http)
@@ -64,6 +65,10 @@ struct HttpState {
     node: String,
     /// This node's own registry: several nodes may share a process (the local cluster).
     recorder: Arc<PrometheusRecorder>,
+}
+
+async fn edges(State(state): State<HttpState>) -> Json<Vec<server::EdgeSummary>> {
+    Json(state.handle.edges().await.unwrap_or_default())
 }
 
 async fn channels(State(state): State<HttpState>) -> Json<Vec<core::ChannelSummary>> {

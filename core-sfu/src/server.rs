@@ -28,6 +28,15 @@ enum Command {
     Refused { reason: Refusal },
     Channels { reply: oneshot::Sender<Vec<ChannelSummary>> },
     Stats { reply: oneshot::Sender<(CoreCounters, usize)> },
+    Edges { reply: oneshot::Sender<Vec<EdgeSummary>> },
+}
+
+/// An edge as operators and load testers see it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EdgeSummary {
+    pub id: String,
+    pub url: String,
+    pub capacity: u32,
 }
 
 struct Hello {
@@ -46,6 +55,12 @@ impl CoreHandle {
     pub async fn channels(&self) -> Option<Vec<ChannelSummary>> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Channels { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn edges(&self) -> Option<Vec<EdgeSummary>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Edges { reply }).await.ok()?;
         rx.await.ok()
     }
 
@@ -231,6 +246,12 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                     Command::Refused { reason } => core.refuse(reason),
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
+                    Command::Edges { reply } => {
+                        let mut edges: Vec<EdgeSummary> =
+                            core.edges().into_iter().map(|(id, url, capacity)| EdgeSummary { id, url, capacity }).collect();
+                        edges.sort_by(|a, b| a.id.cmp(&b.id));
+                        let _ = reply.send(edges);
+                    }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),

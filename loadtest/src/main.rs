@@ -1,5 +1,11 @@
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use loadtest::client::TalkPattern;
 use loadtest::cluster::{ClusterSpec, LocalCluster};
+use loadtest::procs::{self, ProcSampler};
+use loadtest::report::Report;
+use loadtest::scenario::{self, Scenario, Tokens};
 use tracing_subscriber::EnvFilter;
 
 /// Local clusters and load tests for the cascading SFU.
@@ -30,6 +36,152 @@ enum Command {
         #[arg(long, default_value_t = 4433)]
         quic_port: u16,
     },
+    /// Start a core and edges as processes on loopback, then load them.
+    Local {
+        /// Number of edges.
+        #[arg(long, default_value_t = 4)]
+        edges: usize,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Load a running deployment.
+    Run {
+        /// The core's HTTP URL; its /edges lists the edges to use.
+        #[arg(long, required_unless_present = "edge")]
+        core: Option<String>,
+        /// An edge's signalling URL (repeat for several) instead of --core.
+        #[arg(long)]
+        edge: Vec<String>,
+        /// Join-token secret of the deployment (default: ask edges for demo tokens).
+        #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
+        token_secret: Option<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// An SFU node for `local` (internal).
+    #[command(hide = true)]
+    Node {
+        #[command(subcommand)]
+        node: Node,
+    },
+}
+
+#[derive(Subcommand)]
+enum Node {
+    Core {
+        #[arg(long)]
+        cluster_secret: String,
+        #[arg(long)]
+        slots: usize,
+    },
+    Edge {
+        #[arg(long)]
+        core: String,
+        #[arg(long)]
+        cluster_secret: String,
+        #[arg(long)]
+        token_secret: String,
+        #[arg(long)]
+        max_listeners: usize,
+        #[arg(long)]
+        slots: usize,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Listeners to join.
+    #[arg(long, default_value_t = 100)]
+    listeners: usize,
+    /// Speakers to join (first).
+    #[arg(long, default_value_t = 3)]
+    speakers: usize,
+    /// Steady phase after the last listener joined (e.g. 20s, 5m).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Listener joins per second.
+    #[arg(long, default_value_t = 50.0)]
+    ramp: f64,
+    /// Listeners leaving and rejoining per second in the steady phase.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Audio slots per listener.
+    #[arg(long, default_value_t = 3)]
+    slots: usize,
+    /// How speakers talk.
+    #[arg(long, value_enum, default_value_t = TalkPattern::Steady)]
+    pattern: TalkPattern,
+    /// Turn length for --pattern turn-taking.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    turn: Duration,
+    /// Opus payload bytes per 20 ms packet (80 is about 32 kbit/s).
+    #[arg(long, default_value_t = 80)]
+    payload: usize,
+    #[arg(long, default_value = "load")]
+    channel: String,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Fail (exit 1) when loss is above this, e.g. 0.5%.
+    #[arg(long, value_parser = parse_percent)]
+    max_loss: Option<f64>,
+    /// Fail (exit 1) when p99 end-to-end latency is above this, e.g. 50ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_p99: Option<Duration>,
+    /// No live progress display.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("{s:?} is not a percentage like 0.5%"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} is not between 0% and 100%"))
+    }
+}
+
+impl LoadArgs {
+    fn scenario(&self, edges: Vec<String>, tokens: Tokens) -> Scenario {
+        Scenario {
+            edges,
+            channel: self.channel.clone(),
+            listeners: self.listeners,
+            speakers: self.speakers,
+            slots: self.slots,
+            duration: self.duration,
+            ramp: self.ramp,
+            churn: self.churn,
+            pattern: self.pattern,
+            turn: self.turn,
+            payload_size: self.payload.clamp(loadtest::measure::OPUS_FRAME.len() + loadtest::measure::STAMP_LEN, 1000),
+            tokens,
+            progress: !self.quiet,
+        }
+    }
+
+    /// Prints the report, writes JSON, and turns missed thresholds into the exit code.
+    fn finish(&self, report: &Report) -> anyhow::Result<()> {
+        println!("{report}");
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+        }
+        let missed = report.check(self.max_loss, self.max_p99);
+        for m in &missed {
+            eprintln!("threshold missed: {m}");
+        }
+        if !missed.is_empty() {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+}
+
+fn random_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,32 +190,110 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Cluster { edges, slots, http_port, udp_port, quic_port } => {
-            anyhow::ensure!(edges >= 1, "at least one edge");
-            let cluster = LocalCluster::start(ClusterSpec {
-                edges,
-                slots,
-                core_quic_port: quic_port,
-                first_http_port: http_port,
-                first_udp_port: udp_port,
-                ..ClusterSpec::default()
-            })?;
-            println!("Local cascade: a core on QUIC {} and {edges} edges.", cluster.core_quic_addr().expect("core running"));
-            for (i, url) in cluster.edge_urls().iter().enumerate() {
-                println!("  edge {}: {url}", i + 1);
-            }
-            println!("Talk on one edge's page and listen on another's. Ctrl-C stops the cluster.");
-            let (tx, rx) = std::sync::mpsc::channel();
-            let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            std::thread::spawn(move || {
-                signals.block_on(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                });
-                let _ = tx.send(());
-            });
-            let _ = rx.recv();
-            drop(cluster);
-            Ok(())
+        Command::Cluster { edges, slots, http_port, udp_port, quic_port } => cluster(edges, slots, http_port, udp_port, quic_port),
+        Command::Local { edges, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, load)),
+        Command::Run { core, edge, token_secret, load } => tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, load)),
+        Command::Node { node } => tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(node_main(node)),
+    }
+}
+
+async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(edges >= 1, "at least one edge");
+    let (cluster_secret, token_secret) = (random_secret(), random_secret());
+    let slots = load.slots.to_string();
+    let core = procs::spawn("core", &["core".into(), "--cluster-secret".into(), cluster_secret.clone(), "--slots".into(), slots.clone()]).await?;
+    let per_edge = load.listeners.div_ceil(edges).max(25).to_string();
+    let mut nodes = Vec::new();
+    for i in 1..=edges {
+        let args = [
+            "edge", "--core", &core.other.to_string(), "--cluster-secret", &cluster_secret, "--token-secret", &token_secret,
+            "--max-listeners", &per_edge, "--slots", &slots, "--id", &format!("edge-{i}"),
+        ];
+        nodes.push(procs::spawn(&format!("edge-{i}"), &args.map(String::from)).await?);
+    }
+    let urls = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let mut watched: Vec<(String, u32)> = vec![("core".into(), core.pid().unwrap_or(0))];
+    watched.extend(nodes.iter().map(|n| (n.name.clone(), n.pid().unwrap_or(0))));
+    watched.push(("loadtest".into(), std::process::id()));
+    // Give every edge its core link before the first offer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = scenario::run(load.scenario(urls, Tokens::Secret(token_secret)), Some(ProcSampler::new(watched))).await?;
+    drop(nodes);
+    drop(core);
+    load.finish(&report)
+}
+
+async fn run(core: Option<String>, edge: Vec<String>, token_secret: Option<String>, load: LoadArgs) -> anyhow::Result<()> {
+    let edges = match core {
+        Some(core) => {
+            let url = format!("{}/edges", core.trim_end_matches('/'));
+            let body = reqwest::get(&url).await?.error_for_status()?.text().await?;
+            let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+            list.iter().filter_map(|e| e["url"].as_str().map(str::to_owned)).collect()
+        }
+        None => edge,
+    };
+    anyhow::ensure!(!edges.is_empty(), "the deployment lists no edges");
+    let tokens = token_secret.map_or(Tokens::Demo, Tokens::Secret);
+    let report = scenario::run(load.scenario(edges, tokens), None).await?;
+    load.finish(&report)
+}
+
+async fn node_main(node: Node) -> anyhow::Result<()> {
+    match node {
+        Node::Core { cluster_secret, slots } => {
+            let mut s = core_sfu::CoreSettings::local(cluster_secret);
+            s.quic = "127.0.0.1:0".parse()?;
+            s.http = "127.0.0.1:0".parse()?;
+            s.core.selector.slots = slots;
+            let core = core_sfu::start(s).await?;
+            procs::announce_ready(core.http_addr, "quic", core.handle.quic_addr);
+            let _ = core.quic_task.await;
+        }
+        Node::Edge { core, cluster_secret, token_secret, max_listeners, slots, id } => {
+            let mut s = edge_sfu::Settings {
+                http: "127.0.0.1:0".parse()?,
+                udp: "127.0.0.1:0".parse()?,
+                token_secret: Some(token_secret),
+                cascade: Some(edge_sfu::config::CascadeSettings { core, cluster_secret, edge_id: Some(id), public_url: None, core_ca: None }),
+                ..edge_sfu::Settings::default()
+            };
+            s.edge.cascade = true;
+            s.edge.slots = slots;
+            s.edge.max_listeners_per_channel = max_listeners;
+            s.edge.max_sessions = max_listeners * 4 + 100;
+            let edge = edge_sfu::start(s).await?;
+            procs::announce_ready(edge.http_addr, "udp", edge.handle.udp_addr);
+            let _ = edge.udp_task.await;
         }
     }
+    Ok(())
+}
+
+fn cluster(edges: usize, slots: usize, http_port: u16, udp_port: u16, quic_port: u16) -> anyhow::Result<()> {
+    anyhow::ensure!(edges >= 1, "at least one edge");
+    let cluster = LocalCluster::start(ClusterSpec {
+        edges,
+        slots,
+        core_quic_port: quic_port,
+        first_http_port: http_port,
+        first_udp_port: udp_port,
+        ..ClusterSpec::default()
+    })?;
+    println!("Local cascade: a core on QUIC {} and {edges} edges.", cluster.core_quic_addr().expect("core running"));
+    for (i, url) in cluster.edge_urls().iter().enumerate() {
+        println!("  edge {}: {url}", i + 1);
+    }
+    println!("Talk on one edge's page and listen on another's. Ctrl-C stops the cluster.");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        signals.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        let _ = tx.send(());
+    });
+    let _ = rx.recv();
+    drop(cluster);
+    Ok(())
 }

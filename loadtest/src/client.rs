@@ -1,0 +1,406 @@
+//! One synthetic WebRTC client: real HTTP offer/answer, a STUN check, a DTLS handshake
+//! as client and SRTP, on its own UDP socket (the edge binds a session to the address
+//! that passed ICE). Speakers send stamped 20 ms Opus packets; listeners measure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use media::dtls::{self, DatagramSink, DtlsIdentity};
+use media::ice::{binding_request, parse_binding_success, random_credentials};
+use media::rtp_header::{AudioLevel, OutHeader, RtpView};
+use media::sdp_offer::{build_offer, Answer, OfferParams, OFFER_AUDIO_LEVEL_EXT, OFFER_OPUS_PT};
+use media::srtp::SrtpSession;
+use media::{classify, PacketKind, Ssrc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::measure::{latency, micros_since, read_stamp, stamped_payload, StreamStats};
+
+const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
+const ICE_ATTEMPTS: u32 = 25;
+const ICE_RETRY: Duration = Duration::from_millis(200);
+const FRAME: Duration = Duration::from_millis(20);
+const LOUD: AudioLevel = AudioLevel { level: 20, voice: true };
+
+/// Latency histograms record microseconds up to a minute.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What every client of a run shares.
+pub struct Shared {
+    pub epoch: Instant,
+    pub identity: DtlsIdentity,
+    pub http: reqwest::Client,
+    pub live: Live,
+    /// When each speaker (by SSRC) last started a talk spurt, µs since the epoch.
+    pub talk_starts: Mutex<HashMap<u32, u64>>,
+}
+
+/// Counters for the live display; histograms are merged once a second per client.
+pub struct Live {
+    pub joined: AtomicU64,
+    pub failed: AtomicU64,
+    pub packets: AtomicU64,
+    pub interval_latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            joined: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            packets: AtomicU64::new(0),
+            interval_latency: Mutex::new(latency_histogram()),
+        }
+    }
+}
+
+/// How a speaker talks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum TalkPattern {
+    /// Always talking.
+    Steady,
+    /// Speakers take turns of `turn` each.
+    TurnTaking,
+    /// Random bursts of speech and silence.
+    Bursts,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SpeakerParams {
+    pub index: usize,
+    pub speakers: usize,
+    pub pattern: TalkPattern,
+    pub turn: Duration,
+    pub payload_size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Role {
+    Speaker(SpeakerParams),
+    Listener { slots: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    pub name: String,
+    pub edge: usize,
+    pub base_url: String,
+    pub channel: String,
+    pub token: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    pub expected: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub jitter: Duration,
+}
+
+#[derive(Debug)]
+pub struct ClientReport {
+    pub name: String,
+    pub edge: usize,
+    pub listener: bool,
+    pub error: Option<String>,
+    /// Offer sent to first decrypted packet (listeners) or to SRTP ready (speakers).
+    pub join_time: Option<Duration>,
+    pub latency: Histogram<u64>,
+    pub streams: Vec<StreamReport>,
+    /// A new speaker's talk start to its first packet on a slot here.
+    pub switch_times: Vec<Duration>,
+    pub packets_sent: u64,
+}
+
+impl ClientReport {
+    fn new(spec: &ClientSpec) -> Self {
+        ClientReport {
+            name: spec.name.clone(),
+            edge: spec.edge,
+            listener: matches!(spec.role, Role::Listener { .. }),
+            error: None,
+            join_time: None,
+            latency: latency_histogram(),
+            streams: Vec::new(),
+            switch_times: Vec::new(),
+            packets_sent: 0,
+        }
+    }
+}
+
+/// Runs a client until `stop` turns true; never panics on what the network sends.
+pub async fn run(spec: ClientSpec, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> ClientReport {
+    let mut report = ClientReport::new(&spec);
+    match session(&spec, &shared, &mut stop, &mut report).await {
+        Ok(()) => {}
+        Err(e) => {
+            shared.live.failed.fetch_add(1, Ordering::Relaxed);
+            report.error = Some(format!("{e:#}"));
+        }
+    }
+    report
+}
+
+struct Connected {
+    socket: Arc<UdpSocket>,
+    srtp: SrtpSession,
+    answer: Answer,
+    /// Our ICE ufrag, for consent checks.
+    ufrag: String,
+    location: Option<String>,
+    offer_sent: Instant,
+}
+
+impl Connected {
+    /// A consent-freshness check (RFC 7675), as browsers send every few seconds.
+    /// `&mut`: the SRTP contexts inside are `Send` but not `Sync`.
+    async fn consent(&mut self) -> anyhow::Result<()> {
+        let (req, _) = binding_request(&self.answer.ice_ufrag, &self.ufrag, &self.answer.ice_pwd)?;
+        let _ = self.socket.send(&req).await;
+        Ok(())
+    }
+}
+
+async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected> {
+    let socket = Arc::new(UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?);
+    let (ufrag, pwd) = random_credentials();
+    let (path, send_ssrc, receive_sections) = match &spec.role {
+        Role::Speaker(_) => ("whip", Some(Ssrc(rand::random::<u32>() | 1)), 0),
+        Role::Listener { slots } => ("whep", None, *slots),
+    };
+    let offer = build_offer(&OfferParams {
+        ice_ufrag: &ufrag,
+        ice_pwd: &pwd,
+        fingerprint: shared.identity.fingerprint(),
+        send_ssrc,
+        receive_sections,
+    });
+    let url = format!("{}/{path}/{}", spec.base_url.trim_end_matches('/'), spec.channel);
+    let offer_sent = Instant::now();
+    let resp = shared
+        .http
+        .post(&url)
+        .header("Content-Type", "application/sdp")
+        .header("Authorization", format!("Bearer {}", spec.token))
+        .body(offer)
+        .send()
+        .await?;
+    let status = resp.status();
+    let final_url = resp.url().clone();
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(|l| final_url.join(l).map(|u| u.to_string()));
+    let body = resp.text().await?;
+    anyhow::ensure!(status.as_u16() == 201, "{url}: {status}: {}", body.trim());
+    let answer = Answer::parse(&body)?;
+    let remote = *answer.candidates.first().ok_or_else(|| anyhow::anyhow!("answer has no candidate"))?;
+    socket.connect(remote).await?;
+
+    // ICE: a check with the answer's credentials until it is answered.
+    let mut buf = vec![0u8; 2048];
+    let mut checked = false;
+    for _ in 0..ICE_ATTEMPTS {
+        let (req, tid) = binding_request(&answer.ice_ufrag, &ufrag, &answer.ice_pwd)?;
+        socket.send(&req).await?;
+        if let Ok(Ok(n)) = tokio::time::timeout(ICE_RETRY, socket.recv(&mut buf)).await {
+            if parse_binding_success(&buf[..n], &tid, &answer.ice_pwd).is_ok() {
+                checked = true;
+                break;
+            }
+        }
+    }
+    anyhow::ensure!(checked, "no answer to the ICE check from {remote}");
+
+    // DTLS as client through the pipe, pumping the socket meanwhile.
+    let (tx, rx) = mpsc::channel(dtls::DTLS_QUEUE);
+    let out = socket.clone();
+    let sink: DatagramSink = Arc::new(move |d: Bytes| {
+        let _ = out.try_send(&d);
+    });
+    let handshake = dtls::handshake(&shared.identity, true, rx, sink, remote, answer.fingerprint, dtls::DEFAULT_HANDSHAKE_TIMEOUT);
+    tokio::pin!(handshake);
+    let established = loop {
+        tokio::select! {
+            r = &mut handshake => break r?,
+            n = socket.recv(&mut buf) => {
+                let n = n?;
+                if classify(&buf[..n]) == PacketKind::Dtls {
+                    let _ = tx.try_send(Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+        }
+    };
+    let srtp = SrtpSession::new(&established.keys)?;
+    let location = location.transpose()?;
+    Ok(Connected { socket, srtp, answer, ufrag, location, offer_sent })
+}
+
+async fn session(spec: &ClientSpec, shared: &Shared, stop: &mut watch::Receiver<bool>, report: &mut ClientReport) -> anyhow::Result<()> {
+    let mut c = connect(spec, shared).await?;
+    let result = match &spec.role {
+        Role::Speaker(params) => {
+            report.join_time = Some(c.offer_sent.elapsed());
+            shared.live.joined.fetch_add(1, Ordering::Relaxed);
+            speak(&mut c, shared, stop, report, params).await
+        }
+        Role::Listener { .. } => listen(&mut c, shared, stop, report).await,
+    };
+    if let Some(location) = &c.location {
+        let _ = shared.http.delete(location).send().await;
+    }
+    result
+}
+
+fn talking(pattern: TalkPattern, index: usize, speakers: usize, turn: Duration, elapsed: Duration, burst_seed: u64) -> bool {
+    match pattern {
+        TalkPattern::Steady => true,
+        TalkPattern::TurnTaking => {
+            let turn_ms = turn.as_millis().max(1);
+            (elapsed.as_millis() / turn_ms) as usize % speakers.max(1) == index
+        }
+        TalkPattern::Bursts => {
+            // 1 s periods; each speaker talks in a pseudo-random 60 % of them.
+            let period = elapsed.as_secs() ^ burst_seed;
+            period.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % 10 < 6
+        }
+    }
+}
+
+async fn speak(
+    c: &mut Connected,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut ClientReport,
+    p: &SpeakerParams,
+) -> anyhow::Result<()> {
+    let ssrc = Ssrc(rand::random::<u32>() | 1);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(FRAME);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seq, mut ts) = (rand::random::<u16>(), rand::random::<u32>());
+    let mut payload = Vec::with_capacity(p.payload_size);
+    let mut packet = Vec::with_capacity(1500);
+    let mut was_talking = false;
+    let mut next_consent = Instant::now() + CONSENT_INTERVAL;
+    let mut buf = vec![0u8; 2048];
+    let seed = rand::random::<u64>();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = ticker.tick() => {}
+            // Drain what the edge sends (RTCP, consent answers) so the socket never fills.
+            _ = c.socket.recv(&mut buf) => continue,
+        }
+        let now = Instant::now();
+        ts = ts.wrapping_add(960);
+        let talk = talking(p.pattern, p.index, p.speakers, p.turn, now - started, seed);
+        if talk && !was_talking {
+            shared.talk_starts.lock().expect("talk starts").insert(ssrc.0, micros_since(shared.epoch, now));
+        }
+        was_talking = talk;
+        if talk {
+            stamped_payload(micros_since(shared.epoch, now), p.payload_size, &mut payload);
+            OutHeader {
+                payload_type: OFFER_OPUS_PT,
+                marker: false,
+                sequence: seq,
+                timestamp: ts,
+                ssrc,
+                csrc: None,
+                audio_level: Some((OFFER_AUDIO_LEVEL_EXT, LOUD)),
+                csrc_level: None,
+            }
+            .write(&payload, &mut packet);
+            seq = seq.wrapping_add(1);
+            let protected = c.srtp.protect_rtp(&packet)?;
+            if c.socket.send(&protected).await.is_ok() {
+                report.packets_sent += 1;
+            }
+        }
+        if now >= next_consent {
+            next_consent = now + CONSENT_INTERVAL;
+            c.consent().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<bool>, report: &mut ClientReport) -> anyhow::Result<()> {
+    let answer = c.answer.clone();
+    let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
+    let mut speaker_on_slot: Vec<Option<Ssrc>> = vec![None; streams.len()];
+    let mut interval = latency_histogram();
+    let mut next_flush = Instant::now() + Duration::from_secs(1);
+    let mut next_consent = Instant::now() + CONSENT_INTERVAL;
+    let mut buf = vec![0u8; 2048];
+    let mut packets = 0u64;
+    let mut receiving_since: Option<u64> = None;
+    loop {
+        let n = tokio::select! {
+            _ = stop.changed() => break,
+            r = c.socket.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
+            _ = tokio::time::sleep_until(next_flush.min(next_consent).into()) => 0,
+        };
+        let now = Instant::now();
+        if n > 0 && classify(&buf[..n]) == PacketKind::Rtp {
+            if let Ok(plain) = c.srtp.unprotect_rtp(&buf[..n]) {
+                if let Ok(v) = RtpView::parse(&plain) {
+                    if let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == v.ssrc) {
+                        if report.join_time.is_none() {
+                            report.join_time = Some(now - c.offer_sent);
+                            shared.live.joined.fetch_add(1, Ordering::Relaxed);
+                        }
+                        streams[slot].on_packet(v.sequence, v.timestamp, now);
+                        packets += 1;
+                        let arrival_us = micros_since(shared.epoch, now);
+                        let receiving_since = *receiving_since.get_or_insert(arrival_us);
+                        if let Some(sent) = read_stamp(v.payload()) {
+                            let l = latency(sent, arrival_us).as_micros() as u64;
+                            let _ = report.latency.record(l.max(1));
+                            let _ = interval.record(l.max(1));
+                        }
+                        let speaker = v.csrcs().next();
+                        if speaker.is_some() && speaker != speaker_on_slot[slot] {
+                            speaker_on_slot[slot] = speaker;
+                            let start = speaker.and_then(|s| shared.talk_starts.lock().expect("talk starts").get(&s.0).copied());
+                            // Only talk spurts that began while this listener was receiving.
+                            if let Some(start) = start.filter(|&t| t > receiving_since) {
+                                report.switch_times.push(latency(start, arrival_us));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if now >= next_flush {
+            next_flush = now + Duration::from_secs(1);
+            shared.live.packets.fetch_add(packets, Ordering::Relaxed);
+            packets = 0;
+            let _ = shared.live.interval_latency.lock().expect("live histogram").add(&interval);
+            interval.reset();
+        }
+        if now >= next_consent {
+            next_consent = now + CONSENT_INTERVAL;
+            c.consent().await?;
+        }
+    }
+    shared.live.packets.fetch_add(packets, Ordering::Relaxed);
+    report.streams = streams
+        .iter()
+        .map(|s| StreamReport {
+            expected: s.expected(),
+            lost: s.lost(),
+            duplicates: s.duplicates,
+            out_of_order: s.out_of_order,
+            jitter: s.jitter(),
+        })
+        .collect();
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! SFU nodes as child processes of the load tester (`loadtest node ...`), so their CPU
+//! and memory can be read from /proc apart from the load generator's own.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A node started with `loadtest node ...`; killed when dropped.
+pub struct NodeProcess {
+    pub name: String,
+    pub child: Child,
+    /// Addresses the node printed when ready: `http`, and `quic` or `udp`.
+    pub http: SocketAddr,
+    pub other: SocketAddr,
+}
+
+impl NodeProcess {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Starts `loadtest node <args>` and waits for its `READY http=... <kind>=...` line.
+pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<NodeProcess> {
+    let exe = std::env::current_exe().context("finding the loadtest binary")?;
+    let mut child = Command::new(exe)
+        .arg("node")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .with_context(|| format!("{name} did not get ready"))??
+        .with_context(|| format!("{name} exited before it was ready"))?;
+    let mut addrs = line.strip_prefix("READY ").with_context(|| format!("{name} said {line:?}"))?.split(' ');
+    let mut next = || -> anyhow::Result<SocketAddr> {
+        let field = addrs.next().context("short READY line")?;
+        Ok(field.split_once('=').context("bad READY field")?.1.parse()?)
+    };
+    let (http, other) = (next()?, next()?);
+    Ok(NodeProcess { name: name.to_owned(), child, http, other })
+}
+
+/// Prints the READY line a parent waits for.
+pub fn announce_ready(http: SocketAddr, kind: &str, other: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "READY http={http} {kind}={other}");
+    let _ = out.flush();
+}
+
+/// CPU and resident memory of processes, from /proc.
+pub struct ProcSampler {
+    procs: Vec<(String, u32)>,
+    last: Vec<Option<(u64, Instant)>>,
+    pub samples: Vec<Vec<(f64, f64)>>,
+}
+
+/// Linux reports times in /proc in USER_HZ, 100 on every architecture it supports.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl ProcSampler {
+    pub fn new(procs: Vec<(String, u32)>) -> Self {
+        let n = procs.len();
+        ProcSampler { procs, last: vec![None; n], samples: vec![Vec::new(); n] }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.procs.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Takes one (CPU %, RSS MB) sample per process; CPU is since the previous sample.
+    pub fn sample(&mut self) {
+        let now = Instant::now();
+        for (i, (_, pid)) in self.procs.iter().enumerate() {
+            let (Some(ticks), Some(rss)) = (cpu_ticks(*pid), rss_mb(*pid)) else { continue };
+            if let Some((t0, at)) = self.last[i] {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                let cpu = (ticks.saturating_sub(t0)) as f64 / TICKS_PER_SECOND / secs * 100.0;
+                self.samples[i].push((cpu, rss));
+            }
+            self.last[i] = Some((ticks, now));
+        }
+    }
+
+    /// Total RSS of all sampled processes at the last sample, MB.
+    pub fn total_rss(&self) -> f64 {
+        self.samples.iter().filter_map(|s| s.last()).map(|(_, rss)| rss).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let pid = std::process::id();
+        assert!(rss_mb(pid).unwrap() > 1.0);
+        assert!(cpu_ticks(pid).is_some());
+        let mut sampler = ProcSampler::new(vec![("self".into(), pid), ("gone".into(), u32::MAX)]);
+        sampler.sample();
+        sampler.sample();
+        assert_eq!(sampler.samples[0].len(), 1, "one interval from two samples");
+        assert!(sampler.samples[0][0].1 > 1.0);
+        assert!(sampler.samples[1].is_empty(), "a missing process is skipped");
+    }
+}

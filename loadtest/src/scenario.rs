@@ -1,0 +1,186 @@
+//! A load scenario: speakers, then listeners joining at a ramp, a steady phase with
+//! optional churn, a live display, and the reports of every client at the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
+use indicatif::{ProgressBar, ProgressStyle};
+use media::dtls::DtlsIdentity;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::client::{self, ClientReport, ClientSpec, Live, Role, Shared, SpeakerParams, TalkPattern};
+use crate::procs::ProcSampler;
+use crate::report::{Report, Tick};
+
+#[derive(Clone, Debug)]
+pub enum Tokens {
+    /// Sign join tokens with the deployment's secret.
+    Secret(String),
+    /// Ask each edge for demo tokens (local edges only).
+    Demo,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Edge signalling base URLs; clients are spread over them in turn.
+    pub edges: Vec<String>,
+    pub channel: String,
+    pub listeners: usize,
+    pub speakers: usize,
+    pub slots: usize,
+    /// Steady phase after the last join.
+    pub duration: Duration,
+    /// Listener joins per second.
+    pub ramp: f64,
+    /// Listener leaves-and-rejoins per second during the steady phase.
+    pub churn: f64,
+    pub pattern: TalkPattern,
+    pub turn: Duration,
+    pub payload_size: usize,
+    pub tokens: Tokens,
+    pub progress: bool,
+}
+
+async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
+    match &s.tokens {
+        Tokens::Secret(secret) => Ok(TokenKeys::new(secret.as_bytes()).sign(&Claims {
+            sub: name.into(),
+            channel: s.channel.clone(),
+            role,
+            exp: unix_now() + 24 * 3600,
+        })),
+        Tokens::Demo => {
+            let role = if role == TokenRole::Speaker { "speaker" } else { "listener" };
+            let url = format!("{}/demo/token?channel={}&name={name}&role={role}", base.trim_end_matches('/'), s.channel);
+            let body = shared.http.get(&url).send().await?.error_for_status()?.text().await?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            Ok(v["token"].as_str().ok_or_else(|| anyhow::anyhow!("no token from {url}"))?.to_owned())
+        }
+    }
+}
+
+struct Running {
+    spec: ClientSpec,
+    stop: watch::Sender<bool>,
+}
+
+pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Result<Report> {
+    anyhow::ensure!(!s.edges.is_empty(), "no edges to test");
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        identity: DtlsIdentity::generate()?,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?,
+        live: Live::default(),
+        talk_starts: Default::default(),
+    });
+    let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} joined {pos}/{len} {msg}").expect("valid template"));
+
+    let mut tasks: JoinSet<ClientReport> = JoinSet::new();
+    let mut running: Vec<Running> = Vec::new();
+    let spawn = |spec: ClientSpec, tasks: &mut JoinSet<ClientReport>, running: &mut Vec<Running>| {
+        let (stop, rx) = watch::channel(false);
+        tasks.spawn(client::run(spec.clone(), shared.clone(), rx));
+        running.push(Running { spec, stop });
+    };
+    for i in 0..s.speakers {
+        let edge = i % s.edges.len();
+        let name = format!("speaker-{i}");
+        let token = token(&s, &shared, &s.edges[edge], &name, TokenRole::Speaker).await?;
+        let params = SpeakerParams { index: i, speakers: s.speakers, pattern: s.pattern, turn: s.turn, payload_size: s.payload_size };
+        let spec = ClientSpec { name, edge, base_url: s.edges[edge].clone(), channel: s.channel.clone(), token, role: Role::Speaker(params) };
+        spawn(spec, &mut tasks, &mut running);
+    }
+
+    let started = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / s.ramp.max(0.001));
+    let ramp_end = started + gap * s.listeners as u32;
+    let end = ramp_end + s.duration;
+    let mut next_join = started;
+    let mut joins = 0usize;
+    let churn_gap = (s.churn > 0.0).then(|| Duration::from_secs_f64(1.0 / s.churn));
+    let mut next_churn = ramp_end + churn_gap.unwrap_or_default();
+    let mut next_tick = started + Duration::from_secs(1);
+    let mut last_packets = 0u64;
+    let mut timeline = Vec::new();
+    let mut churned = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if joins < s.listeners && now >= next_join {
+            let edge = joins % s.edges.len();
+            let name = format!("listener-{joins}");
+            let token = token(&s, &shared, &s.edges[edge], &name, TokenRole::Listener).await?;
+            let spec = ClientSpec { name, edge, base_url: s.edges[edge].clone(), channel: s.channel.clone(), token, role: Role::Listener { slots: s.slots } };
+            spawn(spec, &mut tasks, &mut running);
+            joins += 1;
+            next_join += gap;
+            continue;
+        }
+        if let Some(churn_gap) = churn_gap {
+            if now >= next_churn && joins == s.listeners {
+                next_churn += churn_gap;
+                // A random listener leaves (DELETE) and joins again as a new session.
+                let listeners: Vec<usize> =
+                    running.iter().enumerate().filter(|(_, r)| matches!(r.spec.role, Role::Listener { .. })).map(|(i, _)| i).collect();
+                if let Some(&i) = listeners.get(rand::random::<u64>() as usize % listeners.len().max(1)) {
+                    let r = running.swap_remove(i);
+                    let _ = r.stop.send(true);
+                    spawn(r.spec, &mut tasks, &mut running);
+                    churned += 1;
+                }
+            }
+        }
+        if now >= next_tick {
+            next_tick += Duration::from_secs(1);
+            let packets = shared.live.packets.load(std::sync::atomic::Ordering::Relaxed);
+            let pps = packets - last_packets;
+            last_packets = packets;
+            let (p50, p99) = {
+                let mut h = shared.live.interval_latency.lock().expect("live histogram");
+                let r = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
+                h.reset();
+                r
+            };
+            if let Some(sampler) = sampler.as_mut() {
+                sampler.sample();
+            }
+            let joined = shared.live.joined.load(std::sync::atomic::Ordering::Relaxed);
+            let failed = shared.live.failed.load(std::sync::atomic::Ordering::Relaxed);
+            bar.set_position(joined.saturating_sub(s.speakers as u64).min(s.listeners as u64));
+            bar.set_message(format!("| {pps} pkt/s | p99 {p99:.1} ms | failed {failed}"));
+            timeline.push(Tick {
+                t_s: started.elapsed().as_secs_f64(),
+                joined,
+                packets_per_s: pps,
+                p50_ms: p50,
+                p99_ms: p99,
+                sfu_rss_mb: sampler.as_ref().map(|s| s.total_rss()),
+            });
+        }
+        let wake = [next_tick, end, if joins < s.listeners { next_join } else { end }, if churn_gap.is_some() { next_churn } else { end }]
+            .into_iter()
+            .min()
+            .unwrap_or(end);
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    bar.finish_and_clear();
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    let mut reports = Vec::new();
+    let collect = async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(r) = r {
+                reports.push(r);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), collect).await;
+    Ok(Report::build(&s, reports, timeline, sampler.as_ref(), churned, started.elapsed()))
+}
