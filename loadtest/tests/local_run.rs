@@ -1,0 +1,47 @@
+//! `loadtest local` end to end, in a short form: real processes, real sockets, real
+//! crypto; the report must show every listener receiving, without loss.
+
+use std::process::Command;
+
+#[test]
+fn short_local_run_meets_its_thresholds() {
+    let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--edges", "2", "--listeners", "20", "--speakers", "3", "--duration", "3s", "--ramp", "40"])
+        .args(["--max-loss", "0%", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("end-to-end latency"), "the table is printed: {stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["listeners_joined"], 20, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["packets_lost"], 0, "{report}");
+    // 20 listeners hear 3 speakers for 3+ s: thousands of stamped packets measured.
+    assert!(report["latency"]["count"].as_u64().unwrap() > 20 * 3 * 100, "{report}");
+    assert!(report["packets_expected"].as_u64().unwrap() >= report["latency"]["count"].as_u64().unwrap());
+    let edges = report["per_edge"].as_array().unwrap();
+    assert_eq!(edges.len(), 2);
+    assert!(edges.iter().all(|e| e["listeners"] == 10), "{report}");
+    let procs: Vec<&str> = report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(procs, vec!["core", "edge-1", "edge-2", "loadtest"]);
+    assert!(report["processes"][1]["rss_max_mb"].as_f64().unwrap() > 1.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missed_thresholds_fail_the_run() {
+    // No loss is possible below 0 %, but a 1 µs p99 cannot be met: exit 1 with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--edges", "1", "--listeners", "3", "--speakers", "1", "--duration", "1s", "--max-p99", "1us", "--quiet"])
+        .output()
+        .expect("loadtest runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("threshold missed: p99 latency"), "{stderr}");
+}
