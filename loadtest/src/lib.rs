@@ -4,6 +4,7 @@
 pub mod client;
 pub mod cluster;
 pub mod measure;
+pub mod plot;
 pub mod procs;
 pub mod report;
 pub mod scenario;

@@ -124,6 +124,9 @@ struct LoadArgs {
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Draw latency percentiles over time and loss per edge as SVG.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Fail (exit 1) when loss is above this, e.g. 0.5%.
     #[arg(long, value_parser = parse_percent)]
     max_loss: Option<f64>,
@@ -168,6 +171,9 @@ impl LoadArgs {
         println!("{report}");
         if let Some(path) = &self.json {
             std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+        }
+        if let Some(path) = &self.plot {
+            loadtest::plot::write_svg(report, path)?;
         }
         let missed = report.check(self.max_loss, self.max_p99);
         for m in &missed {
@@ -214,7 +220,7 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     let urls = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
     let mut watched: Vec<(String, u32)> = vec![("core".into(), core.pid().unwrap_or(0))];
     watched.extend(nodes.iter().map(|n| (n.name.clone(), n.pid().unwrap_or(0))));
-    watched.push(("loadtest".into(), std::process::id()));
+    watched.push((procs::LOAD_GENERATOR.into(), std::process::id()));
     // Give every edge its core link before the first offer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = scenario::run(load.scenario(urls, Tokens::Secret(token_secret)), Some(ProcSampler::new(watched))).await?;

@@ -60,10 +60,14 @@ pub fn announce_ready(http: SocketAddr, kind: &str, other: SocketAddr) {
     let _ = out.flush();
 }
 
+/// The name the load generator's own process is sampled under.
+pub const LOAD_GENERATOR: &str = "loadtest";
+
 /// CPU and resident memory of processes, from /proc.
 pub struct ProcSampler {
     procs: Vec<(String, u32)>,
     last: Vec<Option<(u64, Instant)>>,
+    rss_now: Vec<Option<f64>>,
     pub samples: Vec<Vec<(f64, f64)>>,
 }
 
@@ -87,7 +91,7 @@ fn rss_mb(pid: u32) -> Option<f64> {
 impl ProcSampler {
     pub fn new(procs: Vec<(String, u32)>) -> Self {
         let n = procs.len();
-        ProcSampler { procs, last: vec![None; n], samples: vec![Vec::new(); n] }
+        ProcSampler { procs, last: vec![None; n], rss_now: vec![None; n], samples: vec![Vec::new(); n] }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -99,6 +103,7 @@ impl ProcSampler {
         let now = Instant::now();
         for (i, (_, pid)) in self.procs.iter().enumerate() {
             let (Some(ticks), Some(rss)) = (cpu_ticks(*pid), rss_mb(*pid)) else { continue };
+            self.rss_now[i] = Some(rss);
             if let Some((t0, at)) = self.last[i] {
                 let secs = now.duration_since(at).as_secs_f64().max(1e-3);
                 let cpu = (ticks.saturating_sub(t0)) as f64 / TICKS_PER_SECOND / secs * 100.0;
@@ -108,9 +113,10 @@ impl ProcSampler {
         }
     }
 
-    /// Total RSS of all sampled processes at the last sample, MB.
-    pub fn total_rss(&self) -> f64 {
-        self.samples.iter().filter_map(|s| s.last()).map(|(_, rss)| rss).sum()
+    /// Total RSS at the last sample of the processes named other than `except`, MB.
+    pub fn total_rss_except(&self, except: &str) -> Option<f64> {
+        let rss: Vec<f64> = self.procs.iter().zip(&self.rss_now).filter(|((n, _), _)| n != except).filter_map(|(_, r)| *r).collect();
+        (!rss.is_empty()).then(|| rss.iter().sum())
     }
 }
 
@@ -129,5 +135,7 @@ mod tests {
         assert_eq!(sampler.samples[0].len(), 1, "one interval from two samples");
         assert!(sampler.samples[0][0].1 > 1.0);
         assert!(sampler.samples[1].is_empty(), "a missing process is skipped");
+        assert!(sampler.total_rss_except("gone").unwrap() > 1.0);
+        assert_eq!(sampler.total_rss_except("self"), None);
     }
 }

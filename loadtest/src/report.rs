@@ -91,7 +91,16 @@ pub struct Report {
     pub jitter_max_ms: f64,
     pub per_edge: Vec<EdgeRow>,
     pub processes: Vec<ProcessRow>,
+    /// All SFU nodes' RSS when every listener had joined, and at the end: a leak shows
+    /// as growth over a long `--duration`.
+    pub sfu_rss_steady_start_mb: Option<f64>,
+    pub sfu_rss_end_mb: Option<f64>,
     pub timeline: Vec<Tick>,
+}
+
+/// Listeners that received audio, each once however often it rejoined (churn).
+fn distinct_receiving<'a>(clients: impl Iterator<Item = &'a ClientReport>) -> usize {
+    clients.filter(|c| c.join_time.is_some()).map(|c| c.name.as_str()).collect::<std::collections::HashSet<_>>().len()
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -131,7 +140,12 @@ impl Report {
                     let _ = h.add(&c.latency);
                 }
                 let (e, l) = here.iter().flat_map(|c| c.streams.iter()).fold((0, 0), |(e, l), x| (e + x.expected, l + x.lost));
-                EdgeRow { edge: edge + 1, listeners: here.len(), loss_percent: percent(l, e), p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0 }
+                EdgeRow {
+                    edge: edge + 1,
+                    listeners: distinct_receiving(here.iter().map(|c| **c)),
+                    loss_percent: percent(l, e),
+                    p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                }
             })
             .collect();
         let processes = sampler
@@ -154,7 +168,7 @@ impl Report {
             edges: s.edges.len(),
             speakers: s.speakers,
             target_listeners: s.listeners,
-            listeners_joined: listeners.iter().filter(|c| c.join_time.is_some()).count(),
+            listeners_joined: distinct_receiving(listeners.iter().copied()),
             failed,
             errors,
             churned,
@@ -171,6 +185,11 @@ impl Report {
             jitter_max_ms: jitters.iter().copied().fold(0.0, f64::max),
             per_edge,
             processes,
+            sfu_rss_steady_start_mb: timeline
+                .iter()
+                .find(|t| t.joined >= (s.listeners + s.speakers) as u64)
+                .and_then(|t| t.sfu_rss_mb),
+            sfu_rss_end_mb: timeline.last().and_then(|t| t.sfu_rss_mb),
             timeline,
         }
     }
@@ -216,6 +235,9 @@ impl fmt::Display for Report {
         writeln!(f, "\n  {:<6} {:>10} {:>10} {:>10}", "edge", "listeners", "loss %", "p99 ms")?;
         for e in &self.per_edge {
             writeln!(f, "  {:<6} {:>10} {:>10.3} {:>10.1}", e.edge, e.listeners, e.loss_percent, e.p99_ms)?;
+        }
+        if let (Some(a), Some(b)) = (self.sfu_rss_steady_start_mb, self.sfu_rss_end_mb) {
+            writeln!(f, "\n  SFU memory, all nodes: {a:.1} MB when all had joined, {b:.1} MB at the end")?;
         }
         if !self.processes.is_empty() {
             writeln!(f, "\n  {:<12} {:>10} {:>10} {:>10}", "process", "cpu mean %", "cpu max %", "rss MB")?;

@@ -160,7 +160,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
                 packets_per_s: pps,
                 p50_ms: p50,
                 p99_ms: p99,
-                sfu_rss_mb: sampler.as_ref().map(|s| s.total_rss()),
+                sfu_rss_mb: sampler.as_ref().and_then(|s| s.total_rss_except(crate::procs::LOAD_GENERATOR)),
             });
         }
         let wake = [next_tick, end, if joins < s.listeners { next_join } else { end }, if churn_gap.is_some() { next_churn } else { end }]

@@ -8,10 +8,13 @@ fn short_local_run_meets_its_thresholds() {
     let dir = std::env::temp_dir().join(format!("loadtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
+    let svg = dir.join("report.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["local", "--edges", "2", "--listeners", "20", "--speakers", "3", "--duration", "3s", "--ramp", "40"])
-        .args(["--max-loss", "0%", "--quiet", "--json"])
+        .args(["--max-loss", "0%", "--quiet", "--churn", "2", "--json"])
         .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
         .output()
         .expect("loadtest runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -31,6 +34,11 @@ fn short_local_run_meets_its_thresholds() {
     let procs: Vec<&str> = report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(procs, vec!["core", "edge-1", "edge-2", "loadtest"]);
     assert!(report["processes"][1]["rss_max_mb"].as_f64().unwrap() > 1.0);
+    // Churned listeners left and rejoined; each still counts once, and nothing was lost.
+    assert!(report["churned"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["sfu_rss_end_mb"].as_f64().unwrap() > 1.0, "{report}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("Loss per edge") && plot.contains("<polyline"), "not a plot");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
