@@ -56,7 +56,7 @@ impl Default for EdgeConfig {
 
 /// Reasons a datagram or packet was dropped; counted, exported as metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum DropReason {
     Oversize,
     UnknownKind,
     StunMalformed,
@@ -74,49 +74,49 @@ pub enum Drop {
     RelayNotSelected,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 15] = [
-        Drop::Oversize,
-        Drop::UnknownKind,
-        Drop::StunMalformed,
-        Drop::StunUnknownUfrag,
-        Drop::StunBadCredentials,
-        Drop::UnknownSource,
-        Drop::NotConnected,
-        Drop::SrtpAuth,
-        Drop::RtpMalformed,
-        Drop::RtcpMalformed,
-        Drop::NotPublishing,
-        Drop::DtlsQueueFull,
-        Drop::RelayMalformed,
-        Drop::RelayUnknownChannel,
-        Drop::RelayNotSelected,
+impl DropReason {
+    pub const ALL: [DropReason; 15] = [
+        DropReason::Oversize,
+        DropReason::UnknownKind,
+        DropReason::StunMalformed,
+        DropReason::StunUnknownUfrag,
+        DropReason::StunBadCredentials,
+        DropReason::UnknownSource,
+        DropReason::NotConnected,
+        DropReason::SrtpAuth,
+        DropReason::RtpMalformed,
+        DropReason::RtcpMalformed,
+        DropReason::NotPublishing,
+        DropReason::DtlsQueueFull,
+        DropReason::RelayMalformed,
+        DropReason::RelayUnknownChannel,
+        DropReason::RelayNotSelected,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Drop::Oversize => "oversize",
-            Drop::UnknownKind => "unknown_kind",
-            Drop::StunMalformed => "stun_malformed",
-            Drop::StunUnknownUfrag => "stun_unknown_ufrag",
-            Drop::StunBadCredentials => "stun_bad_credentials",
-            Drop::UnknownSource => "unknown_source",
-            Drop::NotConnected => "not_connected",
-            Drop::SrtpAuth => "srtp_auth",
-            Drop::RtpMalformed => "rtp_malformed",
-            Drop::RtcpMalformed => "rtcp_malformed",
-            Drop::NotPublishing => "not_publishing",
-            Drop::DtlsQueueFull => "dtls_queue_full",
-            Drop::RelayMalformed => "relay_malformed",
-            Drop::RelayUnknownChannel => "relay_unknown_channel",
-            Drop::RelayNotSelected => "relay_not_selected",
+            DropReason::Oversize => "oversize",
+            DropReason::UnknownKind => "unknown_kind",
+            DropReason::StunMalformed => "stun_malformed",
+            DropReason::StunUnknownUfrag => "stun_unknown_ufrag",
+            DropReason::StunBadCredentials => "stun_bad_credentials",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::NotConnected => "not_connected",
+            DropReason::SrtpAuth => "srtp_auth",
+            DropReason::RtpMalformed => "rtp_malformed",
+            DropReason::RtcpMalformed => "rtcp_malformed",
+            DropReason::NotPublishing => "not_publishing",
+            DropReason::DtlsQueueFull => "dtls_queue_full",
+            DropReason::RelayMalformed => "relay_malformed",
+            DropReason::RelayUnknownChannel => "relay_unknown_channel",
+            DropReason::RelayNotSelected => "relay_not_selected",
         }
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
-    drops: HashMap<Drop, u64>,
+    drops: HashMap<DropReason, u64>,
     pub rtp_in: u64,
     pub rtp_out: u64,
     pub rtcp_in: u64,
@@ -129,7 +129,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn dropped(&self, reason: Drop) -> u64 {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops.get(&reason).copied().unwrap_or(0)
     }
 }
@@ -337,13 +337,13 @@ impl Edge {
         self.sessions.len()
     }
 
-    fn drop_packet(&mut self, reason: Drop) {
+    fn drop_packet(&mut self, reason: DropReason) {
         trace!(reason = reason.as_str(), "drop");
         *self.counters.drops.entry(reason).or_default() += 1;
     }
 
     /// Counts a drop that happened in the shell (e.g. a full DTLS queue).
-    pub fn count_drop(&mut self, reason: Drop) {
+    pub fn count_drop(&mut self, reason: DropReason) {
         self.drop_packet(reason);
     }
 
@@ -477,14 +477,14 @@ impl Edge {
 
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         if buf.len() > MAX_DATAGRAM {
-            return self.drop_packet(Drop::Oversize);
+            return self.drop_packet(DropReason::Oversize);
         }
         match classify(buf) {
             PacketKind::Stun => self.handle_stun(now, from, buf),
-            PacketKind::Unknown => self.drop_packet(Drop::UnknownKind),
+            PacketKind::Unknown => self.drop_packet(DropReason::UnknownKind),
             kind => {
                 let Some(&id) = self.by_addr.get(&from) else {
-                    return self.drop_packet(Drop::UnknownSource);
+                    return self.drop_packet(DropReason::UnknownSource);
                 };
                 match kind {
                     PacketKind::Dtls => {
@@ -504,19 +504,19 @@ impl Edge {
     fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         let req = match BindingRequest::parse(buf) {
             Ok(r) => r,
-            Err(_) => return self.drop_packet(Drop::StunMalformed),
+            Err(_) => return self.drop_packet(DropReason::StunMalformed),
         };
         let Some(&id) = self.by_ufrag.get(&req.local_ufrag) else {
-            return self.drop_packet(Drop::StunUnknownUfrag);
+            return self.drop_packet(DropReason::StunUnknownUfrag);
         };
         let Some(s) = self.sessions.get_mut(&id) else { return };
         if req.remote_ufrag != s.remote_ufrag {
-            return self.drop_packet(Drop::StunBadCredentials);
+            return self.drop_packet(DropReason::StunBadCredentials);
         }
         let use_candidate = req.use_candidate;
         let response = match req.respond(&s.local_pwd, from) {
             Ok(r) => r,
-            Err(_) => return self.drop_packet(Drop::StunBadCredentials),
+            Err(_) => return self.drop_packet(DropReason::StunBadCredentials),
         };
         s.last_seen = now;
         // Learn the address from the first valid check; move only on a nominating one.
@@ -537,22 +537,22 @@ impl Edge {
     fn handle_rtp(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let Some(srtp) = s.srtp.as_mut() else {
-            return self.drop_packet(Drop::NotConnected);
+            return self.drop_packet(DropReason::NotConnected);
         };
         let plain = match srtp.unprotect_rtp(buf) {
             Ok(p) => p,
-            Err(_) => return self.drop_packet(Drop::SrtpAuth),
+            Err(_) => return self.drop_packet(DropReason::SrtpAuth),
         };
         s.last_seen = now;
         let view = match RtpView::parse(&plain) {
             Ok(v) => v,
-            Err(_) => return self.drop_packet(Drop::RtpMalformed),
+            Err(_) => return self.drop_packet(DropReason::RtpMalformed),
         };
         let Some(publish) = s.publish.as_mut() else {
-            return self.drop_packet(Drop::NotPublishing);
+            return self.drop_packet(DropReason::NotPublishing);
         };
         if view.payload_type != publish.params.payload_type {
-            return self.drop_packet(Drop::RtpMalformed);
+            return self.drop_packet(DropReason::RtpMalformed);
         }
         self.counters.rtp_in += 1;
         let ssrc = view.ssrc;
@@ -723,7 +723,7 @@ impl Edge {
             }
             Message::Selection { channel_id, slots } => {
                 let Some(name) = self.by_relay_id.get(&channel_id).cloned() else {
-                    return self.drop_packet(Drop::RelayUnknownChannel);
+                    return self.drop_packet(DropReason::RelayUnknownChannel);
                 };
                 let Some(ch) = self.channels.get_mut(&name) else { return };
                 let mut holders = vec![None; self.config.slots];
@@ -746,15 +746,15 @@ impl Edge {
     pub fn handle_relay_datagram(&mut self, data: &Bytes, now: Instant) {
         let (header, payload) = match MediaHeader::decode(data) {
             Ok(h) => h,
-            Err(_) => return self.drop_packet(Drop::RelayMalformed),
+            Err(_) => return self.drop_packet(DropReason::RelayMalformed),
         };
         let Some(name) = self.by_relay_id.get(&header.channel_id).cloned() else {
-            return self.drop_packet(Drop::RelayUnknownChannel);
+            return self.drop_packet(DropReason::RelayUnknownChannel);
         };
         let Some(ch) = self.channels.get(&name) else { return };
         let speaker = Ssrc(header.speaker);
         let Some(slot) = ch.holders.iter().position(|h| *h == Some(speaker)) else {
-            return self.drop_packet(Drop::RelayNotSelected);
+            return self.drop_packet(DropReason::RelayNotSelected);
         };
         self.counters.relay_in += 1;
         // A local speaker's own session never gets its voice back.
@@ -773,16 +773,16 @@ impl Edge {
     fn handle_rtcp(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let Some(srtp) = s.srtp.as_mut() else {
-            return self.drop_packet(Drop::NotConnected);
+            return self.drop_packet(DropReason::NotConnected);
         };
         let plain = match srtp.unprotect_rtcp(buf) {
             Ok(p) => p,
-            Err(_) => return self.drop_packet(Drop::SrtpAuth),
+            Err(_) => return self.drop_packet(DropReason::SrtpAuth),
         };
         s.last_seen = now;
         let feedback = match rtcp_report::parse_feedback(&plain) {
             Ok(f) => f,
-            Err(_) => return self.drop_packet(Drop::RtcpMalformed),
+            Err(_) => return self.drop_packet(DropReason::RtcpMalformed),
         };
         self.counters.rtcp_in += 1;
         let ntp_now = self.ntp.ntp(now);

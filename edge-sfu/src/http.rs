@@ -310,7 +310,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_edge_nacks_in_total", &labels).absolute(c.nacks_in);
         metrics::counter!("sfu_edge_uplink_out_total", &labels).absolute(c.uplink_out);
         metrics::counter!("sfu_edge_relay_in_total", &labels).absolute(c.relay_in);
-        for d in crate::edge::Drop::ALL {
+        for d in crate::edge::DropReason::ALL {
             let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
             metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));
         }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::edge::{AdmitError, ChannelView, Counters, Drop, Edge, EdgeConfig, NewSession, Output, SessionId};
+use crate::edge::{AdmitError, ChannelView, Counters, DropReason, Edge, EdgeConfig, NewSession, Output, SessionId};
 
 const COMMAND_QUEUE: usize = 4096;
 /// Datagrams read per wake-up before outputs are flushed.
@@ -311,7 +311,7 @@ impl Shell {
                 Output::Dtls { session, data } => {
                     if let Some(t) = self.dtls.get(&session) {
                         if t.input.try_send(data).is_err() {
-                            self.edge.count_drop(Drop::DtlsQueueFull);
+                            self.edge.count_drop(DropReason::DtlsQueueFull);
                         }
                     }
                 }

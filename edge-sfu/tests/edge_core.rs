@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge_sfu::edge::{AdmitError, Drop, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams};
+use edge_sfu::edge::{AdmitError, DropReason, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams};
 use media::ice::{binding_request, parse_binding_success};
 use media::rtcp_report::{self, Feedback, ReceiveStats};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
@@ -273,7 +273,7 @@ fn dtls_only_reaches_a_session_from_its_checked_address() {
     let spoofer: SocketAddr = "127.0.0.1:6666".parse().unwrap();
     net.send(spoofer, &hello);
     assert!(net.dtls.is_empty(), "spoofed DTLS reached a session");
-    assert_eq!(net.edge.counters().dropped(Drop::UnknownSource), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::UnknownSource), 1);
     net.send(alice.addr, &hello);
     assert_eq!(net.dtls.len(), 1);
     assert_eq!(net.dtls[0].0, alice.id);
@@ -287,31 +287,31 @@ fn bad_input_is_counted_and_dropped_without_harming_others() {
     let stranger: SocketAddr = "127.0.0.1:7777".parse().unwrap();
 
     net.send(stranger, &vec![0x80; 1501]);
-    assert_eq!(net.edge.counters().dropped(Drop::Oversize), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::Oversize), 1);
     net.send(stranger, &[70, 1, 2]);
-    assert_eq!(net.edge.counters().dropped(Drop::UnknownKind), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::UnknownKind), 1);
     net.send(stranger, &[0, 1, 0, 4, 1, 2]);
-    assert_eq!(net.edge.counters().dropped(Drop::StunMalformed), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::StunMalformed), 1);
     let (req, _) = binding_request("nosuchufrag", "x", "passwordpasswordpassword").unwrap();
     net.send(stranger, &req);
-    assert_eq!(net.edge.counters().dropped(Drop::StunUnknownUfrag), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::StunUnknownUfrag), 1);
     let (req, _) = binding_request(&alice.server_ufrag, &alice.client_ufrag, "wrongpasswordwrongpasswo").unwrap();
     net.send(stranger, &req);
-    assert_eq!(net.edge.counters().dropped(Drop::StunBadCredentials), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::StunBadCredentials), 1);
     assert!(net.take_for(stranger).is_empty(), "a bad check got an answer");
     net.send(stranger, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
-    assert_eq!(net.edge.counters().dropped(Drop::UnknownSource), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::UnknownSource), 1);
     // From alice's checked address: forged SRTP and SRTCP.
     net.send(alice.addr, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
     net.send(alice.addr, &[0x80, 200, 0, 1, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
-    assert_eq!(net.edge.counters().dropped(Drop::SrtpAuth), 2);
+    assert_eq!(net.edge.counters().dropped(DropReason::SrtpAuth), 2);
     // Authentic SRTCP that is not valid RTCP.
     let junk = alice.srtp.protect_rtcp(&[0x80, 200, 0, 2, 0, 0, 0, 1, 1, 2, 3, 4]).unwrap();
     net.send(alice.addr, &junk);
-    assert_eq!(net.edge.counters().dropped(Drop::RtcpMalformed), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::RtcpMalformed), 1);
     // Bob is a listener: his RTP is refused, counted.
     net.speak(&mut bob, LOUD);
-    assert_eq!(net.edge.counters().dropped(Drop::NotPublishing), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::NotPublishing), 1);
 
     // And alice still reaches bob.
     net.talk(&mut [&mut alice], &[LOUD], 20);
@@ -342,7 +342,7 @@ fn rtp_before_dtls_is_dropped() {
     let (req, _) = binding_request("srvufrag", "cli1", "serverpasswordserverpass").unwrap();
     net.send(addr, &req);
     net.send(addr, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3]);
-    assert_eq!(net.edge.counters().dropped(Drop::NotConnected), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::NotConnected), 1);
     // Never connects: closed after the connect timeout.
     net.advance(EdgeConfig::default().connect_timeout + Duration::from_secs(1));
     assert_eq!(net.closed, vec![id]);
@@ -442,9 +442,9 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     net.edge.handle_relay_datagram(&Bytes::from_static(b"\x40junk"), net.now);
     net.edge.handle_relay_datagram(&core_datagram(99, remote, 1), net.now);
     net.edge.handle_relay_datagram(&core_datagram(7, 4242, 1), net.now);
-    assert_eq!(net.edge.counters().dropped(Drop::RelayMalformed), 1);
-    assert_eq!(net.edge.counters().dropped(Drop::RelayUnknownChannel), 1);
-    assert_eq!(net.edge.counters().dropped(Drop::RelayNotSelected), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::RelayMalformed), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::RelayUnknownChannel), 1);
+    assert_eq!(net.edge.counters().dropped(DropReason::RelayNotSelected), 1);
 
     // The link drops and returns: the edge subscribes again; listeners were never touched.
     net.relay.clear();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{client, heard_tracks, run_python, start_edge, token};
-use edge_sfu::edge::Drop;
+use edge_sfu::edge::DropReason;
 use edge_sfu::token::Role;
 use serde_json::{json, Value};
 
@@ -75,7 +75,7 @@ async fn two_speakers_two_listeners(srtp: &str, openssl_profile: &str) {
 
     let (counters, sessions) = edge.handle.stats().await.unwrap();
     assert_eq!(sessions, 0, "every session ended by DELETE");
-    assert_eq!(counters.dropped(Drop::SrtpAuth), 0);
+    assert_eq!(counters.dropped(DropReason::SrtpAuth), 0);
     assert!(counters.rtp_in > 0 && counters.rtp_out > counters.rtp_in);
     assert!(counters.rtcp_in > 0, "clients' RTCP reports were received and decrypted");
 }

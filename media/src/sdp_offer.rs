@@ -94,11 +94,7 @@ pub struct Offer {
 
 impl Offer {
     pub fn parse(text: &str) -> Result<Offer, SdpError> {
-        if text.len() > MAX_OFFER_LEN {
-            return Err(SdpError::TooLarge);
-        }
-        let session = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
-            .map_err(|e| SdpError::Unparseable(e.to_string()))?;
+        let session = unmarshal_bounded(text)?;
         if session.media_descriptions.len() > MAX_MEDIA_SECTIONS {
             return Err(SdpError::TooManyMedia);
         }
@@ -178,6 +174,14 @@ impl Offer {
             bundle,
         })
     }
+}
+
+/// Parses SDP of at most [`MAX_OFFER_LEN`] bytes.
+fn unmarshal_bounded(text: &str) -> Result<SessionDescription, SdpError> {
+    if text.len() > MAX_OFFER_LEN {
+        return Err(SdpError::TooLarge);
+    }
+    SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes())).map_err(|e| SdpError::Unparseable(e.to_string()))
 }
 
 fn parse_audio(m: &MediaDescription) -> Result<OfferedAudio, SdpError> {
@@ -569,11 +573,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn parse(text: &str) -> Result<Answer, SdpError> {
-        if text.len() > MAX_OFFER_LEN {
-            return Err(SdpError::TooLarge);
-        }
-        let session = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
-            .map_err(|e| SdpError::Unparseable(e.to_string()))?;
+        let session = unmarshal_bounded(text)?;
         let first = session
             .media_descriptions
             .iter()
