@@ -82,6 +82,8 @@ pub struct Report {
     pub join_time: Percentiles,
     pub latency: Percentiles,
     pub speaker_switch: Percentiles,
+    /// Packets the speakers sent (each reaches every listener of its slot).
+    pub packets_sent: u64,
     pub packets_expected: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
@@ -176,6 +178,7 @@ impl Report {
             join_time: Percentiles::of_durations(clients.iter().filter(|c| c.listener).filter_map(|c| c.join_time)),
             latency: Percentiles::of(&latency),
             speaker_switch: Percentiles::of_durations(listeners.iter().flat_map(|c| c.switch_times.iter().copied())),
+            packets_sent: clients.iter().filter(|c| !c.listener).map(|c| c.packets_sent).sum(),
             packets_expected: expected,
             packets_lost: lost,
             loss_percent: percent(lost, expected),
@@ -229,7 +232,11 @@ impl fmt::Display for Report {
         row(f, "join time", pct(&self.join_time))?;
         row(f, "end-to-end latency", pct(&self.latency))?;
         row(f, "speaker switch", if self.speaker_switch.count == 0 { "none seen".into() } else { pct(&self.speaker_switch) })?;
-        row(f, "packets", format!("{} expected, {} lost ({:.3} %)", self.packets_expected, self.packets_lost, self.loss_percent))?;
+        row(
+            f,
+            "packets",
+            format!("{} sent by speakers, {} expected at listeners, {} lost ({:.3} %)", self.packets_sent, self.packets_expected, self.packets_lost, self.loss_percent),
+        )?;
         row(f, "duplicates / out of order", format!("{} / {}", self.duplicates, self.out_of_order))?;
         row(f, "jitter (RFC 3550)", format!("mean {:.2} ms, max {:.2} ms", self.jitter_mean_ms, self.jitter_max_ms))?;
         writeln!(f, "\n  {:<6} {:>10} {:>10} {:>10}", "edge", "listeners", "loss %", "p99 ms")?;

@@ -28,6 +28,7 @@ fn short_local_run_meets_its_thresholds() {
     // 20 listeners hear 3 speakers for 3+ s: thousands of stamped packets measured.
     assert!(report["latency"]["count"].as_u64().unwrap() > 20 * 3 * 100, "{report}");
     assert!(report["packets_expected"].as_u64().unwrap() >= report["latency"]["count"].as_u64().unwrap());
+    assert!(report["packets_sent"].as_u64().unwrap() >= 3 * 150, "3 speakers for 3+ s: {report}");
     let edges = report["per_edge"].as_array().unwrap();
     assert_eq!(edges.len(), 2);
     assert!(edges.iter().all(|e| e["listeners"] == 10), "{report}");
