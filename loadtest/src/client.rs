@@ -342,11 +342,14 @@ async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<b
     let mut buf = vec![0u8; 2048];
     let mut packets = 0u64;
     let mut receiving_since: Option<u64> = None;
+    // One timer, moved when it fires: not a new one per packet.
+    let timer = tokio::time::sleep_until(next_flush.min(next_consent).into());
+    tokio::pin!(timer);
     loop {
         let n = tokio::select! {
             _ = stop.changed() => break,
             r = c.socket.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
-            _ = tokio::time::sleep_until(next_flush.min(next_consent).into()) => 0,
+            _ = &mut timer => 0,
         };
         let now = Instant::now();
         if n > 0 && classify(&buf[..n]) == PacketKind::Rtp {
@@ -362,9 +365,7 @@ async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<b
                         let arrival_us = micros_since(shared.epoch, now);
                         let receiving_since = *receiving_since.get_or_insert(arrival_us);
                         if let Some(sent) = read_stamp(v.payload()) {
-                            let l = latency(sent, arrival_us).as_micros() as u64;
-                            let _ = report.latency.record(l.max(1));
-                            let _ = interval.record(l.max(1));
+                            let _ = interval.record((latency(sent, arrival_us).as_micros() as u64).max(1));
                         }
                         let speaker = v.csrcs().next();
                         if speaker.is_some() && speaker != speaker_on_slot[slot] {
@@ -384,14 +385,17 @@ async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<b
             shared.live.packets.fetch_add(packets, Ordering::Relaxed);
             packets = 0;
             let _ = shared.live.interval_latency.lock().expect("live histogram").add(&interval);
+            let _ = report.latency.add(&interval);
             interval.reset();
         }
         if now >= next_consent {
             next_consent = now + CONSENT_INTERVAL;
             c.consent().await?;
         }
+        timer.as_mut().reset(next_flush.min(next_consent).into());
     }
     shared.live.packets.fetch_add(packets, Ordering::Relaxed);
+    let _ = report.latency.add(&interval);
     report.streams = streams
         .iter()
         .map(|s| StreamReport {
