@@ -418,7 +418,10 @@ impl Edge {
         };
         self.by_ufrag.remove(&s.local_ufrag);
         if let Some(addr) = s.remote {
-            self.by_addr.remove(&addr);
+            // A newer session may have taken this address over; its mapping stays.
+            if self.by_addr.get(&addr) == Some(&id) {
+                self.by_addr.remove(&addr);
+            }
             let ours: Vec<Ssrc> = s.slots.iter().map(|l| l.rewriter.ssrc).collect();
             let sources = if ours.is_empty() { vec![s.rtcp_ssrc] } else { ours };
             if let (Some(srtp), Some(bye)) = (s.srtp.as_mut(), rtcp_report::bye(&sources, &self.config.cname)) {
@@ -522,7 +525,9 @@ impl Edge {
         // Learn the address from the first valid check; move only on a nominating one.
         if s.remote.is_none() || (use_candidate && s.remote != Some(from)) {
             if let Some(old) = s.remote.replace(from) {
-                self.by_addr.remove(&old);
+                if self.by_addr.get(&old) == Some(&id) {
+                    self.by_addr.remove(&old);
+                }
             }
             if let Some(other) = self.by_addr.insert(from, id) {
                 if other != id {

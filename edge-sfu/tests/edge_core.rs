@@ -462,3 +462,21 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     assert_eq!(rtp.len(), 1);
     assert_eq!(rtp[0].seq, on_slot_zero_last.wrapping_add(1), "slot 0 continues across the core restart");
 }
+
+#[test]
+fn a_session_that_lost_its_address_does_not_take_the_new_owners_mapping_with_it() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 1);
+    // Carol's client reuses Bob's address (a restarted client behind the same port).
+    let mut carol = net.join("lobby", "carol", false, 1);
+    carol.addr = bob.addr;
+    net.ice_check(&carol);
+    net.edge.remove_session(bob.id, "deleted");
+    net.drain();
+    // Bob's BYE went to the shared address under Bob's keys; not Carol's to read.
+    net.take_for(bob.addr);
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let (rtp, _) = net.received(&mut carol);
+    assert!(rtp.len() >= 15, "carol still receives at the shared address: {}", rtp.len());
+}
