@@ -257,6 +257,7 @@ impl Core {
                 let id = self.next_channel_id;
                 self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
                 let name: Arc<str> = name.into();
+                debug!(channel = %name, id, "channel created");
                 self.by_name.insert(name.clone(), id);
                 self.channels.insert(
                     id,
@@ -268,7 +269,6 @@ impl Core {
                         holders: vec![None; self.config.selector.slots],
                     },
                 );
-                debug!(channel = %name_of(&self.channels, id), id, "channel created");
                 id
             }
         };
@@ -416,10 +416,6 @@ impl Core {
     pub fn edges(&self) -> Vec<(String, String, u32)> {
         self.edges.values().map(|e| (e.id.clone(), e.signalling_url.clone(), e.capacity)).collect()
     }
-}
-
-fn name_of(channels: &HashMap<u32, Channel>, id: u32) -> Arc<str> {
-    channels.get(&id).map(|c| c.name.clone()).unwrap_or_else(|| "?".into())
 }
 
 fn selection_message(channel_id: u32, ch: &Channel) -> Message {
