@@ -15,11 +15,13 @@ use media::rtcp_report::{self, Feedback, NtpClock, ReceiveStats, SenderInfo};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
 use media::slot::SlotRewriter;
 use media::speakers::{ActiveSpeakers, SelectorConfig};
-use media::srtp::{SrtpKeys, SrtpSession};
+use media::srtp::{SrtpError, SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
 use tracing::{debug, info, trace};
+
+use crate::budget::{SessionBudget, SessionLimits};
 
 pub type SessionId = u64;
 
@@ -37,6 +39,8 @@ pub struct EdgeConfig {
     pub cname: String,
     /// Selection comes from a core: local speakers are uplinked, the core's picks forwarded.
     pub cascade: bool,
+    /// What one session may send, before and after its handshake.
+    pub limits: SessionLimits,
 }
 
 impl Default for EdgeConfig {
@@ -45,11 +49,12 @@ impl Default for EdgeConfig {
             slots: 3,
             max_listeners_per_channel: 25,
             max_sessions: 5000,
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             report_interval: Duration::from_secs(1),
             cname: "webrtc-sfu".to_owned(),
             cascade: false,
+            limits: SessionLimits::default(),
         }
     }
 }
@@ -72,10 +77,16 @@ pub enum DropReason {
     RelayMalformed,
     RelayUnknownChannel,
     RelayNotSelected,
+    SrtpReplay,
+    TooManySsrcs,
+    RateLimited,
+    DtlsRejected,
+    DtlsOverBudget,
+    UplinkTooLarge,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Oversize,
         DropReason::UnknownKind,
         DropReason::StunMalformed,
@@ -91,6 +102,12 @@ impl DropReason {
         DropReason::RelayMalformed,
         DropReason::RelayUnknownChannel,
         DropReason::RelayNotSelected,
+        DropReason::SrtpReplay,
+        DropReason::TooManySsrcs,
+        DropReason::RateLimited,
+        DropReason::DtlsRejected,
+        DropReason::DtlsOverBudget,
+        DropReason::UplinkTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +127,12 @@ impl DropReason {
             DropReason::RelayMalformed => "relay_malformed",
             DropReason::RelayUnknownChannel => "relay_unknown_channel",
             DropReason::RelayNotSelected => "relay_not_selected",
+            DropReason::SrtpReplay => "srtp_replay",
+            DropReason::TooManySsrcs => "too_many_ssrcs",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::DtlsRejected => "dtls_rejected",
+            DropReason::DtlsOverBudget => "dtls_over_budget",
+            DropReason::UplinkTooLarge => "uplink_too_large",
         }
     }
 }
@@ -222,6 +245,7 @@ struct Session {
     last_seen: Instant,
     next_report: Instant,
     link: LinkStats,
+    budget: SessionBudget,
 }
 
 impl Session {
@@ -301,6 +325,8 @@ pub struct Edge {
     next_tick: Instant,
     counters: Counters,
     scratch: Vec<u8>,
+    /// Decrypted input, reused for every packet.
+    plain: Vec<u8>,
     relay_up: bool,
     by_relay_id: HashMap<u32, Arc<str>>,
 }
@@ -320,6 +346,7 @@ impl Edge {
             next_tick: now + TICK,
             counters: Counters::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
+            plain: Vec::with_capacity(MAX_DATAGRAM),
             relay_up: false,
             by_relay_id: HashMap::new(),
         }
@@ -385,6 +412,7 @@ impl Edge {
             last_seen: now,
             next_report: now + self.config.report_interval,
             link: LinkStats::default(),
+            budget: SessionBudget::new(&self.config.limits, now),
         };
         let slots = self.config.slots;
         let is_new = !self.channels.contains_key(&new.channel);
@@ -478,6 +506,9 @@ impl Edge {
         }
     }
 
+    /// One datagram from a client, validated in layers, cheapest first: size, first
+    /// byte, the address ICE learnt, the session's rate, then per kind our own bounds
+    /// checks before any library or SRTP state sees it.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
         if buf.len() > MAX_DATAGRAM {
             return self.drop_packet(DropReason::Oversize);
@@ -489,19 +520,36 @@ impl Edge {
                 let Some(&id) = self.by_addr.get(&from) else {
                     return self.drop_packet(DropReason::UnknownSource);
                 };
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                if !s.budget.admit(buf.len(), now) {
+                    return self.drop_packet(DropReason::RateLimited);
+                }
                 match kind {
-                    PacketKind::Dtls => {
-                        if let Some(s) = self.sessions.get_mut(&id) {
-                            s.last_seen = now;
-                        }
-                        self.outputs.push_back(Output::Dtls { session: id, data: Bytes::copy_from_slice(buf) });
-                    }
+                    PacketKind::Dtls => self.handle_dtls(now, id, buf),
                     PacketKind::Rtp => self.handle_rtp(now, id, buf),
                     PacketKind::Rtcp => self.handle_rtcp(now, id, buf),
                     PacketKind::Stun | PacketKind::Unknown => {}
                 }
             }
         }
+    }
+
+    /// DTLS for the session's handshake task: only records a client can send, within the
+    /// session's handshake allowance (and a slow rate once connected).
+    fn handle_dtls(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let shape = match media::dtls_filter::inspect(buf) {
+            Ok(shape) => shape,
+            Err(reject) => {
+                trace!(session = id, reason = reject.as_str(), "dtls refused");
+                return self.drop_packet(DropReason::DtlsRejected);
+            }
+        };
+        if !s.budget.admit_dtls(buf.len(), shape, s.connected(), now) {
+            return self.drop_packet(DropReason::DtlsOverBudget);
+        }
+        s.last_seen = now;
+        self.outputs.push_back(Output::Dtls { session: id, data: Bytes::copy_from_slice(buf) });
     }
 
     fn handle_stun(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) {
@@ -515,6 +563,10 @@ impl Edge {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         if req.remote_ufrag != s.remote_ufrag {
             return self.drop_packet(DropReason::StunBadCredentials);
+        }
+        // Charged before the integrity check, which is the expensive part.
+        if !s.budget.admit(buf.len(), now) {
+            return self.drop_packet(DropReason::RateLimited);
         }
         let use_candidate = req.use_candidate;
         let response = match req.respond(&s.local_pwd, from) {
@@ -544,21 +596,38 @@ impl Edge {
         let Some(srtp) = s.srtp.as_mut() else {
             return self.drop_packet(DropReason::NotConnected);
         };
-        let plain = match srtp.unprotect_rtp(buf) {
-            Ok(p) => p,
-            Err(_) => return self.drop_packet(DropReason::SrtpAuth),
-        };
-        s.last_seen = now;
-        let view = match RtpView::parse(&plain) {
-            Ok(v) => v,
-            Err(_) => return self.drop_packet(DropReason::RtpMalformed),
-        };
-        let Some(publish) = s.publish.as_mut() else {
+        let Some(publish) = s.publish.as_ref() else {
             return self.drop_packet(DropReason::NotPublishing);
         };
-        if view.payload_type != publish.params.payload_type {
-            return self.drop_packet(DropReason::RtpMalformed);
+        // The clear header is bounds-checked (CSRCs, every extension element) before
+        // SRTP looks at it; SRTP keeps no state for a packet that does not authenticate.
+        match RtpView::parse_protected(buf) {
+            Ok(h) if h.payload_type == publish.params.payload_type => {}
+            _ => return self.drop_packet(DropReason::RtpMalformed),
         }
+        let mut plain = std::mem::take(&mut self.plain);
+        let result = srtp.unprotect_rtp_into(buf, &mut plain);
+        if result.is_ok() {
+            s.last_seen = now;
+            self.forward_published(now, id, &plain);
+        }
+        self.plain = plain;
+        match result {
+            Ok(()) => {}
+            Err(SrtpError::Replay) => self.drop_packet(DropReason::SrtpReplay),
+            Err(SrtpError::TooManySsrcs) => self.drop_packet(DropReason::TooManySsrcs),
+            Err(_) => self.drop_packet(DropReason::SrtpAuth),
+        }
+    }
+
+    /// An authenticated packet of a publishing session: selection, then uplink or forwarding.
+    fn forward_published(&mut self, now: Instant, id: SessionId, plain: &[u8]) {
+        let view = match RtpView::parse(plain) {
+            Ok(v) if !v.payload().is_empty() => v,
+            _ => return self.drop_packet(DropReason::RtpMalformed),
+        };
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(publish) = s.publish.as_mut() else { return };
         self.counters.rtp_in += 1;
         let ssrc = view.ssrc;
         let Some(channel) = self.channels.get_mut(&s.channel) else { return };
@@ -598,6 +667,10 @@ impl Edge {
         if self.config.cascade {
             // Only the edge's own top N can be in the channel's top N: uplink those.
             if let (Some(channel_id), true, Some(_)) = (channel.relay_id, self.relay_up, channel.selector.slot_of(&ssrc)) {
+                if packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
+                    // The core would refuse it and count it against this edge's link.
+                    return self.drop_packet(DropReason::UplinkTooLarge);
+                }
                 let mut out = bytes::BytesMut::with_capacity(relay_proto::datagram::HEADER_LEN + packet.payload.len());
                 MediaHeader {
                     channel_id,
@@ -780,12 +853,19 @@ impl Edge {
         let Some(srtp) = s.srtp.as_mut() else {
             return self.drop_packet(DropReason::NotConnected);
         };
-        let plain = match srtp.unprotect_rtcp(buf) {
-            Ok(p) => p,
+        // Only the first header is in the clear: its length must fit before the trailer.
+        if !rtcp_report::protected_header_fits(buf, srtp.profile().rtcp_trailer_len()) {
+            return self.drop_packet(DropReason::RtcpMalformed);
+        }
+        let result = srtp.unprotect_rtcp_into(buf, &mut self.plain);
+        match result {
+            Ok(()) => {}
+            Err(SrtpError::Replay) => return self.drop_packet(DropReason::SrtpReplay),
+            Err(SrtpError::TooManySsrcs) => return self.drop_packet(DropReason::TooManySsrcs),
             Err(_) => return self.drop_packet(DropReason::SrtpAuth),
-        };
+        }
         s.last_seen = now;
-        let feedback = match rtcp_report::parse_feedback(&plain) {
+        let feedback = match rtcp_report::parse_feedback(&self.plain) {
             Ok(f) => f,
             Err(_) => return self.drop_packet(DropReason::RtcpMalformed),
         };

@@ -1,5 +1,6 @@
 //! Edge SFU: terminates WebRTC for clients, selects and forwards speakers to listeners.
 
+pub mod budget;
 pub mod config;
 pub mod edge;
 pub mod http;

@@ -96,6 +96,14 @@ impl Net {
     }
 
     fn try_join(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Result<Client, AdmitError> {
+        let (client, keys) = self.join_pending(channel, name, publish, slots)?;
+        self.edge.dtls_established(client.id, &keys, self.now);
+        self.drain();
+        Ok(client)
+    }
+
+    /// A session that passed its ICE check but has not finished DTLS; and its server keys.
+    fn join_pending(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Result<(Client, SrtpKeys), AdmitError> {
         self.port += 1;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let (server_ufrag, server_pwd) = media::ice::random_credentials();
@@ -132,9 +140,7 @@ impl Net {
             slots,
         };
         self.ice_check(&client);
-        self.edge.dtls_established(id, &keys(false), self.now);
-        self.drain();
-        Ok(client)
+        Ok((client, keys(false)))
     }
 
     fn join(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Client {
@@ -149,6 +155,12 @@ impl Net {
     }
 
     fn speak(&mut self, c: &mut Client, level: AudioLevel) {
+        let protected = self.packet(c, level);
+        self.send(c.addr, &protected);
+    }
+
+    /// The client's next SRTP packet.
+    fn packet(&mut self, c: &mut Client, level: AudioLevel) -> Bytes {
         let mut buf = Vec::new();
         OutHeader {
             payload_type: PT,
@@ -163,8 +175,7 @@ impl Net {
         .write(&[0xfc, 0xff, 0xfe], &mut buf);
         c.seq = c.seq.wrapping_add(1);
         c.ts = c.ts.wrapping_add(960);
-        let protected = c.srtp.protect_rtp(&buf).unwrap();
-        self.send(c.addr, &protected);
+        c.srtp.protect_rtp(&buf).unwrap()
     }
 
     fn take_for(&mut self, addr: SocketAddr) -> Vec<Bytes> {
@@ -269,7 +280,8 @@ fn channel_listener_cap_is_enforced_per_channel() {
 fn dtls_only_reaches_a_session_from_its_checked_address() {
     let mut net = Net::new(EdgeConfig::default());
     let alice = net.join("lobby", "alice", false, 1);
-    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    // A ClientHello record: epoch 0, one fragment of a 4-byte message.
+    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 1, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 3, 3, 0, 0];
     let spoofer: SocketAddr = "127.0.0.1:6666".parse().unwrap();
     net.send(spoofer, &hello);
     assert!(net.dtls.is_empty(), "spoofed DTLS reached a session");
@@ -303,7 +315,7 @@ fn bad_input_is_counted_and_dropped_without_harming_others() {
     assert_eq!(net.edge.counters().dropped(DropReason::UnknownSource), 1);
     // From alice's checked address: forged SRTP and SRTCP.
     net.send(alice.addr, &[0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
-    net.send(alice.addr, &[0x80, 200, 0, 1, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]);
+    net.send(alice.addr, &[[0x80, 200, 0, 1, 0, 0, 0, 1].as_slice(), &[9; 32]].concat());
     assert_eq!(net.edge.counters().dropped(DropReason::SrtpAuth), 2);
     // Authentic SRTCP that is not valid RTCP.
     let junk = alice.srtp.protect_rtcp(&[0x80, 200, 0, 2, 0, 0, 0, 1, 1, 2, 3, 4]).unwrap();
@@ -478,4 +490,95 @@ fn a_session_that_lost_its_address_does_not_take_the_new_owners_mapping_with_it(
     net.speak(&mut carol, LOUD);
     assert_eq!(net.edge.counters().dropped(DropReason::UnknownSource), 0);
     assert_eq!(net.edge.counters().rtp_in, before + 1);
+}
+
+/// A short RTP header whose extension element claims more bytes than the block holds.
+fn overrunning_extension(profile: u16, element: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x90, PT, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+    p.extend_from_slice(&profile.to_be_bytes());
+    p.extend_from_slice(&[0, 1]);
+    p.extend_from_slice(&element);
+    p
+}
+
+#[test]
+fn malformed_rtp_from_a_connected_session_never_reaches_srtp_and_others_keep_hearing() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 1);
+    let mallory = net.join("lobby", "mallory", true, 1);
+    let eve = net.join("lobby", "eve", false, 1);
+    let hostile = [
+        overrunning_extension(0xBEDE, [0x1f, 1, 2, 3]),
+        overrunning_extension(0x1000, [1, 200, 0, 0]),
+        overrunning_extension(0x1000, [0, 0, 0, 1]),
+        // Fifteen CSRCs announced, none present.
+        vec![0x8f, PT, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 3, 4],
+    ];
+    for p in &hostile {
+        net.send(mallory.addr, p);
+        net.send(eve.addr, p);
+    }
+    assert_eq!(net.edge.counters().dropped(DropReason::RtpMalformed), hostile.len() as u64);
+    assert_eq!(net.edge.counters().dropped(DropReason::NotPublishing), hostile.len() as u64, "a listener's RTP is refused first");
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let (rtp, _) = net.received(&mut bob);
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]), "{}", rtp.len());
+}
+
+#[test]
+fn a_sender_over_its_rate_is_held_to_it_and_listeners_keep_hearing() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut flooder = net.join("lobby", "flooder", true, 0);
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    let rate = EdgeConfig::default().limits.packets_per_sec as u64;
+    let seconds = 5;
+    for _ in 0..seconds * 50 {
+        // Ten packets per 20 ms: ten times an Opus sender.
+        for _ in 0..10 {
+            net.speak(&mut flooder, LOUD);
+        }
+        net.speak(&mut alice, LOUD);
+        net.advance(Duration::from_millis(20));
+    }
+    let limited = net.edge.counters().dropped(DropReason::RateLimited);
+    let flooded = seconds * 500;
+    assert!(limited >= flooded - (seconds + 1) * rate, "{limited} of {flooded} dropped");
+    let (rtp, _) = net.received(&mut bob);
+    let from_alice = rtp.iter().filter(|p| p.csrcs == vec![alice.ssrc]).count() as u64;
+    assert!(from_alice >= seconds * 50 - 10, "alice lost packets to the flood: {from_alice}");
+}
+
+fn dtls_record(content_type: u8, epoch: u16, body: &[u8]) -> Vec<u8> {
+    let mut r = vec![content_type, 0xfe, 0xfd];
+    r.extend_from_slice(&epoch.to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+    r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    r.extend_from_slice(body);
+    r
+}
+
+#[test]
+fn dtls_before_the_handshake_is_filtered_and_held_to_an_allowance() {
+    let mut net = Net::new(EdgeConfig::default());
+    let (pending, _) = net.join_pending("lobby", "mallory", false, 1).unwrap();
+    // Records a client cannot send yet: later epochs, application data, empty fragments.
+    for epoch in [2u16, 3, 0x7fff] {
+        net.send(pending.addr, &dtls_record(22, epoch, &[0; 64]));
+    }
+    net.send(pending.addr, &dtls_record(23, 1, &[0; 64]));
+    net.send(pending.addr, &dtls_record(22, 0, &[1, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(net.edge.counters().dropped(DropReason::DtlsRejected), 5);
+    assert!(net.dtls.is_empty());
+    // Tiny but well-formed fragments, a thousand of them, spread over time: only the
+    // handshake allowance reaches the DTLS task, whatever the pace.
+    for i in 0..1000u32 {
+        let fragment = [1, 0, 0, 100, 0, 0, 0, 0, (i % 99) as u8, 0, 0, 1, 0xaa];
+        net.send(pending.addr, &dtls_record(22, 0, &fragment));
+        net.advance(Duration::from_millis(5));
+    }
+    let limits = EdgeConfig::default().limits;
+    assert_eq!(net.dtls.len(), limits.handshake_records);
+    assert!(net.edge.counters().dropped(DropReason::DtlsOverBudget) >= 900);
 }

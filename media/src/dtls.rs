@@ -16,10 +16,9 @@ use webrtc_dtls::config::{ClientAuthType, Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use webrtc_srtp::protection_profile::ProtectionProfile;
 use webrtc_util_dtls::{Conn, KeyingMaterialExporter};
 
-use crate::srtp::SrtpKeys;
+use crate::srtp::{ProtectionProfile, SrtpKeys};
 
 /// DTLS datagrams queued per session before more are dropped.
 pub const DTLS_QUEUE: usize = 64;

@@ -6,6 +6,7 @@
 
 pub mod demux;
 pub mod dtls;
+pub mod dtls_filter;
 pub mod ice;
 pub mod rtcp_report;
 pub mod rtp_header;

@@ -9,7 +9,6 @@ use rtcp::packet::Packet;
 use rtcp::receiver_report::ReceiverReport;
 use rtcp::sender_report::SenderReport;
 use rtcp::source_description::{SdesType, SourceDescription, SourceDescriptionChunk, SourceDescriptionItem};
-use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 
 pub use rtcp::reception_report::ReceptionReport;
 
@@ -242,26 +241,92 @@ pub enum RtcpError {
     Malformed(String),
 }
 
-/// Parses a (decrypted) compound RTCP packet; unknown packet types are skipped.
+/// Parses a (decrypted) compound RTCP packet with our own bounds-checked reader; unknown
+/// packet types are skipped. No library parser sees peer bytes.
 pub fn parse_feedback(buf: &[u8]) -> Result<Vec<Feedback>, RtcpError> {
-    let mut raw = Bytes::copy_from_slice(buf);
-    let packets = rtcp::packet::unmarshal(&mut raw).map_err(|e| RtcpError::Malformed(e.to_string()))?;
+    let malformed = |what: &str| RtcpError::Malformed(what.to_owned());
+    if buf.is_empty() {
+        return Err(malformed("empty packet"));
+    }
     let mut out = Vec::new();
-    for p in &packets {
-        let any = p.as_any();
-        if let Some(sr) = any.downcast_ref::<SenderReport>() {
-            out.push(Feedback::SenderReport { ssrc: Ssrc(sr.ssrc), ntp: sr.ntp_time });
-            out.extend(sr.reports.iter().cloned().map(Feedback::Report));
-        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-            out.extend(rr.reports.iter().cloned().map(Feedback::Report));
-        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-            let lost = nack.nacks.iter().map(|n| 1 + n.lost_packets.count_ones()).sum();
-            out.push(Feedback::Nack { media_ssrc: Ssrc(nack.media_ssrc), lost });
-        } else if let Some(bye) = any.downcast_ref::<Goodbye>() {
-            out.extend(bye.sources.iter().map(|s| Feedback::Bye(Ssrc(*s))));
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let header = rest.get(..4).ok_or_else(|| malformed("truncated header"))?;
+        if header[0] >> 6 != 2 {
+            return Err(malformed("version is not 2"));
+        }
+        let count = usize::from(header[0] & 0x1f);
+        let padded = header[0] & 0x20 != 0;
+        let pt = header[1];
+        let size = 4 * (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1);
+        let packet = rest.get(..size).ok_or_else(|| malformed("length beyond the packet"))?;
+        rest = &rest[size..];
+        let mut body = &packet[4..];
+        if padded {
+            // Only the last packet of a compound may be padded.
+            let pad = usize::from(*packet.last().unwrap_or(&0));
+            if !rest.is_empty() || pad == 0 || pad > body.len() {
+                return Err(malformed("bad padding"));
+            }
+            body = &body[..body.len() - pad];
+        }
+        let u32_at = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        match pt {
+            200 => {
+                if body.len() < 24 + 24 * count {
+                    return Err(malformed("sender report shorter than its count"));
+                }
+                let ntp = (u64::from(u32_at(body, 4)) << 32) | u64::from(u32_at(body, 8));
+                out.push(Feedback::SenderReport { ssrc: Ssrc(u32_at(body, 0)), ntp });
+                out.extend(body[24..24 + 24 * count].chunks_exact(24).map(|b| Feedback::Report(report_block(b))));
+            }
+            201 => {
+                if body.len() < 4 + 24 * count {
+                    return Err(malformed("receiver report shorter than its count"));
+                }
+                out.extend(body[4..4 + 24 * count].chunks_exact(24).map(|b| Feedback::Report(report_block(b))));
+            }
+            203 => {
+                if body.len() < 4 * count {
+                    return Err(malformed("BYE shorter than its count"));
+                }
+                out.extend(body[..4 * count].chunks_exact(4).map(|b| Feedback::Bye(Ssrc(u32_at(b, 0)))));
+            }
+            // Generic NACK (RFC 4585 6.2.1): FMT 1 of transport-layer feedback.
+            205 if count == 1 => {
+                if body.len() < 8 {
+                    return Err(malformed("NACK without its SSRCs"));
+                }
+                let lost = body[8..].chunks_exact(4).map(|n| 1 + u16::from_be_bytes([n[2], n[3]]).count_ones()).sum();
+                out.push(Feedback::Nack { media_ssrc: Ssrc(u32_at(body, 4)), lost });
+            }
+            192..=223 => {}
+            _ => return Err(malformed("not an RTCP packet type")),
         }
     }
     Ok(out)
+}
+
+/// Checks the clear part of an SRTCP packet: version 2 and a first packet that ends
+/// before the `trailer` (E||index and tag).
+pub fn protected_header_fits(buf: &[u8], trailer: usize) -> bool {
+    let Some(h) = buf.get(..8) else { return false };
+    let first = 4 * (usize::from(u16::from_be_bytes([h[2], h[3]])) + 1);
+    h[0] >> 6 == 2 && buf.len() >= trailer + first
+}
+
+/// One 24-byte report block (RFC 3550 6.4.1).
+fn report_block(b: &[u8]) -> ReceptionReport {
+    let u32_at = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    ReceptionReport {
+        ssrc: u32_at(0),
+        fraction_lost: b[4],
+        total_lost: u32::from_be_bytes([0, b[5], b[6], b[7]]),
+        last_sequence_number: u32_at(8),
+        jitter: u32_at(12),
+        last_sender_report: u32_at(16),
+        delay: u32_at(20),
+    }
 }
 
 #[cfg(test)]
@@ -341,7 +406,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn nacks_byes_and_padding_parse_as_the_rtcp_crate_writes_them() {
+        use rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+        let nack = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            nacks: vec![NackPair { packet_id: 10, lost_packets: 0b101 }, NackPair { packet_id: 40, lost_packets: 0 }],
+        };
+        let raw = rtcp::packet::marshal(&[Box::new(nack) as Box<dyn Packet + Send + Sync>]).unwrap();
+        assert_eq!(parse_feedback(&raw).unwrap(), vec![Feedback::Nack { media_ssrc: Ssrc(2), lost: 4 }]);
+        // A padded last packet: an RR with no blocks and 4 bytes of padding.
+        let padded = [0xa0, 201, 0, 2, 0, 0, 0, 9, 0, 0, 0, 4];
+        assert_eq!(parse_feedback(&padded).unwrap(), vec![]);
+        let mut bad_pad = padded;
+        bad_pad[11] = 9;
+        assert!(parse_feedback(&bad_pad).is_err());
+        // A report count larger than the packet holds.
+        assert!(parse_feedback(&[0x81, 201, 0, 1, 0, 0, 0, 9]).is_err());
+        assert!(parse_feedback(&[0x82, 203, 0, 1, 0, 0, 0, 9]).is_err());
+    }
+
     proptest::proptest! {
+        /// Reports the rtcp crate writes read back exactly, blocks and all.
+        #[test]
+        fn reads_what_the_rtcp_crate_writes(ssrc: u32, ntp: u64, blocks in proptest::collection::vec(
+            (proptest::num::u32::ANY, proptest::num::u8::ANY, 0u32..0x80_0000, proptest::num::u32::ANY), 0..5)) {
+            let blocks: Vec<ReceptionReport> = blocks.into_iter().map(|(ssrc, fraction_lost, total_lost, jitter)| ReceptionReport {
+                ssrc, fraction_lost, total_lost, last_sequence_number: jitter ^ 7, jitter, last_sender_report: 3, delay: 4,
+            }).collect();
+            let info = SenderInfo { ssrc: Ssrc(ssrc), ntp, rtp_time: 1, packets: 2, octets: 3 };
+            let raw = sender_report(info, blocks.clone(), "cname").unwrap();
+            let mut expected = vec![Feedback::SenderReport { ssrc: Ssrc(ssrc), ntp }];
+            expected.extend(blocks.into_iter().map(Feedback::Report));
+            proptest::prop_assert_eq!(parse_feedback(&raw).unwrap(), expected);
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let mut bytes = bytes;

@@ -12,6 +12,8 @@ pub enum RtpError {
     BadVersion,
     #[error("RTP padding larger than the payload")]
     BadPadding,
+    #[error("RTP header extension element overruns the extension block")]
+    BadExtension,
 }
 
 /// RFC 6464 level: `level` is -dBov in 0..=127 (0 loudest, 127 silence).
@@ -49,14 +51,25 @@ pub struct RtpView<'a> {
 }
 
 impl<'a> RtpView<'a> {
+    /// Parses a plaintext RTP packet: header, every extension element, padding.
     pub fn parse(buf: &'a [u8]) -> Result<Self, RtpError> {
+        Self::parse_inner(buf, true)
+    }
+
+    /// Parses the clear header of an SRTP packet, before authentication: the same bounds
+    /// checks, but padding is not interpreted (its count byte is encrypted).
+    pub fn parse_protected(buf: &'a [u8]) -> Result<Self, RtpError> {
+        Self::parse_inner(buf, false)
+    }
+
+    fn parse_inner(buf: &'a [u8], with_padding: bool) -> Result<Self, RtpError> {
         if buf.len() < 12 {
             return Err(RtpError::Truncated);
         }
         if buf[0] >> 6 != 2 {
             return Err(RtpError::BadVersion);
         }
-        let padding = buf[0] & 0x20 != 0;
+        let padding = with_padding && buf[0] & 0x20 != 0;
         let has_extension = buf[0] & 0x10 != 0;
         let csrc_count = usize::from(buf[0] & 0x0f);
         let mut offset = 12 + 4 * csrc_count;
@@ -70,8 +83,9 @@ impl<'a> RtpView<'a> {
             let words = usize::from(u16::from_be_bytes([header[2], header[3]]));
             let start = offset + 4;
             let end = start + 4 * words;
-            if buf.len() < end {
-                return Err(RtpError::Truncated);
+            let data = buf.get(start..end).ok_or(RtpError::Truncated)?;
+            if !extension_elements_fit(profile, data) {
+                return Err(RtpError::BadExtension);
             }
             extension = Some((profile, start, end));
             offset = end;
@@ -98,6 +112,11 @@ impl<'a> RtpView<'a> {
         })
     }
 
+    /// Bytes of the header: fixed part, CSRCs and extension block.
+    pub fn header_len(&self) -> usize {
+        self.payload_start
+    }
+
     pub fn payload(&self) -> &'a [u8] {
         &self.buf[self.payload_start..self.payload_end]
     }
@@ -117,52 +136,60 @@ impl<'a> RtpView<'a> {
     /// The data of header extension `id`, one-byte (RFC 8285 0xBEDE) or two-byte form.
     pub fn extension(&self, id: u8) -> Option<&'a [u8]> {
         let (profile, start, end) = self.extension?;
-        let data = &self.buf[start..end];
-        let mut i = 0;
-        match profile {
-            0xBEDE => {
-                while i < data.len() {
-                    let b = data[i];
-                    if b == 0 {
-                        i += 1;
-                        continue;
-                    }
-                    let ext_id = b >> 4;
-                    if ext_id == 15 {
-                        return None;
-                    }
-                    let len = usize::from(b & 0x0f) + 1;
-                    let value = data.get(i + 1..i + 1 + len)?;
-                    if ext_id == id {
-                        return Some(value);
-                    }
-                    i += 1 + len;
-                }
-                None
+        let mut found = None;
+        walk_extension(profile, &self.buf[start..end], |ext_id, value| {
+            if ext_id == id && found.is_none() {
+                found = Some(value);
             }
-            p if p & 0xfff0 == 0x1000 => {
-                while i < data.len() {
-                    let ext_id = data[i];
-                    if ext_id == 0 {
-                        i += 1;
-                        continue;
-                    }
-                    let len = usize::from(*data.get(i + 1)?);
-                    let value = data.get(i + 2..i + 2 + len)?;
-                    if ext_id == id {
-                        return Some(value);
-                    }
-                    i += 2 + len;
-                }
-                None
-            }
-            _ => None,
-        }
+        });
+        found
     }
 
     pub fn audio_level(&self, id: u8) -> Option<AudioLevel> {
         self.extension(id).and_then(|v| v.first()).map(|&b| AudioLevel::from_byte(b))
     }
+}
+
+/// Walks the elements of an RFC 8285 extension block, calling `f(id, value)` for each;
+/// false if an element overruns the block. Other profiles (RFC 3550 generic) are opaque.
+fn walk_extension<'a>(profile: u16, data: &'a [u8], mut f: impl FnMut(u8, &'a [u8])) -> bool {
+    let mut i = 0;
+    if profile == 0xBEDE {
+        while i < data.len() {
+            let b = data[i];
+            if b == 0 {
+                i += 1;
+                continue;
+            }
+            let id = b >> 4;
+            if id == 15 {
+                // RFC 8285: processing of the whole block stops at id 15.
+                return true;
+            }
+            let len = usize::from(b & 0x0f) + 1;
+            let Some(value) = data.get(i + 1..i + 1 + len) else { return false };
+            f(id, value);
+            i += 1 + len;
+        }
+    } else if profile & 0xfff0 == 0x1000 {
+        while i < data.len() {
+            let id = data[i];
+            if id == 0 {
+                i += 1;
+                continue;
+            }
+            let Some(&len) = data.get(i + 1) else { return false };
+            let len = usize::from(len);
+            let Some(value) = data.get(i + 2..i + 2 + len) else { return false };
+            f(id, value);
+            i += 2 + len;
+        }
+    }
+    true
+}
+
+fn extension_elements_fit(profile: u16, data: &[u8]) -> bool {
+    walk_extension(profile, data, |_, _| {})
 }
 
 /// The header of a packet we send to a listener.
@@ -291,9 +318,64 @@ mod tests {
         pad[0] |= 0x20;
         *pad.last_mut().unwrap() = 200;
         assert_eq!(RtpView::parse(&pad).err(), Some(RtpError::BadPadding));
+        // The same packet before decryption: the padding count is ciphertext, not checked.
+        assert!(RtpView::parse_protected(&pad).is_ok());
+    }
+
+    /// A short header whose extension elements claim more bytes than the block holds:
+    /// the packet that made a library parser panic before SRTP authentication.
+    fn overrunning_element(profile: u16, element: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x90, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        p.extend_from_slice(&profile.to_be_bytes());
+        p.extend_from_slice(&1u16.to_be_bytes());
+        let mut block = element.to_vec();
+        block.resize(4, 0);
+        p.extend_from_slice(&block);
+        p
+    }
+
+    #[test]
+    fn extension_elements_must_fit_their_block() {
+        // One-byte form: id 1, length 16, in a 4-byte block.
+        let one = overrunning_element(0xBEDE, &[0x1f, 1, 2, 3]);
+        assert_eq!(RtpView::parse(&one).err(), Some(RtpError::BadExtension));
+        assert_eq!(RtpView::parse_protected(&one).err(), Some(RtpError::BadExtension));
+        // Two-byte form: id 1, length 200; and a length byte past the block.
+        let two = overrunning_element(0x1000, &[1, 200, 0, 0]);
+        assert_eq!(RtpView::parse(&two).err(), Some(RtpError::BadExtension));
+        let cut = overrunning_element(0x1000, &[0, 0, 0, 1]);
+        assert_eq!(RtpView::parse(&cut).err(), Some(RtpError::BadExtension));
+        // Id 15 ends processing (RFC 8285); padding bytes are skipped; generic profiles are opaque.
+        assert!(RtpView::parse(&overrunning_element(0xBEDE, &[0xff, 0, 0, 0])).is_ok());
+        let padded = overrunning_element(0xBEDE, &[0, 0, 0x10, 0x85]);
+        assert_eq!(RtpView::parse(&padded).unwrap().audio_level(1), Some(AudioLevel { level: 5, voice: true }));
+        assert!(RtpView::parse(&overrunning_element(0x1234, &[0xff, 0xff, 0xff, 0xff])).is_ok());
     }
 
     proptest::proptest! {
+        /// Whatever our bounds checks let through, the webrtc-rs header parser can read
+        /// without panicking: our check is at least as strict as that parser needs.
+        #[test]
+        fn accepted_headers_are_safe_for_the_rtp_crate(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..48),
+            profile in proptest::sample::select(vec![0xBEDEu16, 0x1000, 0x1003, 0x0001]),
+            words in 0u16..6,
+            cc in 0u8..3,
+        ) {
+            let mut p = vec![0x90 | cc, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+            p.extend(std::iter::repeat_n(0u8, 4 * usize::from(cc)));
+            p.extend_from_slice(&profile.to_be_bytes());
+            p.extend_from_slice(&words.to_be_bytes());
+            p.extend_from_slice(&body);
+            if RtpView::parse_protected(&p).is_ok() {
+                let mut b = bytes::Bytes::from(p);
+                let parsed = std::panic::catch_unwind(move || {
+                    <rtp::header::Header as webrtc_util_rtp::Unmarshal>::unmarshal(&mut b).is_ok()
+                });
+                proptest::prop_assert!(parsed.is_ok(), "accepted a header the rtp crate panics on");
+            }
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64), id in 0u8..16) {
             let mut bytes = bytes;
