@@ -13,7 +13,15 @@ use relay_proto::datagram::MediaHeader;
 const OPUS_FRAME: [u8; 80] = [0x5a; 80];
 
 fn header(channel_id: u32, sequence: u16) -> MediaHeader {
-    MediaHeader { channel_id, speaker: 42, sequence, timestamp: u32::from(sequence) * 960, level: 20, voice: true, marker: false }
+    MediaHeader {
+        channel_id,
+        speaker: 42,
+        sequence,
+        timestamp: u32::from(sequence) * 960,
+        level: 20,
+        voice: true,
+        marker: false,
+    }
 }
 
 fn codec(c: &mut Criterion) {

@@ -74,16 +74,16 @@ impl CoreSettings {
     pub fn resolve(args: &CoreArgs) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
-        let secret = args
-            .cluster_secret
-            .clone()
-            .or(file.cluster_secret)
-            .context("no cluster secret: set SFU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file")?;
+        let secret = args.cluster_secret.clone().or(file.cluster_secret).context(
+            "no cluster secret: set SFU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file",
+        )?;
         anyhow::ensure!(secret.len() >= 8, "the cluster secret must be at least 8 characters");
         let mut s = CoreSettings::local(secret);
         s.quic = args.quic.or(file.quic).unwrap_or(s.quic);

@@ -33,8 +33,9 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         (None, None) => TlsIdentity::self_signed(vec!["sfu-core".to_owned(), "localhost".to_owned()])?,
         _ => anyhow::bail!("give both quic_cert and quic_key, or neither for a self-signed certificate"),
     };
-    let (handle, quic_task) = server::start(settings.core.clone(), settings.quic, identity, settings.cluster_secret.clone().into_bytes())
-        .with_context(|| format!("binding QUIC {}", settings.quic))?;
+    let (handle, quic_task) =
+        server::start(settings.core.clone(), settings.quic, identity, settings.cluster_secret.clone().into_bytes())
+            .with_context(|| format!("binding QUIC {}", settings.quic))?;
     let state = HttpState {
         handle: handle.clone(),
         node: settings.core.core_id.clone(),

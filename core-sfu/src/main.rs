@@ -18,7 +18,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let settings = CoreSettings::resolve(&Cli::parse().args)?;
     let core = core_sfu::start(settings).await?;
-    println!("Core SFU running: QUIC {} for edges, http://{}/channels for operators.", core.handle.quic_addr, core.http_addr);
+    println!(
+        "Core SFU running: QUIC {} for edges, http://{}/channels for operators.",
+        core.handle.quic_addr, core.http_addr
+    );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = core.quic_task => anyhow::bail!("core task stopped"),

@@ -261,7 +261,8 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                 CoreOutput::Datagram { edge, data } => {
                     if let Some(link) = links.get(&edge) {
                         // quinn drops the oldest queued datagrams when an edge is slow.
-                        if link.conn.datagram_send_buffer_space() < data.len() || link.conn.send_datagram(data).is_err() {
+                        if link.conn.datagram_send_buffer_space() < data.len() || link.conn.send_datagram(data).is_err()
+                        {
                             core.count_send_drop();
                             let total = core.counters().datagrams_dropped;
                             if total.is_power_of_two() {

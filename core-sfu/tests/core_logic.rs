@@ -24,7 +24,14 @@ struct Sim {
 impl Sim {
     fn new() -> Sim {
         let now = Instant::now();
-        Sim { core: Core::new(CoreConfig::default(), now), now, channel_ids: HashMap::new(), datagrams: vec![], selections: vec![], seq: HashMap::new() }
+        Sim {
+            core: Core::new(CoreConfig::default(), now),
+            now,
+            channel_ids: HashMap::new(),
+            datagrams: vec![],
+            selections: vec![],
+            seq: HashMap::new(),
+        }
     }
 
     fn drain(&mut self) {
@@ -92,7 +99,8 @@ impl Sim {
     }
 
     fn selected(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.selections.last().map(|(_, s)| s.iter().flatten().copied().collect()).unwrap_or_default();
+        let mut v: Vec<u32> =
+            self.selections.last().map(|(_, s)| s.iter().flatten().copied().collect()).unwrap_or_default();
         v.sort();
         v
     }

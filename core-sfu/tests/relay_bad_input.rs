@@ -56,7 +56,10 @@ async fn reply(link: &mut Link) -> Option<Message> {
 
 /// Polls (at most 2 s) until `check` holds on the core's (counters, edges); returns the
 /// last reading. Counts reach the core task through its queue, after the input was seen.
-async fn eventually(core: &RunningCore, check: impl Fn(&core_sfu::core::CoreCounters, usize) -> bool) -> (core_sfu::core::CoreCounters, usize) {
+async fn eventually(
+    core: &RunningCore,
+    check: impl Fn(&core_sfu::core::CoreCounters, usize) -> bool,
+) -> (core_sfu::core::CoreCounters, usize) {
     for _ in 0..100 {
         let (c, edges) = core.handle.stats().await.unwrap();
         if check(&c, edges) {
@@ -133,14 +136,23 @@ async fn malformed_control_and_datagrams_are_counted_and_the_edge_dropped() {
     link.conn.send_datagram(Bytes::from_static(b"garbage")).unwrap();
     link.conn.send_datagram(Bytes::from_static(&[0xc0; 40])).unwrap();
     let mut other = BytesMut::new();
-    MediaHeader { channel_id: channel_id + 100, speaker: 1, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }
-        .encode(b"opus", &mut other);
+    MediaHeader {
+        channel_id: channel_id + 100,
+        speaker: 1,
+        sequence: 1,
+        timestamp: 1,
+        level: 10,
+        voice: true,
+        marker: false,
+    }
+    .encode(b"opus", &mut other);
     link.conn.send_datagram(other.freeze()).unwrap();
     assert_eq!(wait_refused(&core, Refusal::MalformedDatagram, 2).await, 2);
     assert_eq!(wait_refused(&core, Refusal::UnknownChannel, 1).await, 1);
     // A good datagram still counts: the link works despite the garbage.
     let mut good = BytesMut::new();
-    MediaHeader { channel_id, speaker: 7, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }.encode(b"opus", &mut good);
+    MediaHeader { channel_id, speaker: 7, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }
+        .encode(b"opus", &mut good);
     link.conn.send_datagram(good.freeze()).unwrap();
     assert_eq!(eventually(&core, |c, _| c.datagrams_in >= 1).await.0.datagrams_in, 1);
 

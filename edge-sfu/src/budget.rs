@@ -79,7 +79,11 @@ impl SessionBudget {
         SessionBudget {
             packets: TokenBucket::new(limits.packets_per_sec, limits.packets_per_sec, now),
             bytes: TokenBucket::new(limits.bytes_per_sec, limits.bytes_per_sec, now),
-            dtls_after: TokenBucket::new(limits.dtls_after_handshake_per_sec, 2 * limits.dtls_after_handshake_per_sec, now),
+            dtls_after: TokenBucket::new(
+                limits.dtls_after_handshake_per_sec,
+                2 * limits.dtls_after_handshake_per_sec,
+                now,
+            ),
             handshake_bytes: limits.handshake_bytes,
             handshake_records: limits.handshake_records,
             handshake_fragments: limits.handshake_fragments,
@@ -97,7 +101,10 @@ impl SessionBudget {
         if connected {
             return self.dtls_after.take(1, now);
         }
-        if len > self.handshake_bytes || shape.records > self.handshake_records || shape.fragments > self.handshake_fragments {
+        if len > self.handshake_bytes
+            || shape.records > self.handshake_records
+            || shape.fragments > self.handshake_fragments
+        {
             return false;
         }
         self.handshake_bytes -= len;

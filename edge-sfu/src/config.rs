@@ -129,8 +129,8 @@ impl Settings {
     pub fn resolve(args: &RunArgs) -> anyhow::Result<Settings> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
             }
@@ -139,10 +139,8 @@ impl Settings {
         let d = Settings::default();
         let token_secret = args.token_secret.clone().or(file.token_secret);
         let mut edge = d.edge.clone();
-        edge.max_listeners_per_channel = args
-            .max_listeners_per_channel
-            .or(file.max_listeners_per_channel)
-            .unwrap_or(edge.max_listeners_per_channel);
+        edge.max_listeners_per_channel =
+            args.max_listeners_per_channel.or(file.max_listeners_per_channel).unwrap_or(edge.max_listeners_per_channel);
         edge.slots = args.slots.or(file.slots).unwrap_or(edge.slots);
         edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
         anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");

@@ -196,11 +196,20 @@ pub struct NewSession {
 
 #[derive(Debug)]
 pub enum Output {
-    Transmit { to: SocketAddr, data: Bytes },
+    Transmit {
+        to: SocketAddr,
+        data: Bytes,
+    },
     /// A DTLS datagram for the session's handshake task.
-    Dtls { session: SessionId, data: Bytes },
+    Dtls {
+        session: SessionId,
+        data: Bytes,
+    },
     /// The session is gone (timeout, BYE, DELETE): drop its DTLS task.
-    Closed { session: SessionId, reason: &'static str },
+    Closed {
+        session: SessionId,
+        reason: &'static str,
+    },
     /// A control message for the core.
     Relay(Message),
     /// A media datagram for the core.
@@ -424,7 +433,9 @@ impl Edge {
         if self.config.cascade && self.relay_up {
             let listeners = channel.listeners.len() as u32;
             match (is_new, channel.relay_id) {
-                (true, _) => self.outputs.push_back(Output::Relay(Message::Subscribe { channel: new.channel.to_string(), listeners })),
+                (true, _) => self
+                    .outputs
+                    .push_back(Output::Relay(Message::Subscribe { channel: new.channel.to_string(), listeners })),
                 (false, Some(channel_id)) if listens => {
                     let speakers = channel.publishers.len() as u32;
                     self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
@@ -469,7 +480,11 @@ impl Edge {
             let (listeners, speakers) = (channel.listeners.len() as u32, channel.publishers.len() as u32);
             let empty = channel.members == 0;
             if let Some(channel_id) = channel.relay_id.filter(|_| self.relay_up) {
-                let m = if empty { Message::Unsubscribe { channel_id } } else { Message::Load { channel_id, listeners, speakers } };
+                let m = if empty {
+                    Message::Unsubscribe { channel_id }
+                } else {
+                    Message::Load { channel_id, listeners, speakers }
+                };
                 self.outputs.push_back(Output::Relay(m));
             }
             if empty {
@@ -648,11 +663,7 @@ impl Edge {
         if let Some(stats) = publish.stats.as_mut() {
             stats.on_packet(view.sequence, view.timestamp, now);
         }
-        let level = publish
-            .params
-            .audio_level_ext
-            .and_then(|ext| view.audio_level(ext))
-            .unwrap_or(UNKNOWN_LEVEL);
+        let level = publish.params.audio_level_ext.and_then(|ext| view.audio_level(ext)).unwrap_or(UNKNOWN_LEVEL);
         let channel_name = s.channel.clone();
         channel.selector.on_level(ssrc, level, now);
         let changed = channel.selector.update(now);
@@ -666,7 +677,9 @@ impl Edge {
         };
         if self.config.cascade {
             // Only the edge's own top N can be in the channel's top N: uplink those.
-            if let (Some(channel_id), true, Some(_)) = (channel.relay_id, self.relay_up, channel.selector.slot_of(&ssrc)) {
+            if let (Some(channel_id), true, Some(_)) =
+                (channel.relay_id, self.relay_up, channel.selector.slot_of(&ssrc))
+            {
                 if packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
                     // The core would refuse it and count it against this edge's link.
                     return self.drop_packet(DropReason::UplinkTooLarge);
@@ -696,7 +709,12 @@ impl Edge {
     }
 
     /// Sets who holds each slot, detaching changed slots so the next packet starts a new mapping.
-    fn set_holders(channel: &mut Channel, holders: Vec<Option<Ssrc>>, sessions: &mut HashMap<SessionId, Session>, name: &str) {
+    fn set_holders(
+        channel: &mut Channel,
+        holders: Vec<Option<Ssrc>>,
+        sessions: &mut HashMap<SessionId, Session>,
+        name: &str,
+    ) {
         for (slot, (old, new)) in channel.holders.iter().zip(&holders).enumerate() {
             if old == new {
                 continue;
@@ -723,7 +741,8 @@ impl Edge {
             let Some(l) = self.sessions.get_mut(&lid) else { continue };
             let (Some(to), Some(srtp)) = (l.remote, l.srtp.as_mut()) else { continue };
             let Some(ls) = l.slots.get_mut(slot) else { continue };
-            let Some(out) = ls.rewriter.rewrite(packet.speaker, packet.sequence, packet.timestamp, payload.len(), now) else {
+            let Some(out) = ls.rewriter.rewrite(packet.speaker, packet.sequence, packet.timestamp, payload.len(), now)
+            else {
                 continue;
             };
             let p = ls.params;
@@ -794,7 +813,11 @@ impl Edge {
                 for (ssrc, sid) in &ch.publishers {
                     if let Some(s) = self.sessions.get(sid) {
                         let participant = s.participant.to_string();
-                        self.outputs.push_back(Output::Relay(Message::SpeakerInfo { channel_id, ssrc: ssrc.0, participant }));
+                        self.outputs.push_back(Output::Relay(Message::SpeakerInfo {
+                            channel_id,
+                            ssrc: ssrc.0,
+                            participant,
+                        }));
                     }
                 }
                 debug!(%channel, channel_id, "subscribed");
@@ -875,7 +898,8 @@ impl Edge {
         for f in feedback {
             match f {
                 Feedback::SenderReport { ssrc, ntp } => {
-                    if let Some(stats) = s.publish.as_mut().and_then(|p| p.stats.as_mut()).filter(|st| st.ssrc == ssrc) {
+                    if let Some(stats) = s.publish.as_mut().and_then(|p| p.stats.as_mut()).filter(|st| st.ssrc == ssrc)
+                    {
                         stats.on_sender_report(ntp, now);
                     }
                 }
@@ -967,7 +991,8 @@ impl Edge {
         for ls in &s.slots {
             let Some((ts, at)) = ls.rewriter.last_sent() else { continue };
             let elapsed = now.saturating_duration_since(at);
-            let rtp_time = ts.wrapping_add((elapsed.as_micros() as u64 * u64::from(OPUS_CLOCK_RATE) / 1_000_000) as u32);
+            let rtp_time =
+                ts.wrapping_add((elapsed.as_micros() as u64 * u64::from(OPUS_CLOCK_RATE) / 1_000_000) as u32);
             let info = SenderInfo {
                 ssrc: ls.rewriter.ssrc,
                 ntp,

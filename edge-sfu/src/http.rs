@@ -46,10 +46,8 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
     let origin = if cors_allow_origin == "*" {
         AllowOrigin::any()
     } else {
-        let origins: Vec<HeaderValue> = cors_allow_origin
-            .split(',')
-            .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
-            .collect();
+        let origins: Vec<HeaderValue> =
+            cors_allow_origin.split(',').filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
         AllowOrigin::list(origins)
     };
     let cors = CorsLayer::new()
@@ -93,8 +91,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message + "\n")
-            .into_response();
+        let mut r =
+            (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.message + "\n").into_response();
         if let Some((name, value)) = self.header {
             r.headers_mut().insert(name, value);
         }
@@ -151,9 +149,7 @@ fn plan(offer: &Offer, endpoint: Endpoint, slots: usize) -> Result<Plan, String>
             continue;
         }
         let take_publish = publish.is_none() && endpoint != Endpoint::Listen && audio.direction.client_sends();
-        let take_slot = listen.len() < slots
-            && endpoint != Endpoint::Publish
-            && audio.direction.client_receives();
+        let take_slot = listen.len() < slots && endpoint != Endpoint::Publish && audio.direction.client_receives();
         let ssrc = take_slot.then(|| Ssrc(rand::random::<u32>() | 1));
         if take_publish {
             publish = Some(PublishParams { payload_type: audio.opus_pt, audio_level_ext: audio.audio_level_ext });

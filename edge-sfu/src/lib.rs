@@ -43,9 +43,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
     let http_addr = listener.local_addr()?;
-    let udp = tokio::net::UdpSocket::bind(settings.udp)
-        .await
-        .with_context(|| format!("binding UDP {}", settings.udp))?;
+    let udp =
+        tokio::net::UdpSocket::bind(settings.udp).await.with_context(|| format!("binding UDP {}", settings.udp))?;
     let relay = match &settings.cascade {
         Some(c) => Some(relay_config(c, &settings, http_addr, udp.local_addr()?)?),
         None => None,
@@ -59,7 +58,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         settings.handshake_timeout,
         relay,
     )?;
-    let node = settings.cascade.as_ref().and_then(|c| c.edge_id.clone()).unwrap_or_else(|| format!("edge-{}", handle.udp_addr));
+    let node = settings
+        .cascade
+        .as_ref()
+        .and_then(|c| c.edge_id.clone())
+        .unwrap_or_else(|| format!("edge-{}", handle.udp_addr));
     let state = http::AppState {
         edge: handle.clone(),
         tokens: token::TokenKeys::new(&secret),

@@ -47,9 +47,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token { channel, role, sub, ttl, run }) => {
             let settings = Settings::resolve(&run)?;
-            let secret = settings
-                .token_secret
-                .ok_or_else(|| anyhow::anyhow!("no token secret: set SFU_TOKEN_SECRET or token_secret in the config file"))?;
+            let secret = settings.token_secret.ok_or_else(|| {
+                anyhow::anyhow!("no token secret: set SFU_TOKEN_SECRET or token_secret in the config file")
+            })?;
             anyhow::ensure!(edge_sfu::http::valid_channel(&channel), "invalid channel name {channel:?}");
             let token = TokenKeys::new(secret.as_bytes()).sign(&Claims { sub, channel, role, exp: unix_now() + ttl });
             println!("{token}");
@@ -63,7 +63,10 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
     let edge = edge_sfu::start(settings).await?;
-    println!("Edge SFU running. Open http://{}/ in two browser tabs: Talk in one, Listen in the other.", edge.http_addr);
+    println!(
+        "Edge SFU running. Open http://{}/ in two browser tabs: Talk in one, Listen in the other.",
+        edge.http_addr
+    );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = edge.http_task => anyhow::bail!("http server stopped"),

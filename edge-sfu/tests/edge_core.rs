@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edge_sfu::edge::{AdmitError, DropReason, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams};
+use edge_sfu::edge::{
+    AdmitError, DropReason, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams,
+};
 use media::ice::{binding_request, parse_binding_success};
 use media::rtcp_report::{self, Feedback, ReceiveStats};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
@@ -103,7 +105,13 @@ impl Net {
     }
 
     /// A session that passed its ICE check but has not finished DTLS; and its server keys.
-    fn join_pending(&mut self, channel: &str, name: &str, publish: bool, slots: usize) -> Result<(Client, SrtpKeys), AdmitError> {
+    fn join_pending(
+        &mut self,
+        channel: &str,
+        name: &str,
+        publish: bool,
+        slots: usize,
+    ) -> Result<(Client, SrtpKeys), AdmitError> {
         self.port += 1;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let (server_ufrag, server_pwd) = media::ice::random_credentials();
@@ -119,14 +127,20 @@ impl Net {
                 publish: publish.then_some(PublishParams { payload_type: PT, audio_level_ext: Some(LEVEL_EXT) }),
                 slots: slots
                     .iter()
-                    .map(|&ssrc| SlotParams { ssrc, payload_type: PT, audio_level_ext: Some(LEVEL_EXT), csrc_level_ext: None })
+                    .map(|&ssrc| SlotParams {
+                        ssrc,
+                        payload_type: PT,
+                        audio_level_ext: Some(LEVEL_EXT),
+                        csrc_level_ext: None,
+                    })
                     .collect(),
                 rtcp_ssrc: Ssrc(1),
             },
             self.now,
         )?;
         let material: Vec<u8> = (0..56).map(|_| rand::random()).collect();
-        let keys = |is_client| SrtpKeys { profile: ProtectionProfile::AeadAes128Gcm, material: material.clone(), is_client };
+        let keys =
+            |is_client| SrtpKeys { profile: ProtectionProfile::AeadAes128Gcm, material: material.clone(), is_client };
         let client = Client {
             addr,
             id,
@@ -405,8 +419,16 @@ fn reports_flow_both_ways_and_silent_sessions_time_out() {
 
 fn core_datagram(channel_id: u32, speaker: u32, sequence: u16) -> Bytes {
     let mut out = bytes::BytesMut::new();
-    MediaHeader { channel_id, speaker, sequence, timestamp: u32::from(sequence) * 960, level: 20, voice: true, marker: false }
-        .encode(b"opus", &mut out);
+    MediaHeader {
+        channel_id,
+        speaker,
+        sequence,
+        timestamp: u32::from(sequence) * 960,
+        level: 20,
+        voice: true,
+        marker: false,
+    }
+    .encode(b"opus", &mut out);
     out.freeze()
 }
 
@@ -431,7 +453,10 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     // The core selects a remote speaker and alice; both reach bob, alice never herself.
     let remote = 555u32;
     let holder = |ssrc: u32, name: &str| Some(SlotHolder { ssrc, participant: name.into() });
-    net.edge.handle_relay_control(Message::Selection { channel_id: 7, slots: vec![holder(remote, "zoe"), holder(alice.ssrc.0, "alice"), None] });
+    net.edge.handle_relay_control(Message::Selection {
+        channel_id: 7,
+        slots: vec![holder(remote, "zoe"), holder(alice.ssrc.0, "alice"), None],
+    });
     for seq in 0..20 {
         net.edge.handle_relay_datagram(&core_datagram(7, remote, seq), net.now);
         net.edge.handle_relay_datagram(&core_datagram(7, alice.ssrc.0, seq), net.now);
@@ -463,7 +488,11 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     net.edge.relay_disconnected();
     net.edge.relay_connected();
     net.drain();
-    assert!(matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"), "{:?}", net.relay);
+    assert!(
+        matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"),
+        "{:?}",
+        net.relay
+    );
     assert_eq!(net.edge.session_count(), 2);
     // The new core already selected the same speaker: bob's slot still continues at +1.
     net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 8 });
@@ -520,7 +549,11 @@ fn malformed_rtp_from_a_connected_session_never_reaches_srtp_and_others_keep_hea
         net.send(eve.addr, p);
     }
     assert_eq!(net.edge.counters().dropped(DropReason::RtpMalformed), hostile.len() as u64);
-    assert_eq!(net.edge.counters().dropped(DropReason::NotPublishing), hostile.len() as u64, "a listener's RTP is refused first");
+    assert_eq!(
+        net.edge.counters().dropped(DropReason::NotPublishing),
+        hostile.len() as u64,
+        "a listener's RTP is refused first"
+    );
     net.talk(&mut [&mut alice], &[LOUD], 20);
     let (rtp, _) = net.received(&mut bob);
     assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]), "{}", rtp.len());

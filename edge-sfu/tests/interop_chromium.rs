@@ -39,7 +39,11 @@ async fn chromium_listener_hears_chromium_talker_on_the_demo_page() {
     // The page tells the person who is talking and whom they hear.
     assert_eq!(listener["hearing"], json!(["alice"]), "{report}");
     assert!(
-        listener["speakers"].as_array().unwrap().iter().any(|s| s["speaking"] == true && s["text"].as_str().unwrap().starts_with("alice")),
+        listener["speakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["speaking"] == true && s["text"].as_str().unwrap().starts_with("alice")),
         "{report}"
     );
 }

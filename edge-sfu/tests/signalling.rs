@@ -1,7 +1,6 @@
 //! HTTP signalling against a running edge core: what a good offer gets, and the clear
 //! error each kind of bad request gets.
 
-
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
@@ -32,11 +31,20 @@ fn offer(directions: &[&str]) -> String {
 async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
     let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: max_listeners, ..Default::default() };
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (handle, _task) =
-        edge_sfu::server::start(config, socket, |a| a, DtlsIdentity::generate().unwrap(), std::time::Duration::from_secs(5), None)
-            .unwrap();
+    let (handle, _task) = edge_sfu::server::start(
+        config,
+        socket,
+        |a| a,
+        DtlsIdentity::generate().unwrap(),
+        std::time::Duration::from_secs(5),
+        None,
+    )
+    .unwrap();
     let metrics = std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
-    router(AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens, metrics, node: "edge-test".into() }, "https://player.example")
+    router(
+        AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens, metrics, node: "edge-test".into() },
+        "https://player.example",
+    )
 }
 
 fn token(channel: &str, role: Role, exp: u64) -> String {
@@ -83,7 +91,8 @@ async fn good_offers_are_answered_and_sessions_deleted() {
         send(&app, post("/join/lobby", Some(&speaker), "application/sdp", offer(&["sendrecv", "recvonly"]))).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(answer.contains("a=sendrecv") && answer.contains("a=sendonly"), "{answer}");
-    let (status, _, answer) = send(&app, post("/whip/lobby", Some(&speaker), "application/sdp", offer(&["sendonly"]))).await;
+    let (status, _, answer) =
+        send(&app, post("/whip/lobby", Some(&speaker), "application/sdp", offer(&["sendonly"]))).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(answer.contains("a=recvonly"), "{answer}");
 }
@@ -96,23 +105,77 @@ async fn bad_requests_get_clear_errors() {
     let good = offer(&["recvonly"]);
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (post("/whep/lobby", None, "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "missing bearer token"),
-        (post("/whep/lobby", Some("abc.def.ghi"), "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "invalid token"),
         (
-            post("/whep/lobby", Some(&TokenKeys::new(b"forged").sign(&Claims { sub: "x".into(), channel: "lobby".into(), role: Role::Speaker, exp: now + 60 })), "application/sdp", good.clone()),
+            post("/whep/lobby", Some("abc.def.ghi"), "application/sdp", good.clone()),
             StatusCode::UNAUTHORIZED,
             "invalid token",
         ),
-        (post("/whep/lobby", Some(&token("lobby", Role::Listener, now - 600)), "application/sdp", good.clone()), StatusCode::UNAUTHORIZED, "expired"),
+        (
+            post(
+                "/whep/lobby",
+                Some(&TokenKeys::new(b"forged").sign(&Claims {
+                    sub: "x".into(),
+                    channel: "lobby".into(),
+                    role: Role::Speaker,
+                    exp: now + 60,
+                })),
+                "application/sdp",
+                good.clone(),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "invalid token",
+        ),
+        (
+            post("/whep/lobby", Some(&token("lobby", Role::Listener, now - 600)), "application/sdp", good.clone()),
+            StatusCode::UNAUTHORIZED,
+            "expired",
+        ),
         (post("/whep/other", Some(&listener), "application/sdp", good.clone()), StatusCode::FORBIDDEN, "not \"other\""),
-        (post("/whip/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])), StatusCode::FORBIDDEN, "cannot publish"),
-        (post("/join/lobby", Some(&listener), "application/sdp", offer(&["sendrecv"])), StatusCode::FORBIDDEN, "cannot publish"),
-        (post("/whep/lobby", Some(&listener), "text/plain", good.clone()), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/sdp"),
-        (post("/whep/lobby", Some(&listener), "application/sdp", "v=0\r\nnonsense".into()), StatusCode::BAD_REQUEST, "not valid SDP"),
-        (post("/whep/lobby", Some(&listener), "application/sdp", good.replace("opus/48000/2", "PCMU/8000")), StatusCode::BAD_REQUEST, "Opus"),
-        (post("/whep/lobby", Some(&listener), "application/sdp", good.replace("a=rtcp-mux\r\n", "")), StatusCode::BAD_REQUEST, "rtcp-mux"),
-        (post("/whep/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])), StatusCode::BAD_REQUEST, "receives on"),
-        (post("/whep/lobby", Some(&listener), "application/sdp", "v".repeat(70_000)), StatusCode::PAYLOAD_TOO_LARGE, ""),
-        (post("/whep/bad%20name", Some(&listener), "application/sdp", good.clone()), StatusCode::BAD_REQUEST, "channel names"),
+        (
+            post("/whip/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])),
+            StatusCode::FORBIDDEN,
+            "cannot publish",
+        ),
+        (
+            post("/join/lobby", Some(&listener), "application/sdp", offer(&["sendrecv"])),
+            StatusCode::FORBIDDEN,
+            "cannot publish",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "text/plain", good.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/sdp",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "application/sdp", "v=0\r\nnonsense".into()),
+            StatusCode::BAD_REQUEST,
+            "not valid SDP",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "application/sdp", good.replace("opus/48000/2", "PCMU/8000")),
+            StatusCode::BAD_REQUEST,
+            "Opus",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "application/sdp", good.replace("a=rtcp-mux\r\n", "")),
+            StatusCode::BAD_REQUEST,
+            "rtcp-mux",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "application/sdp", offer(&["sendonly"])),
+            StatusCode::BAD_REQUEST,
+            "receives on",
+        ),
+        (
+            post("/whep/lobby", Some(&listener), "application/sdp", "v".repeat(70_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            post("/whep/bad%20name", Some(&listener), "application/sdp", good.clone()),
+            StatusCode::BAD_REQUEST,
+            "channel names",
+        ),
     ];
     for (req, status, needle) in cases {
         let what = format!("{} {}", req.method(), req.uri());
@@ -121,7 +184,10 @@ async fn bad_requests_get_clear_errors() {
         assert!(body.contains(needle), "{what}: {body:?} should mention {needle:?}");
     }
     // The cap: the second listener of the channel waits.
-    assert_eq!(send(&app, post("/whep/lobby", Some(&listener), "application/sdp", good.clone())).await.0, StatusCode::CREATED);
+    assert_eq!(
+        send(&app, post("/whep/lobby", Some(&listener), "application/sdp", good.clone())).await.0,
+        StatusCode::CREATED
+    );
     let (status, headers, body) = send(&app, post("/whep/lobby", Some(&listener), "application/sdp", good)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(headers[header::RETRY_AFTER], "5");
@@ -136,7 +202,10 @@ async fn bad_requests_get_clear_errors() {
     let (status, _, metrics) = send(&app, get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(metrics.contains("sfu_edge_sessions{node=\"edge-test\",role=\"edge\"} 1"), "{metrics}");
-    assert!(metrics.contains("sfu_edge_dropped_total{node=\"edge-test\",role=\"edge\",reason=\"srtp_auth\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains("sfu_edge_dropped_total{node=\"edge-test\",role=\"edge\",reason=\"srtp_auth\"} 0"),
+        "{metrics}"
+    );
     let bad_delete = Request::builder().method(Method::DELETE).uri("/session/zz").body(Body::empty()).unwrap();
     assert_eq!(send(&app, bad_delete).await.0, StatusCode::NOT_FOUND);
 }
@@ -155,7 +224,12 @@ async fn web_players_on_other_origins_may_call_signalling() {
     let (status, headers, _) = send(&app, preflight).await;
     assert!(status.is_success());
     assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://player.example");
-    let mut req = post("/whep/lobby", Some(&token("lobby", Role::Listener, unix_now() + 60)), "application/sdp", offer(&["recvonly"]));
+    let mut req = post(
+        "/whep/lobby",
+        Some(&token("lobby", Role::Listener, unix_now() + 60)),
+        "application/sdp",
+        offer(&["recvonly"]),
+    );
     req.headers_mut().insert(header::ORIGIN, "https://player.example".parse().unwrap());
     let (status, headers, _) = send(&app, req).await;
     assert_eq!(status, StatusCode::CREATED);

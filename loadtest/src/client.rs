@@ -196,7 +196,8 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
         .await?;
     let status = resp.status();
     let final_url = resp.url().clone();
-    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(|l| final_url.join(l).map(|u| u.to_string()));
+    let location =
+        resp.headers().get("location").and_then(|v| v.to_str().ok()).map(|l| final_url.join(l).map(|u| u.to_string()));
     let body = resp.text().await?;
     anyhow::ensure!(status.as_u16() == 201, "{url}: {status}: {}", body.trim());
     let answer = Answer::parse(&body)?;
@@ -224,7 +225,8 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
     let sink: DatagramSink = Arc::new(move |d: Bytes| {
         let _ = out.try_send(&d);
     });
-    let handshake = dtls::handshake(&shared.identity, true, rx, sink, remote, answer.fingerprint, dtls::DEFAULT_HANDSHAKE_TIMEOUT);
+    let handshake =
+        dtls::handshake(&shared.identity, true, rx, sink, remote, answer.fingerprint, dtls::DEFAULT_HANDSHAKE_TIMEOUT);
     tokio::pin!(handshake);
     let established = loop {
         tokio::select! {
@@ -242,7 +244,12 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
     Ok(Connected { socket, srtp, answer, ufrag, location, offer_sent })
 }
 
-async fn session(spec: &ClientSpec, shared: &Shared, stop: &mut watch::Receiver<bool>, report: &mut ClientReport) -> anyhow::Result<()> {
+async fn session(
+    spec: &ClientSpec,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut ClientReport,
+) -> anyhow::Result<()> {
     let mut c = connect(spec, shared).await?;
     let result = match &spec.role {
         Role::Speaker(params) => {
@@ -258,7 +265,14 @@ async fn session(spec: &ClientSpec, shared: &Shared, stop: &mut watch::Receiver<
     result
 }
 
-fn talking(pattern: TalkPattern, index: usize, speakers: usize, turn: Duration, elapsed: Duration, burst_seed: u64) -> bool {
+fn talking(
+    pattern: TalkPattern,
+    index: usize,
+    speakers: usize,
+    turn: Duration,
+    elapsed: Duration,
+    burst_seed: u64,
+) -> bool {
     match pattern {
         TalkPattern::Steady => true,
         TalkPattern::TurnTaking => {
@@ -332,7 +346,12 @@ async fn speak(
     Ok(())
 }
 
-async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<bool>, report: &mut ClientReport) -> anyhow::Result<()> {
+async fn listen(
+    c: &mut Connected,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut ClientReport,
+) -> anyhow::Result<()> {
     let answer = c.answer.clone();
     let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
     let mut speaker_on_slot: Vec<Option<Ssrc>> = vec![None; streams.len()];
@@ -370,7 +389,8 @@ async fn listen(c: &mut Connected, shared: &Shared, stop: &mut watch::Receiver<b
                         let speaker = v.csrcs().next();
                         if speaker.is_some() && speaker != speaker_on_slot[slot] {
                             speaker_on_slot[slot] = speaker;
-                            let start = speaker.and_then(|s| shared.talk_starts.lock().expect("talk starts").get(&s.0).copied());
+                            let start = speaker
+                                .and_then(|s| shared.talk_starts.lock().expect("talk starts").get(&s.0).copied());
                             // Only talk spurts that began while this listener was receiving.
                             if let Some(start) = start.filter(|&t| t > receiving_since) {
                                 report.switch_times.push(latency(start, arrival_us));

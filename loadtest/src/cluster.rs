@@ -74,7 +74,8 @@ where
         // Abrupt: tasks are dropped, sockets closed, nothing is said to peers.
         runtime.shutdown_background();
     })?;
-    let (http_addr, handle) = ready_rx.recv().context("node thread ended")?.with_context(|| format!("starting {name}"))?;
+    let (http_addr, handle) =
+        ready_rx.recv().context("node thread ended")?.with_context(|| format!("starting {name}"))?;
     Ok(Node { http_addr, handle, stop: Some(stop), thread: Some(thread) })
 }
 

@@ -139,7 +139,8 @@ struct LoadArgs {
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("{s:?} is not a percentage like 0.5%"))?;
+    let v: f64 =
+        s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("{s:?} is not a percentage like 0.5%"))?;
     if (0.0..=100.0).contains(&v) {
         Ok(v)
     } else {
@@ -192,14 +193,25 @@ fn random_secret() -> String {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,webrtc_dtls=error,webrtc_srtp=error")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,webrtc_dtls=error,webrtc_srtp=error")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Cluster { edges, slots, http_port, udp_port, quic_port } => cluster(edges, slots, http_port, udp_port, quic_port),
+        Command::Cluster { edges, slots, http_port, udp_port, quic_port } => {
+            cluster(edges, slots, http_port, udp_port, quic_port)
+        }
         Command::Local { edges, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, load)),
-        Command::Run { core, edge, token_secret, load } => tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, load)),
-        Command::Node { node } => tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(node_main(node)),
+        Command::Run { core, edge, token_secret, load } => {
+            tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, load))
+        }
+        Command::Node { node } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(node_main(node)),
     }
 }
 
@@ -207,13 +219,28 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "at least one edge");
     let (cluster_secret, token_secret) = (random_secret(), random_secret());
     let slots = load.slots.to_string();
-    let core = procs::spawn("core", &["core".into(), "--cluster-secret".into(), cluster_secret.clone(), "--slots".into(), slots.clone()]).await?;
+    let core = procs::spawn(
+        "core",
+        &["core".into(), "--cluster-secret".into(), cluster_secret.clone(), "--slots".into(), slots.clone()],
+    )
+    .await?;
     let per_edge = load.listeners.div_ceil(edges).max(25).to_string();
     let mut nodes = Vec::new();
     for i in 1..=edges {
         let args = [
-            "edge", "--core", &core.other.to_string(), "--cluster-secret", &cluster_secret, "--token-secret", &token_secret,
-            "--max-listeners", &per_edge, "--slots", &slots, "--id", &format!("edge-{i}"),
+            "edge",
+            "--core",
+            &core.other.to_string(),
+            "--cluster-secret",
+            &cluster_secret,
+            "--token-secret",
+            &token_secret,
+            "--max-listeners",
+            &per_edge,
+            "--slots",
+            &slots,
+            "--id",
+            &format!("edge-{i}"),
         ];
         nodes.push(procs::spawn(&format!("edge-{i}"), &args.map(String::from)).await?);
     }
@@ -223,13 +250,19 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     watched.push((procs::LOAD_GENERATOR.into(), std::process::id()));
     // Give every edge its core link before the first offer.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = scenario::run(load.scenario(urls, Tokens::Secret(token_secret)), Some(ProcSampler::new(watched))).await?;
+    let report =
+        scenario::run(load.scenario(urls, Tokens::Secret(token_secret)), Some(ProcSampler::new(watched))).await?;
     drop(nodes);
     drop(core);
     load.finish(&report)
 }
 
-async fn run(core: Option<String>, edge: Vec<String>, token_secret: Option<String>, load: LoadArgs) -> anyhow::Result<()> {
+async fn run(
+    core: Option<String>,
+    edge: Vec<String>,
+    token_secret: Option<String>,
+    load: LoadArgs,
+) -> anyhow::Result<()> {
     let edges = match core {
         Some(core) => {
             let url = format!("{}/edges", core.trim_end_matches('/'));
@@ -261,7 +294,13 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
                 token_secret: Some(token_secret),
-                cascade: Some(edge_sfu::config::CascadeSettings { core, cluster_secret, edge_id: Some(id), public_url: None, core_ca: None }),
+                cascade: Some(edge_sfu::config::CascadeSettings {
+                    core,
+                    cluster_secret,
+                    edge_id: Some(id),
+                    public_url: None,
+                    core_ca: None,
+                }),
                 ..edge_sfu::Settings::default()
             };
             s.edge.cascade = true;

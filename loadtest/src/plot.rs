@@ -22,7 +22,11 @@ pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
         .map_err(err)?;
     chart.configure_mesh().x_desc("seconds").y_desc("ms").draw().map_err(err)?;
     for (name, color, pick) in [("p50", BLUE, 0usize), ("p99", RED, 1)] {
-        let points = report.timeline.iter().filter(|t| t.packets_per_s > 0).map(|t| (t.t_s, if pick == 0 { t.p50_ms } else { t.p99_ms }));
+        let points = report
+            .timeline
+            .iter()
+            .filter(|t| t.packets_per_s > 0)
+            .map(|t| (t.t_s, if pick == 0 { t.p50_ms } else { t.p99_ms }));
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(err)?

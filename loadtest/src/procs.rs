@@ -84,7 +84,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -115,7 +116,8 @@ impl ProcSampler {
 
     /// Total RSS at the last sample of the processes named other than `except`, MB.
     pub fn total_rss_except(&self, except: &str) -> Option<f64> {
-        let rss: Vec<f64> = self.procs.iter().zip(&self.rss_now).filter(|((n, _), _)| n != except).filter_map(|(_, r)| *r).collect();
+        let rss: Vec<f64> =
+            self.procs.iter().zip(&self.rss_now).filter(|((n, _), _)| n != except).filter_map(|(_, r)| *r).collect();
         (!rss.is_empty()).then(|| rss.iter().sum())
     }
 }

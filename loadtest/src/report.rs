@@ -131,7 +131,8 @@ impl Report {
         let expected: u64 = streams().map(|x| x.expected).sum();
         let lost: u64 = streams().map(|x| x.lost).sum();
         let jitters: Vec<f64> = streams().filter(|x| x.expected > 0).map(|x| x.jitter.as_secs_f64() * 1000.0).collect();
-        let mut errors: Vec<String> = clients.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name))).collect();
+        let mut errors: Vec<String> =
+            clients.iter().filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.name))).collect();
         let failed = errors.len();
         errors.truncate(10);
         let per_edge = (0..s.edges.len())
@@ -141,7 +142,8 @@ impl Report {
                 for c in &here {
                     let _ = h.add(&c.latency);
                 }
-                let (e, l) = here.iter().flat_map(|c| c.streams.iter()).fold((0, 0), |(e, l), x| (e + x.expected, l + x.lost));
+                let (e, l) =
+                    here.iter().flat_map(|c| c.streams.iter()).fold((0, 0), |(e, l), x| (e + x.expected, l + x.lost));
                 EdgeRow {
                     edge: edge + 1,
                     listeners: distinct_receiving(here.iter().map(|c| **c)),
@@ -201,10 +203,15 @@ impl Report {
     pub fn check(&self, max_loss_percent: Option<f64>, max_p99: Option<Duration>) -> Vec<String> {
         let mut missed = Vec::new();
         if self.failed > 0 {
-            missed.push(format!("{} clients failed (first: {})", self.failed, self.errors.first().map_or("", |e| e.as_str())));
+            missed.push(format!(
+                "{} clients failed (first: {})",
+                self.failed,
+                self.errors.first().map_or("", |e| e.as_str())
+            ));
         }
         if self.listeners_joined < self.target_listeners {
-            missed.push(format!("only {} of {} listeners received audio", self.listeners_joined, self.target_listeners));
+            missed
+                .push(format!("only {} of {} listeners received audio", self.listeners_joined, self.target_listeners));
         }
         if let Some(max) = max_loss_percent {
             if self.loss_percent > max {
@@ -225,17 +232,38 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let row = |f: &mut fmt::Formatter<'_>, k: &str, v: String| writeln!(f, "  {k:<26} {v}");
         let pct = |p: &Percentiles| {
-            format!("p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} ms ({} samples)", p.p50_ms, p.p90_ms, p.p99_ms, p.p99_9_ms, p.max_ms, p.count)
+            format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} ms ({} samples)",
+                p.p50_ms, p.p90_ms, p.p99_ms, p.p99_9_ms, p.max_ms, p.count
+            )
         };
-        writeln!(f, "Load test: {} listeners, {} speakers, {} edges, {:.0} s", self.target_listeners, self.speakers, self.edges, self.run_s)?;
-        row(f, "listeners receiving", format!("{} / {} ({} failed, {} churned)", self.listeners_joined, self.target_listeners, self.failed, self.churned))?;
+        writeln!(
+            f,
+            "Load test: {} listeners, {} speakers, {} edges, {:.0} s",
+            self.target_listeners, self.speakers, self.edges, self.run_s
+        )?;
+        row(
+            f,
+            "listeners receiving",
+            format!(
+                "{} / {} ({} failed, {} churned)",
+                self.listeners_joined, self.target_listeners, self.failed, self.churned
+            ),
+        )?;
         row(f, "join time", pct(&self.join_time))?;
         row(f, "end-to-end latency", pct(&self.latency))?;
-        row(f, "speaker switch", if self.speaker_switch.count == 0 { "none seen".into() } else { pct(&self.speaker_switch) })?;
+        row(
+            f,
+            "speaker switch",
+            if self.speaker_switch.count == 0 { "none seen".into() } else { pct(&self.speaker_switch) },
+        )?;
         row(
             f,
             "packets",
-            format!("{} sent by speakers, {} expected at listeners, {} lost ({:.3} %)", self.packets_sent, self.packets_expected, self.packets_lost, self.loss_percent),
+            format!(
+                "{} sent by speakers, {} expected at listeners, {} lost ({:.3} %)",
+                self.packets_sent, self.packets_expected, self.packets_lost, self.loss_percent
+            ),
         )?;
         row(f, "duplicates / out of order", format!("{} / {}", self.duplicates, self.out_of_order))?;
         row(f, "jitter (RFC 3550)", format!("mean {:.2} ms, max {:.2} ms", self.jitter_mean_ms, self.jitter_max_ms))?;
@@ -249,7 +277,11 @@ impl fmt::Display for Report {
         if !self.processes.is_empty() {
             writeln!(f, "\n  {:<12} {:>10} {:>10} {:>10}", "process", "cpu mean %", "cpu max %", "rss MB")?;
             for p in &self.processes {
-                writeln!(f, "  {:<12} {:>10.1} {:>10.1} {:>10.1}", p.name, p.cpu_mean_percent, p.cpu_max_percent, p.rss_max_mb)?;
+                writeln!(
+                    f,
+                    "  {:<12} {:>10.1} {:>10.1} {:>10.1}",
+                    p.name, p.cpu_mean_percent, p.cpu_max_percent, p.rss_max_mb
+                )?;
             }
         }
         for e in &self.errors {

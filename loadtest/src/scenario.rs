@@ -53,7 +53,8 @@ async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: Toke
         })),
         Tokens::Demo => {
             let role = if role == TokenRole::Speaker { "speaker" } else { "listener" };
-            let url = format!("{}/demo/token?channel={}&name={name}&role={role}", base.trim_end_matches('/'), s.channel);
+            let url =
+                format!("{}/demo/token?channel={}&name={name}&role={role}", base.trim_end_matches('/'), s.channel);
             let body = shared.http.get(&url).send().await?.error_for_status()?.text().await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             Ok(v["token"].as_str().ok_or_else(|| anyhow::anyhow!("no token from {url}"))?.to_owned())
@@ -77,7 +78,9 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         talk_starts: Default::default(),
     });
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} joined {pos}/{len} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} joined {pos}/{len} {msg}").expect("valid template"),
+    );
 
     let mut tasks: JoinSet<ClientReport> = JoinSet::new();
     let mut running: Vec<Running> = Vec::new();
@@ -90,8 +93,21 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         let edge = i % s.edges.len();
         let name = format!("speaker-{i}");
         let token = token(&s, &shared, &s.edges[edge], &name, TokenRole::Speaker).await?;
-        let params = SpeakerParams { index: i, speakers: s.speakers, pattern: s.pattern, turn: s.turn, payload_size: s.payload_size };
-        let spec = ClientSpec { name, edge, base_url: s.edges[edge].clone(), channel: s.channel.clone(), token, role: Role::Speaker(params) };
+        let params = SpeakerParams {
+            index: i,
+            speakers: s.speakers,
+            pattern: s.pattern,
+            turn: s.turn,
+            payload_size: s.payload_size,
+        };
+        let spec = ClientSpec {
+            name,
+            edge,
+            base_url: s.edges[edge].clone(),
+            channel: s.channel.clone(),
+            token,
+            role: Role::Speaker(params),
+        };
         spawn(spec, &mut tasks, &mut running);
     }
 
@@ -116,7 +132,14 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             let edge = joins % s.edges.len();
             let name = format!("listener-{joins}");
             let token = token(&s, &shared, &s.edges[edge], &name, TokenRole::Listener).await?;
-            let spec = ClientSpec { name, edge, base_url: s.edges[edge].clone(), channel: s.channel.clone(), token, role: Role::Listener { slots: s.slots } };
+            let spec = ClientSpec {
+                name,
+                edge,
+                base_url: s.edges[edge].clone(),
+                channel: s.channel.clone(),
+                token,
+                role: Role::Listener { slots: s.slots },
+            };
             spawn(spec, &mut tasks, &mut running);
             joins += 1;
             next_join += gap;
@@ -126,8 +149,12 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             if now >= next_churn && joins == s.listeners {
                 next_churn += churn_gap;
                 // A random listener leaves (DELETE) and joins again as a new session.
-                let listeners: Vec<usize> =
-                    running.iter().enumerate().filter(|(_, r)| matches!(r.spec.role, Role::Listener { .. })).map(|(i, _)| i).collect();
+                let listeners: Vec<usize> = running
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| matches!(r.spec.role, Role::Listener { .. }))
+                    .map(|(i, _)| i)
+                    .collect();
                 if let Some(&i) = listeners.get(rand::random::<u64>() as usize % listeners.len().max(1)) {
                     let r = running.swap_remove(i);
                     let _ = r.stop.send(true);
@@ -163,10 +190,15 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
                 sfu_rss_mb: sampler.as_ref().and_then(|s| s.total_rss_except(crate::procs::LOAD_GENERATOR)),
             });
         }
-        let wake = [next_tick, end, if joins < s.listeners { next_join } else { end }, if churn_gap.is_some() { next_churn } else { end }]
-            .into_iter()
-            .min()
-            .unwrap_or(end);
+        let wake = [
+            next_tick,
+            end,
+            if joins < s.listeners { next_join } else { end },
+            if churn_gap.is_some() { next_churn } else { end },
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(end);
         tokio::time::sleep_until(wake.into()).await;
     }
     bar.finish_and_clear();

@@ -101,7 +101,8 @@ fn assert_in_order(who: &str, track: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speakers_on_two_edges_reach_listeners_on_three_with_continuous_slots() {
-    let cluster = LocalCluster::start(ClusterSpec { edges: 3, slots: 2, demo_tokens: false, ..Default::default() }).unwrap();
+    let cluster =
+        LocalCluster::start(ClusterSpec { edges: 3, slots: 2, demo_tokens: false, ..Default::default() }).unwrap();
     let selections = SelectionLog::start(&cluster);
     // s1 talks throughout; s3 (edge 2) stops at 3 s and s2 starts at 4 s: slot B changes hands.
     let spec = json!({
@@ -159,7 +160,8 @@ async fn speakers_on_two_edges_reach_listeners_on_three_with_continuous_slots() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quietest_of_four_is_not_forwarded_until_it_is_loud() {
-    let cluster = LocalCluster::start(ClusterSpec { edges: 3, slots: 3, demo_tokens: false, ..Default::default() }).unwrap();
+    let cluster =
+        LocalCluster::start(ClusterSpec { edges: 3, slots: 3, demo_tokens: false, ..Default::default() }).unwrap();
     let selections = SelectionLog::start(&cluster);
     // q whispers for 4 s then talks loudly; s3 goes silent at 4 s.
     let spec = json!({
@@ -193,7 +195,8 @@ async fn quietest_of_four_is_not_forwarded_until_it_is_loud() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_hear_again_after_the_core_restarts() {
-    let mut cluster = LocalCluster::start(ClusterSpec { edges: 2, slots: 3, demo_tokens: false, ..Default::default() }).unwrap();
+    let mut cluster =
+        LocalCluster::start(ClusterSpec { edges: 2, slots: 3, demo_tokens: false, ..Default::default() }).unwrap();
     let spec = json!({
         "base": base(&cluster, 0),
         "duration": 10,

@@ -32,7 +32,8 @@ fn short_local_run_meets_its_thresholds() {
     let edges = report["per_edge"].as_array().unwrap();
     assert_eq!(edges.len(), 2);
     assert!(edges.iter().all(|e| e["listeners"] == 10), "{report}");
-    let procs: Vec<&str> = report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let procs: Vec<&str> =
+        report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(procs, vec!["core", "edge-1", "edge-2", "loadtest"]);
     assert!(report["processes"][1]["rss_max_mb"].as_f64().unwrap() > 1.0);
     // Churned listeners left and rejoined; each still counts once, and nothing was lost.
@@ -47,7 +48,20 @@ fn short_local_run_meets_its_thresholds() {
 fn missed_thresholds_fail_the_run() {
     // No loss is possible below 0 %, but a 1 µs p99 cannot be met: exit 1 with the reason.
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["local", "--edges", "1", "--listeners", "3", "--speakers", "1", "--duration", "1s", "--max-p99", "1us", "--quiet"])
+        .args([
+            "local",
+            "--edges",
+            "1",
+            "--listeners",
+            "3",
+            "--speakers",
+            "1",
+            "--duration",
+            "1s",
+            "--max-p99",
+            "1us",
+            "--quiet",
+        ])
         .output()
         .expect("loadtest runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -57,16 +57,12 @@ impl DtlsIdentity {
 
     /// Loads a PEM holding a private key and a certificate.
     pub fn from_pem(pem: &str) -> Result<Self, DtlsError> {
-        let certificate =
-            Certificate::from_pem(pem).map_err(|e| DtlsError::Certificate(e.to_string()))?;
+        let certificate = Certificate::from_pem(pem).map_err(|e| DtlsError::Certificate(e.to_string()))?;
         Self::from_certificate(certificate)
     }
 
     fn from_certificate(certificate: Certificate) -> Result<Self, DtlsError> {
-        let der = certificate
-            .certificate
-            .first()
-            .ok_or_else(|| DtlsError::Certificate("empty chain".into()))?;
+        let der = certificate.certificate.first().ok_or_else(|| DtlsError::Certificate("empty chain".into()))?;
         let fingerprint = Sha256::digest(der.as_ref()).into();
         Ok(DtlsIdentity { certificate, fingerprint })
     }
@@ -165,9 +161,7 @@ pub async fn handshake(
         // Certificates are self-signed; they are authenticated by the SDP fingerprint.
         insecure_skip_verify: true,
         verify_peer_certificate: Some(Arc::new(move |certs: &[Vec<u8>], _| {
-            let matches = certs
-                .first()
-                .is_some_and(|der| Sha256::digest(der).as_slice() == peer_fingerprint);
+            let matches = certs.first().is_some_and(|der| Sha256::digest(der).as_slice() == peer_fingerprint);
             if matches {
                 Ok(())
             } else {

@@ -136,7 +136,8 @@ mod tests {
     fn a_client_flight_passes() {
         let hello = record(HANDSHAKE, 0, &fragment(1, 100, 0, &[7; 100]));
         assert_eq!(inspect(&hello), Ok(DtlsShape { records: 1, fragments: 1 }));
-        let mut flight = record(HANDSHAKE, 0, &[fragment(11, 300, 0, &[1; 300]), fragment(16, 65, 0, &[2; 65])].concat());
+        let mut flight =
+            record(HANDSHAKE, 0, &[fragment(11, 300, 0, &[1; 300]), fragment(16, 65, 0, &[2; 65])].concat());
         flight.extend(record(CHANGE_CIPHER_SPEC, 0, &[1]));
         flight.extend(record(HANDSHAKE, 1, &[9; 48]));
         assert_eq!(inspect(&flight), Ok(DtlsShape { records: 3, fragments: 3 }));

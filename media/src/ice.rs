@@ -49,8 +49,7 @@ impl BindingRequest {
         if msg.typ != BINDING_REQUEST {
             return Err(IceError::NotBindingRequest);
         }
-        let username =
-            TextAttribute::get_from_as(&msg, ATTR_USERNAME).map_err(|_| IceError::NoUsername)?;
+        let username = TextAttribute::get_from_as(&msg, ATTR_USERNAME).map_err(|_| IceError::NoUsername)?;
         let (local, remote) = username.text.split_once(':').ok_or(IceError::BadUsername)?;
         let (local_ufrag, remote_ufrag) = (local.to_owned(), remote.to_owned());
         let use_candidate = msg.contains(ATTR_USE_CANDIDATE);
@@ -101,11 +100,7 @@ pub fn binding_request(
 }
 
 /// Client side: checks a binding success response and returns the mapped address.
-pub fn parse_binding_success(
-    buf: &[u8],
-    transaction: &[u8; 12],
-    server_pwd: &str,
-) -> Result<SocketAddr, IceError> {
+pub fn parse_binding_success(buf: &[u8], transaction: &[u8; 12], server_pwd: &str) -> Result<SocketAddr, IceError> {
     let mut msg = Message::new();
     msg.unmarshal_binary(buf).map_err(|_| IceError::NotStun)?;
     if msg.typ != BINDING_SUCCESS || &msg.transaction_id.0 != transaction {

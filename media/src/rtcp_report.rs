@@ -126,9 +126,7 @@ impl ReceiveStats {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction_lost = (lost_interval << 8)
-            .checked_div(expected_interval)
-            .map_or(0, |f| f.min(255) as u8);
+        let fraction_lost = (lost_interval << 8).checked_div(expected_interval).map_or(0, |f| f.min(255) as u8);
         let (lsr, delay) = match self.last_sr {
             Some((lsr, at)) => {
                 let d = now.saturating_duration_since(at);
@@ -154,9 +152,7 @@ pub fn round_trip_time(block: &ReceptionReport, now_ntp: u64) -> Option<Duration
     if block.last_sender_report == 0 {
         return None;
     }
-    let rtt = ntp_middle(now_ntp)
-        .wrapping_sub(block.last_sender_report)
-        .wrapping_sub(block.delay);
+    let rtt = ntp_middle(now_ntp).wrapping_sub(block.last_sender_report).wrapping_sub(block.delay);
     // Anything over a minute is a clock or report error.
     (rtt < 60 * 65536).then(|| Duration::from_micros(u64::from(rtt) * 1_000_000 / 65536))
 }
@@ -395,12 +391,8 @@ mod tests {
     fn malformed_rtcp_is_an_error() {
         assert!(parse_feedback(&[]).is_err());
         assert!(parse_feedback(&[0x80, 200, 0xff, 0xff, 0, 0, 0, 1]).is_err());
-        let sr = sender_report(
-            SenderInfo { ssrc: Ssrc(1), ntp: 0, rtp_time: 0, packets: 0, octets: 0 },
-            vec![],
-            "x",
-        )
-        .unwrap();
+        let sr = sender_report(SenderInfo { ssrc: Ssrc(1), ntp: 0, rtp_time: 0, packets: 0, octets: 0 }, vec![], "x")
+            .unwrap();
         for cut in 1..sr.len() {
             let _ = parse_feedback(&sr[..cut]);
         }

@@ -111,11 +111,7 @@ impl Offer {
         let mut rtcp_mux = false;
         let mut first_error = None;
         for (index, m) in session.media_descriptions.iter().enumerate() {
-            let mid = m
-                .attribute("mid")
-                .flatten()
-                .map(str::to_owned)
-                .unwrap_or_else(|| index.to_string());
+            let mid = m.attribute("mid").flatten().map(str::to_owned).unwrap_or_else(|| index.to_string());
             let protocol = m.media_name.protos.join("/");
             let is_audio = m.media_name.media == "audio";
             saw_audio |= is_audio;
@@ -166,13 +162,7 @@ impl Offer {
         if !rtcp_mux {
             return Err(SdpError::NoRtcpMux);
         }
-        Ok(Offer {
-            ice_ufrag,
-            ice_pwd,
-            fingerprint,
-            media,
-            bundle,
-        })
+        Ok(Offer { ice_ufrag, ice_pwd, fingerprint, media, bundle })
     }
 }
 
@@ -220,10 +210,8 @@ fn parse_audio(m: &MediaDescription) -> Result<OfferedAudio, SdpError> {
     } else {
         Direction::SendRecv
     };
-    let ssrc = attribute_values(m, "ssrc")
-        .filter_map(|v| v.split_whitespace().next()?.parse::<u32>().ok())
-        .next()
-        .map(Ssrc);
+    let ssrc =
+        attribute_values(m, "ssrc").filter_map(|v| v.split_whitespace().next()?.parse::<u32>().ok()).next().map(Ssrc);
     Ok(OfferedAudio {
         opus_pt,
         opus_fmtp,
@@ -235,20 +223,11 @@ fn parse_audio(m: &MediaDescription) -> Result<OfferedAudio, SdpError> {
 }
 
 fn attribute_values<'a>(m: &'a MediaDescription, key: &'a str) -> impl Iterator<Item = &'a str> {
-    m.attributes
-        .iter()
-        .filter(move |a| a.key == key)
-        .filter_map(|a| a.value.as_deref())
+    m.attributes.iter().filter(move |a| a.key == key).filter_map(|a| a.value.as_deref())
 }
 
-fn media_or_session<'a>(
-    m: &'a MediaDescription,
-    s: &'a SessionDescription,
-    key: &str,
-) -> Option<&'a str> {
-    m.attribute(key)
-        .flatten()
-        .or_else(|| s.attribute(key).map(String::as_str))
+fn media_or_session<'a>(m: &'a MediaDescription, s: &'a SessionDescription, key: &str) -> Option<&'a str> {
+    m.attribute(key).flatten().or_else(|| s.attribute(key).map(String::as_str))
 }
 
 fn ice_credentials(m: &MediaDescription, s: &SessionDescription) -> Option<(String, String)> {
@@ -256,10 +235,7 @@ fn ice_credentials(m: &MediaDescription, s: &SessionDescription) -> Option<(Stri
     let pwd = media_or_session(m, s, "ice-pwd")?.trim();
     // RFC 8839: ufrag 4..=256 and pwd 22..=256 ice-chars.
     let ice_chars = |v: &str| v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-    let ok = (4..=256).contains(&ufrag.len())
-        && (22..=256).contains(&pwd.len())
-        && ice_chars(ufrag)
-        && ice_chars(pwd);
+    let ok = (4..=256).contains(&ufrag.len()) && (22..=256).contains(&pwd.len()) && ice_chars(ufrag) && ice_chars(pwd);
     ok.then(|| (ufrag.to_owned(), pwd.to_owned()))
 }
 
@@ -331,11 +307,7 @@ pub fn build_answer(offer: &Offer, params: &AnswerParams<'_>, decisions: &[Media
         .collect();
     let fingerprint = format_fingerprint(params.fingerprint);
     let mut s = String::with_capacity(1024 + 768 * offer.media.len());
-    let _ = write!(
-        s,
-        "v=0\r\no=- {} 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n",
-        params.session_id
-    );
+    let _ = write!(s, "v=0\r\no=- {} 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n", params.session_id);
     if !accepted.is_empty() {
         let _ = write!(s, "a=group:BUNDLE {}\r\n", accepted.join(" "));
     }
@@ -479,11 +451,8 @@ a=rtpmap:111 opus/48000/2\r\n";
     fn rejects_what_it_cannot_serve_with_a_reason() {
         let no_opus = CHROME_LIKE_OFFER.replace("opus/48000/2", "G722/8000");
         assert_eq!(Offer::parse(&no_opus), Err(SdpError::NoOpus));
-        let no_fp: String = CHROME_LIKE_OFFER
-            .lines()
-            .filter(|l| !l.starts_with("a=fingerprint"))
-            .map(|l| format!("{l}\r\n"))
-            .collect();
+        let no_fp: String =
+            CHROME_LIKE_OFFER.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
         assert_eq!(Offer::parse(&no_fp), Err(SdpError::NoFingerprint));
         let no_mux = CHROME_LIKE_OFFER.replace("a=rtcp-mux\r\n", "");
         assert_eq!(Offer::parse(&no_mux), Err(SdpError::NoRtcpMux));
@@ -574,11 +543,8 @@ pub struct Answer {
 impl Answer {
     pub fn parse(text: &str) -> Result<Answer, SdpError> {
         let session = unmarshal_bounded(text)?;
-        let first = session
-            .media_descriptions
-            .iter()
-            .find(|m| m.media_name.port.value != 0)
-            .ok_or(SdpError::NoAudio)?;
+        let first =
+            session.media_descriptions.iter().find(|m| m.media_name.port.value != 0).ok_or(SdpError::NoAudio)?;
         let (ice_ufrag, ice_pwd) = ice_credentials(first, &session).ok_or(SdpError::NoIceCredentials)?;
         let fingerprint = dtls_fingerprint(first, &session)?;
         let mut candidates = Vec::new();
@@ -595,7 +561,9 @@ impl Answer {
                     }
                 }
             }
-            if let Some(ssrc) = attribute_values(m, "ssrc").filter_map(|v| v.split_whitespace().next()?.parse().ok()).next() {
+            if let Some(ssrc) =
+                attribute_values(m, "ssrc").filter_map(|v| v.split_whitespace().next()?.parse().ok()).next()
+            {
                 slot_ssrcs.push(Ssrc(ssrc));
             }
         }
@@ -625,7 +593,14 @@ mod client_tests {
         let cands = ["127.0.0.1:4000".parse().unwrap()];
         let answer = build_answer(
             &offer,
-            &AnswerParams { ice_ufrag: "srvu", ice_pwd: "serverpasswordserverpass", fingerprint: &[9; 32], candidates: &cands, cname: "sfu", session_id: 1 },
+            &AnswerParams {
+                ice_ufrag: "srvu",
+                ice_pwd: "serverpasswordserverpass",
+                fingerprint: &[9; 32],
+                candidates: &cands,
+                cname: "sfu",
+                session_id: 1,
+            },
             &[MediaAnswer::Receive, MediaAnswer::Send(Ssrc(5)), MediaAnswer::Send(Ssrc(6))],
         );
         let a = Answer::parse(&answer).unwrap();

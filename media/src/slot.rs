@@ -106,14 +106,7 @@ impl SlotRewriter {
 
     /// Maps a packet of `source` onto this slot, or `None` if it must be dropped
     /// (older than the start of the current mapping).
-    pub fn rewrite(
-        &mut self,
-        source: Ssrc,
-        seq: u16,
-        ts: u32,
-        payload_len: usize,
-        now: Instant,
-    ) -> Option<Rewritten> {
+    pub fn rewrite(&mut self, source: Ssrc, seq: u16, ts: u32, payload_len: usize, now: Instant) -> Option<Rewritten> {
         let continuing = match &mut self.mapping {
             Some(m) if m.source == source => {
                 let before = m.ext.highest().unwrap_or(0);
@@ -149,10 +142,7 @@ impl SlotRewriter {
         let m = self.mapping.as_mut()?;
         let before = m.ext.highest();
         let ext = m.ext.extend(seq);
-        let out = Rewritten {
-            sequence: seq.wrapping_add(m.seq_offset),
-            timestamp: ts.wrapping_add(m.ts_offset),
-        };
+        let out = Rewritten { sequence: seq.wrapping_add(m.seq_offset), timestamp: ts.wrapping_add(m.ts_offset) };
         if !continuing || before.is_none_or(|h| ext > h) {
             self.last_seq = out.sequence;
             self.last_ts = out.timestamp;

@@ -87,11 +87,7 @@ impl<K: Copy + Eq + Hash + Ord> ActiveSpeakers<K> {
     pub fn on_level(&mut self, key: K, level: AudioLevel, now: Instant) {
         let tau = self.config.smoothing;
         let threshold = self.config.speaking_threshold;
-        let c = self.candidates.entry(key).or_insert(Candidate {
-            score: 0.0,
-            updated: now,
-            last_speaking: None,
-        });
+        let c = self.candidates.entry(key).or_insert(Candidate { score: 0.0, updated: now, last_speaking: None });
         let dt = now.saturating_duration_since(c.updated).as_secs_f32().max(0.001);
         let alpha = 1.0 - (-dt / tau.as_secs_f32()).exp();
         c.score += (activity(level) - c.score) * alpha;

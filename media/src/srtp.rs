@@ -235,7 +235,10 @@ impl Keys {
                         auth: <HmacSha1 as Mac>::new_from_slice(&a).expect("HMAC takes any key length"),
                     }
                 };
-                Keys::Cm { rtp: cm(LABEL_RTP_KEY, LABEL_RTP_AUTH, LABEL_RTP_SALT), rtcp: cm(LABEL_RTCP_KEY, LABEL_RTCP_AUTH, LABEL_RTCP_SALT) }
+                Keys::Cm {
+                    rtp: cm(LABEL_RTP_KEY, LABEL_RTP_AUTH, LABEL_RTP_SALT),
+                    rtcp: cm(LABEL_RTCP_KEY, LABEL_RTCP_AUTH, LABEL_RTCP_SALT),
+                }
             }
             ProtectionProfile::AeadAes128Gcm => {
                 let gcm = |key_label, salt_label| {
@@ -694,7 +697,9 @@ mod tests {
     #[test]
     fn window_rejects_stale_and_duplicate_indices() {
         let mut w = ReplayWindow::default();
-        for (index, fresh) in [(1000, true), (1001, true), (1001, false), (900, true), (1001 - 128, false), (5000, true), (1001, false)] {
+        for (index, fresh) in
+            [(1000, true), (1001, true), (1001, false), (900, true), (1001 - 128, false), (5000, true), (1001, false)]
+        {
             assert_eq!(w.is_fresh(index), fresh, "{index}");
             if fresh {
                 w.record(index);

@@ -19,25 +19,60 @@ pub struct SlotHolder {
 #[non_exhaustive]
 pub enum Message {
     /// Edge -> core, first message.
-    Hello { version: u16, edge_id: String, signalling_url: String, capacity: u32, proof: [u8; 32] },
+    Hello {
+        version: u16,
+        edge_id: String,
+        signalling_url: String,
+        capacity: u32,
+        proof: [u8; 32],
+    },
     /// Core -> edge: accepted.
-    Welcome { core_id: String, slots: u8, proof: [u8; 32] },
+    Welcome {
+        core_id: String,
+        slots: u8,
+        proof: [u8; 32],
+    },
     /// Core -> edge: refused; the core closes the connection.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
     /// Edge -> core: the edge has participants of `channel`.
-    Subscribe { channel: String, listeners: u32 },
+    Subscribe {
+        channel: String,
+        listeners: u32,
+    },
     /// Core -> edge: the id media datagrams of `channel` carry.
-    Subscribed { channel: String, channel_id: u32 },
-    Unsubscribe { channel_id: u32 },
+    Subscribed {
+        channel: String,
+        channel_id: u32,
+    },
+    Unsubscribe {
+        channel_id: u32,
+    },
     /// Edge -> core: counts per channel.
-    Load { channel_id: u32, listeners: u32, speakers: u32 },
+    Load {
+        channel_id: u32,
+        listeners: u32,
+        speakers: u32,
+    },
     /// Edge -> core: who a speaker is, for listeners' displays.
-    SpeakerInfo { channel_id: u32, ssrc: u32, participant: String },
+    SpeakerInfo {
+        channel_id: u32,
+        ssrc: u32,
+        participant: String,
+    },
     /// Core -> edge: who holds which slot now.
-    Selection { channel_id: u32, slots: Vec<Option<SlotHolder>> },
+    Selection {
+        channel_id: u32,
+        slots: Vec<Option<SlotHolder>>,
+    },
     /// Either way: take no new listeners; end within `deadline_ms`.
-    Drain { deadline_ms: u32 },
-    Goodbye { reason: String },
+    Drain {
+        deadline_ms: u32,
+    },
+    Goodbye {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -288,15 +323,30 @@ mod tests {
         let holder = (any::<u32>(), arb_string()).prop_map(|(ssrc, participant)| SlotHolder { ssrc, participant });
         prop_oneof![
             (any::<u16>(), arb_string(), arb_string(), any::<u32>(), any::<[u8; 32]>()).prop_map(
-                |(version, edge_id, signalling_url, capacity, proof)| Message::Hello { version, edge_id, signalling_url, capacity, proof }
+                |(version, edge_id, signalling_url, capacity, proof)| Message::Hello {
+                    version,
+                    edge_id,
+                    signalling_url,
+                    capacity,
+                    proof
+                }
             ),
-            (arb_string(), any::<u8>(), any::<[u8; 32]>()).prop_map(|(core_id, slots, proof)| Message::Welcome { core_id, slots, proof }),
+            (arb_string(), any::<u8>(), any::<[u8; 32]>()).prop_map(|(core_id, slots, proof)| Message::Welcome {
+                core_id,
+                slots,
+                proof
+            }),
             arb_string().prop_map(|reason| Message::Reject { reason }),
             (arb_string(), any::<u32>()).prop_map(|(channel, listeners)| Message::Subscribe { channel, listeners }),
             (arb_string(), any::<u32>()).prop_map(|(channel, channel_id)| Message::Subscribed { channel, channel_id }),
             any::<u32>().prop_map(|channel_id| Message::Unsubscribe { channel_id }),
-            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(channel_id, listeners, speakers)| Message::Load { channel_id, listeners, speakers }),
-            (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(channel_id, ssrc, participant)| Message::SpeakerInfo { channel_id, ssrc, participant }),
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(channel_id, listeners, speakers)| Message::Load {
+                channel_id,
+                listeners,
+                speakers
+            }),
+            (any::<u32>(), any::<u32>(), arb_string())
+                .prop_map(|(channel_id, ssrc, participant)| Message::SpeakerInfo { channel_id, ssrc, participant }),
             (any::<u32>(), proptest::collection::vec(proptest::option::of(holder), 0..MAX_SLOTS))
                 .prop_map(|(channel_id, slots)| Message::Selection { channel_id, slots }),
             any::<u32>().prop_map(|deadline_ms| Message::Drain { deadline_ms }),

@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn malformed_datagrams_are_rejected() {
-        let h = MediaHeader { channel_id: 1, speaker: 2, sequence: 3, timestamp: 4, level: 5, voice: true, marker: false };
+        let h =
+            MediaHeader { channel_id: 1, speaker: 2, sequence: 3, timestamp: 4, level: 5, voice: true, marker: false };
         let mut out = BytesMut::new();
         h.encode(b"opus", &mut out);
         let good = out.freeze();

@@ -65,7 +65,8 @@ impl TlsIdentity {
         let certs = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| EndpointError::Certificate(format!("{}: {e}", cert.display())))?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| EndpointError::Certificate(format!("{}: {e}", key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| EndpointError::Certificate(format!("{}: {e}", key.display())))?;
         Ok(TlsIdentity { certs, key })
     }
 }
@@ -105,7 +106,8 @@ pub enum Trust {
 
 /// A client endpoint for an edge.
 pub fn client(bind: SocketAddr, trust: Trust) -> Result<quinn::Endpoint, EndpointError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut tls = match trust {
         Trust::Roots(certs) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -168,7 +170,10 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 /// Writes framed control messages to a QUIC stream.
-pub async fn send_message(stream: &mut quinn::SendStream, message: &crate::control::Message) -> Result<(), quinn::WriteError> {
+pub async fn send_message(
+    stream: &mut quinn::SendStream,
+    message: &crate::control::Message,
+) -> Result<(), quinn::WriteError> {
     let mut buf = bytes::BytesMut::new();
     message.encode(&mut buf);
     stream.write_all(&buf).await
@@ -207,7 +212,8 @@ mod tests {
 
     #[tokio::test]
     async fn edge_and_core_talk_over_real_quic_with_bound_proofs() {
-        let core = server("127.0.0.1:0".parse().unwrap(), TlsIdentity::self_signed(vec!["core".into()]).unwrap()).unwrap();
+        let core =
+            server("127.0.0.1:0".parse().unwrap(), TlsIdentity::self_signed(vec!["core".into()]).unwrap()).unwrap();
         let core_addr = core.local_addr().unwrap();
         let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
         let server_task = tokio::spawn(async move {
@@ -218,7 +224,11 @@ mod tests {
             let binding = auth::session_binding(&conn).unwrap();
             let Message::Hello { edge_id, proof, .. } = hello else { panic!("expected hello") };
             assert!(auth::verify(b"secret", Side::Edge, &binding, &edge_id, &proof));
-            let reply = Message::Welcome { core_id: "c".into(), slots: 3, proof: auth::proof(b"secret", Side::Core, &binding, "c") };
+            let reply = Message::Welcome {
+                core_id: "c".into(),
+                slots: 3,
+                proof: auth::proof(b"secret", Side::Core, &binding, "c"),
+            };
             send_message(&mut send, &reply).await.unwrap();
             let d = conn.read_datagram().await.unwrap();
             assert_eq!(&d[..], b"media");
@@ -235,7 +245,9 @@ mod tests {
             proof: auth::proof(b"secret", Side::Edge, &binding, "e1"),
         };
         send_message(&mut send, &hello).await.unwrap();
-        let Some(Message::Welcome { core_id, proof, .. }) = read_message(&mut recv, &mut FrameReader::default()).await.unwrap() else {
+        let Some(Message::Welcome { core_id, proof, .. }) =
+            read_message(&mut recv, &mut FrameReader::default()).await.unwrap()
+        else {
             panic!("expected welcome")
         };
         assert!(auth::verify(b"secret", Side::Core, &binding, &core_id, &proof));
