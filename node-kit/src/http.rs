@@ -1,0 +1,109 @@
+//! Serving an axum router on the open internet: at most `max_connections` at once (more
+//! are closed on accept), headers within `header_timeout` (also the idle limit between
+//! requests on a kept-alive connection), and each request, body included, within
+//! `request_timeout`. HTTP/1.1 only; put a TLS terminator in front for HTTPS.
+//! Handlers can read the peer address with `ConnectInfo<SocketAddr>`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server refused or cut short, for metrics.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    pub connections_refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub connections_open: AtomicU64,
+}
+
+impl HttpStats {
+    pub fn refused(&self) -> u64 {
+        self.connections_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn timeouts(&self) -> u64 {
+        self.header_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub fn open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `app` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats: Arc<HttpStats>) {
+    let app = app
+        .layer(RequestBodyTimeoutLayer::new(limits.request_timeout))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_accept_error: Option<std::time::Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                let now = std::time::Instant::now();
+                if last_accept_error.is_none_or(|t| now.duration_since(t) > Duration::from_secs(5)) {
+                    last_accept_error = Some(now);
+                    tracing::warn!(error = %e, "http accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            stats.connections_open.fetch_add(1, Ordering::Relaxed);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,59 @@
+//! Shared secrets (token, cluster, admin): at least 32 bytes, never in `Debug` output.
+
+use std::sync::Arc;
+
+/// The shortest secret a node accepts.
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name} is {len} bytes; it must be at least {MIN_SECRET_LEN} (for example `openssl rand -hex 32`)")]
+pub struct SecretError {
+    pub name: &'static str,
+    pub len: usize,
+}
+
+/// A secret value; `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    /// Accepts `value` as the secret called `name` if it is long enough.
+    pub fn new(name: &'static str, value: impl AsRef<[u8]>) -> Result<Secret, SecretError> {
+        let value = value.as_ref();
+        if value.len() < MIN_SECRET_LEN {
+            return Err(SecretError { name, len: value.len() });
+        }
+        Ok(Secret(value.into()))
+    }
+
+    /// A random secret, for development runs only.
+    pub fn random() -> Secret {
+        Secret(rand::random::<[u8; MIN_SECRET_LEN]>().to_vec().into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes, redacted)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_secrets_are_refused_and_none_prints() {
+        assert_eq!(Secret::new("token secret", ""), Err(SecretError { name: "token secret", len: 0 }));
+        assert!(Secret::new("token secret", [7u8; 31]).is_err());
+        let s = Secret::new("token secret", "0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(32 bytes, redacted)");
+        let e = Secret::new("cluster secret", "short").unwrap_err().to_string();
+        assert!(e.contains("cluster secret is 5 bytes") && !e.contains("short"), "{e}");
+        assert_ne!(Secret::random(), Secret::random());
+    }
+}
