@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Deserialize;
 
+use node_kit::http::HttpLimits;
+use node_kit::Secret;
+
 use crate::core::CoreConfig;
 
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -19,9 +22,13 @@ pub struct CoreArgs {
     /// HTTP address for operators: /healthz, /channels (default 127.0.0.1:8070).
     #[arg(long, env = "SFU_HTTP")]
     pub http: Option<SocketAddr>,
-    /// Shared secret edges prove they know (required).
+    /// Shared secret edges prove they know, 32 bytes or more (required).
     #[arg(long, env = "SFU_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Bearer token for the operator endpoints (/channels, /edges), 32 bytes or more;
+    /// without one they are off.
+    #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Active speakers forwarded per channel (default 3).
     #[arg(long, env = "SFU_SLOTS")]
     pub slots: Option<usize>,
@@ -42,6 +49,7 @@ struct FileConfig {
     quic: Option<SocketAddr>,
     http: Option<SocketAddr>,
     cluster_secret: Option<String>,
+    admin_token: Option<String>,
     slots: Option<usize>,
     core_id: Option<String>,
     quic_cert: Option<PathBuf>,
@@ -52,7 +60,9 @@ struct FileConfig {
 pub struct CoreSettings {
     pub quic: SocketAddr,
     pub http: SocketAddr,
-    pub cluster_secret: String,
+    pub cluster_secret: Secret,
+    pub admin_token: Option<Secret>,
+    pub http_limits: HttpLimits,
     pub quic_cert: Option<PathBuf>,
     pub quic_key: Option<PathBuf>,
     pub core: CoreConfig,
@@ -60,11 +70,13 @@ pub struct CoreSettings {
 
 impl CoreSettings {
     /// Loopback defaults with the given secret.
-    pub fn local(cluster_secret: String) -> Self {
+    pub fn local(cluster_secret: Secret) -> Self {
         CoreSettings {
             quic: SocketAddr::from(([127, 0, 0, 1], 4433)),
             http: SocketAddr::from(([127, 0, 0, 1], 8070)),
             cluster_secret,
+            admin_token: None,
+            http_limits: HttpLimits::default(),
             quic_cert: None,
             quic_key: None,
             core: CoreConfig::default(),
@@ -84,8 +96,13 @@ impl CoreSettings {
         let secret = args.cluster_secret.clone().or(file.cluster_secret).context(
             "no cluster secret: set SFU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file",
         )?;
-        anyhow::ensure!(secret.len() >= 8, "the cluster secret must be at least 8 characters");
-        let mut s = CoreSettings::local(secret);
+        let mut s = CoreSettings::local(Secret::new("the cluster secret (SFU_CLUSTER_SECRET)", secret)?);
+        s.admin_token = args
+            .admin_token
+            .clone()
+            .or(file.admin_token)
+            .map(|t| Secret::new("the admin token (SFU_ADMIN_TOKEN)", t))
+            .transpose()?;
         s.quic = args.quic.or(file.quic).unwrap_or(s.quic);
         s.http = args.http.or(file.http).unwrap_or(s.http);
         s.quic_cert = args.quic_cert.clone().or(file.quic_cert);

@@ -9,7 +9,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -34,12 +34,13 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         _ => anyhow::bail!("give both quic_cert and quic_key, or neither for a self-signed certificate"),
     };
     let (handle, quic_task) =
-        server::start(settings.core.clone(), settings.quic, identity, settings.cluster_secret.clone().into_bytes())
+        server::start(settings.core.clone(), settings.quic, identity, settings.cluster_secret.expose().to_vec())
             .with_context(|| format!("binding QUIC {}", settings.quic))?;
     let state = HttpState {
         handle: handle.clone(),
         node: settings.core.core_id.clone(),
         recorder: Arc::new(PrometheusBuilder::new().build_recorder()),
+        admin_token: settings.admin_token.clone(),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -51,11 +52,8 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
     let http_addr = listener.local_addr()?;
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
+    let http_task =
+        tokio::spawn(node_kit::http::serve(listener, app, settings.http_limits, Arc::new(Default::default())));
     info!(quic = %handle.quic_addr, http = %http_addr, "core started");
     Ok(RunningCore { http_addr, handle, quic_task, http_task })
 }
@@ -64,16 +62,37 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
 struct HttpState {
     handle: server::CoreHandle,
     node: String,
+    /// Operators' bearer token; without one the operator endpoints are off.
+    admin_token: Option<node_kit::Secret>,
     /// This node's own registry: several nodes may share a process (the local cluster).
     recorder: Arc<PrometheusRecorder>,
 }
 
-async fn edges(State(state): State<HttpState>) -> Json<Vec<server::EdgeSummary>> {
-    Json(state.handle.edges().await.unwrap_or_default())
+/// The refusal for a request without the admin token, if it has none.
+fn admin_only(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    if node_kit::http::bearer_is(headers, state.admin_token.as_ref()) {
+        return None;
+    }
+    let message = if state.admin_token.is_some() {
+        "needs the admin token (Authorization: Bearer ...)\n"
+    } else {
+        "operator endpoints are off: set SFU_ADMIN_TOKEN to turn them on\n"
+    };
+    Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], message).into_response())
 }
 
-async fn channels(State(state): State<HttpState>) -> Json<Vec<core::ChannelSummary>> {
-    Json(state.handle.channels().await.unwrap_or_default())
+async fn edges(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    Json(state.handle.edges().await.unwrap_or_default()).into_response()
+}
+
+async fn channels(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    Json(state.handle.channels().await.unwrap_or_default()).into_response()
 }
 
 /// Prometheus text: the core's counters, copied from one snapshot at scrape time so the

@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    node_kit::panics::install_hook();
     let settings = CoreSettings::resolve(&Cli::parse().args)?;
     let core = core_sfu::start(settings).await?;
     println!(

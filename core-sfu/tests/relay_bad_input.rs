@@ -10,10 +10,10 @@ use relay_proto::control::{FrameReader, Message};
 use relay_proto::datagram::MediaHeader;
 use relay_proto::endpoint::{self, read_message, send_message, Trust};
 
-const SECRET: &str = "core-test-secret";
+const SECRET: &str = "core-test-secret-of-32-bytes-or-more";
 
 async fn core() -> RunningCore {
-    let mut s = CoreSettings::local(SECRET.into());
+    let mut s = CoreSettings::local(node_kit::Secret::new("cluster secret", SECRET).unwrap());
     s.quic = "127.0.0.1:0".parse().unwrap();
     s.http = "127.0.0.1:0".parse().unwrap();
     core_sfu::start(s).await.unwrap()

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use node_kit::http::HttpLimits;
+use node_kit::Secret;
+
 use crate::edge::EdgeConfig;
 
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -24,9 +27,29 @@ pub struct RunArgs {
     /// Address put in ICE candidates (default: the UDP address, or 127.0.0.1 if unspecified).
     #[arg(long, env = "SFU_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
-    /// Secret for HS256 join tokens. Without one, a random secret is made and demo tokens are on.
+    /// Secret for HS256 join tokens, 32 bytes or more (required unless --dev).
     #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// Bearer token for operator endpoints (/channels detail), 32 bytes or more.
+    #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Local development: serve /demo/token, and make a random token secret if none is
+    /// given. Loopback addresses only; never in production.
+    #[arg(long, env = "SFU_DEV")]
+    pub dev: bool,
+    /// Sessions that have not finished ICE and DTLS, at most (default 256).
+    #[arg(long, env = "SFU_MAX_PENDING_SESSIONS")]
+    pub max_pending_sessions: Option<usize>,
+    /// Sessions one participant (token `sub`) holds in a channel; a new one replaces the
+    /// oldest (default 3).
+    #[arg(long, env = "SFU_MAX_SESSIONS_PER_PARTICIPANT")]
+    pub max_sessions_per_participant: Option<usize>,
+    /// Offers a second from one client address (IPv6: one /64), with a burst of 4x (default 5).
+    #[arg(long, env = "SFU_OFFERS_PER_SEC_PER_IP")]
+    pub offers_per_sec_per_ip: Option<u32>,
+    /// Open HTTP connections, at most (default 1024).
+    #[arg(long, env = "SFU_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
     /// Listeners one channel may have on this edge (default 25).
     #[arg(long, env = "SFU_MAX_LISTENERS_PER_CHANNEL")]
     pub max_listeners_per_channel: Option<usize>,
@@ -39,9 +62,6 @@ pub struct RunArgs {
     /// Access-Control-Allow-Origin for signalling (default *).
     #[arg(long, env = "SFU_CORS_ALLOW_ORIGIN")]
     pub cors_allow_origin: Option<String>,
-    /// Serve /demo/token even with a configured secret (never in production).
-    #[arg(long, env = "SFU_DEMO_TOKENS")]
-    pub demo_tokens: Option<bool>,
     /// PEM file with the DTLS private key and certificate (default: generated at start).
     #[arg(long, env = "SFU_DTLS_CERT")]
     pub dtls_cert: Option<PathBuf>,
@@ -70,11 +90,16 @@ struct FileConfig {
     udp: Option<SocketAddr>,
     public_ip: Option<IpAddr>,
     token_secret: Option<String>,
+    admin_token: Option<String>,
+    dev: Option<bool>,
+    max_pending_sessions: Option<usize>,
+    max_sessions_per_participant: Option<usize>,
+    offers_per_sec_per_ip: Option<u32>,
+    max_http_connections: Option<usize>,
     max_listeners_per_channel: Option<usize>,
     slots: Option<usize>,
     max_sessions: Option<usize>,
     cors_allow_origin: Option<String>,
-    demo_tokens: Option<bool>,
     dtls_cert: Option<PathBuf>,
     core: Option<String>,
     cluster_secret: Option<String>,
@@ -87,7 +112,7 @@ struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct CascadeSettings {
     pub core: String,
-    pub cluster_secret: String,
+    pub cluster_secret: Secret,
     pub edge_id: Option<String>,
     pub public_url: Option<String>,
     pub core_ca: Option<PathBuf>,
@@ -98,10 +123,15 @@ pub struct Settings {
     pub http: SocketAddr,
     pub udp: SocketAddr,
     pub public_ip: Option<IpAddr>,
-    pub token_secret: Option<String>,
+    /// `None` only with `dev`: a random secret is made at start.
+    pub token_secret: Option<Secret>,
+    pub admin_token: Option<Secret>,
+    /// Local development: demo tokens, random token secret; loopback only.
+    pub dev: bool,
     pub cors_allow_origin: String,
-    pub demo_tokens: bool,
     pub dtls_cert: Option<PathBuf>,
+    pub offers_per_sec_per_ip: u32,
+    pub http_limits: HttpLimits,
     pub edge: EdgeConfig,
     pub handshake_timeout: Duration,
     /// `Some`: cascade mode under a core.
@@ -115,9 +145,12 @@ impl Default for Settings {
             udp: SocketAddr::from(([127, 0, 0, 1], 3478)),
             public_ip: None,
             token_secret: None,
+            admin_token: None,
+            dev: false,
             cors_allow_origin: "*".to_owned(),
-            demo_tokens: false,
             dtls_cert: None,
+            offers_per_sec_per_ip: 5,
+            http_limits: HttpLimits::default(),
             edge: EdgeConfig::default(),
             handshake_timeout: media::dtls::DEFAULT_HANDSHAKE_TIMEOUT,
             cascade: None,
@@ -137,14 +170,33 @@ impl Settings {
             None => FileConfig::default(),
         };
         let d = Settings::default();
-        let token_secret = args.token_secret.clone().or(file.token_secret);
+        let token_secret = args
+            .token_secret
+            .clone()
+            .or(file.token_secret)
+            .map(|t| Secret::new("the token secret (SFU_TOKEN_SECRET)", t))
+            .transpose()?;
+        let admin_token = args
+            .admin_token
+            .clone()
+            .or(file.admin_token)
+            .map(|t| Secret::new("the admin token (SFU_ADMIN_TOKEN)", t))
+            .transpose()?;
         let mut edge = d.edge.clone();
         edge.max_listeners_per_channel =
             args.max_listeners_per_channel.or(file.max_listeners_per_channel).unwrap_or(edge.max_listeners_per_channel);
         edge.slots = args.slots.or(file.slots).unwrap_or(edge.slots);
         edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
+        edge.max_pending_sessions =
+            args.max_pending_sessions.or(file.max_pending_sessions).unwrap_or(edge.max_pending_sessions);
+        edge.max_sessions_per_participant = args
+            .max_sessions_per_participant
+            .or(file.max_sessions_per_participant)
+            .unwrap_or(edge.max_sessions_per_participant);
         anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");
         anyhow::ensure!(edge.max_listeners_per_channel >= 1, "max_listeners_per_channel must be at least 1");
+        anyhow::ensure!(edge.max_pending_sessions >= 1, "max_pending_sessions must be at least 1");
+        anyhow::ensure!(edge.max_sessions_per_participant >= 1, "max_sessions_per_participant must be at least 1");
         let cascade = match args.core.clone().or(file.core) {
             Some(core) => {
                 let cluster_secret = args.cluster_secret.clone().or(file.cluster_secret).context(
@@ -154,7 +206,7 @@ impl Settings {
                 edge.cascade = true;
                 Some(CascadeSettings {
                     core,
-                    cluster_secret,
+                    cluster_secret: Secret::new("the cluster secret (SFU_CLUSTER_SECRET)", cluster_secret)?,
                     edge_id: args.edge_id.clone().or(file.edge_id),
                     public_url: args.public_url.clone().or(file.public_url),
                     core_ca: args.core_ca.clone().or(file.core_ca),
@@ -162,18 +214,52 @@ impl Settings {
             }
             None => None,
         };
-        Ok(Settings {
+        let mut http_limits = d.http_limits;
+        http_limits.max_connections =
+            args.max_http_connections.or(file.max_http_connections).unwrap_or(http_limits.max_connections);
+        let settings = Settings {
             http: args.http.or(file.http).unwrap_or(d.http),
             udp: args.udp.or(file.udp).unwrap_or(d.udp),
             public_ip: args.public_ip.or(file.public_ip),
-            demo_tokens: args.demo_tokens.or(file.demo_tokens).unwrap_or(token_secret.is_none()),
             token_secret,
+            admin_token,
+            dev: args.dev || file.dev.unwrap_or(false),
             cors_allow_origin: args.cors_allow_origin.clone().or(file.cors_allow_origin).unwrap_or(d.cors_allow_origin),
             dtls_cert: args.dtls_cert.clone().or(file.dtls_cert),
+            offers_per_sec_per_ip: args
+                .offers_per_sec_per_ip
+                .or(file.offers_per_sec_per_ip)
+                .unwrap_or(d.offers_per_sec_per_ip),
+            http_limits,
             edge,
             handshake_timeout: d.handshake_timeout,
             cascade,
-        })
+        };
+        settings.check_safe()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that would be unsafe on the internet: no token secret outside
+    /// `dev`, `dev` or a missing public IP on a non-loopback address.
+    pub fn check_safe(&self) -> anyhow::Result<()> {
+        let exposed = !self.http.ip().is_loopback() || !self.udp.ip().is_loopback();
+        if exposed {
+            anyhow::ensure!(
+                !self.dev,
+                "--dev (demo tokens for anyone) is for loopback addresses only; this edge binds {} and {}",
+                self.http,
+                self.udp
+            );
+            anyhow::ensure!(
+                self.public_ip.is_some(),
+                "an edge on a non-loopback address needs --public-ip (SFU_PUBLIC_IP): the address clients reach"
+            );
+        }
+        anyhow::ensure!(
+            self.token_secret.is_some() || self.dev,
+            "no token secret: set SFU_TOKEN_SECRET (32+ bytes), or run with --dev on loopback for a local demo"
+        );
+        Ok(())
     }
 
     /// The address clients are told to send media to.
@@ -196,16 +282,44 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edge-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("edge.toml");
-        std::fs::write(&path, "http = \"0.0.0.0:9000\"\nslots = 2\nmax_listeners_per_channel = 10\n").unwrap();
-        let args = RunArgs { config: Some(path.clone()), slots: Some(4), ..Default::default() };
+        std::fs::write(&path, "http = \"127.0.0.2:9000\"\nslots = 2\nmax_listeners_per_channel = 10\n").unwrap();
+        let args = RunArgs { config: Some(path.clone()), slots: Some(4), dev: true, ..Default::default() };
         let s = Settings::resolve(&args).unwrap();
-        assert_eq!(s.http, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.http, "127.0.0.2:9000".parse().unwrap());
         assert_eq!(s.edge.slots, 4);
         assert_eq!(s.edge.max_listeners_per_channel, 10);
-        assert!(s.demo_tokens, "no secret configured: demo tokens on");
+        assert!(s.dev);
         std::fs::write(&path, "htp = 1\n").unwrap();
         let err = Settings::resolve(&args).unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unsafe_settings_are_refused_at_start() {
+        let secret = "0123456789abcdef0123456789abcdef".to_owned();
+        let err = |args: RunArgs| format!("{:#}", Settings::resolve(&args).unwrap_err());
+        assert!(err(RunArgs::default()).contains("no token secret"));
+        for short in ["", "short-secret"] {
+            let e = err(RunArgs { token_secret: Some(short.into()), ..Default::default() });
+            assert!(e.contains("at least 32") && !e.contains("short-secret"), "{e}");
+        }
+        let e =
+            err(RunArgs { token_secret: Some(secret.clone()), admin_token: Some("x".into()), ..Default::default() });
+        assert!(e.contains("admin token"), "{e}");
+        let public = |dev| RunArgs {
+            udp: Some("0.0.0.0:3478".parse().unwrap()),
+            token_secret: Some(secret.clone()),
+            dev,
+            ..Default::default()
+        };
+        assert!(err(public(false)).contains("--public-ip"));
+        assert!(err(public(true)).contains("loopback"));
+        let ok = RunArgs { public_ip: Some("203.0.113.1".parse().unwrap()), ..public(false) };
+        let s = Settings::resolve(&ok).unwrap();
+        assert!(!s.dev);
+        assert!(!format!("{s:?}").contains(&secret), "a secret in Debug output");
+        let e = err(RunArgs { core: Some("core:4433".into()), cluster_secret: Some("too-short".into()), ..ok });
+        assert!(e.contains("cluster secret"), "{e}");
     }
 }

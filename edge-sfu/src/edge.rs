@@ -31,6 +31,10 @@ pub struct EdgeConfig {
     pub slots: usize,
     pub max_listeners_per_channel: usize,
     pub max_sessions: usize,
+    /// Sessions that have not finished ICE and DTLS yet, at most.
+    pub max_pending_sessions: usize,
+    /// Sessions of one participant in one channel; a new one replaces the oldest.
+    pub max_sessions_per_participant: usize,
     /// A session that has not finished ICE and DTLS by then is closed.
     pub connect_timeout: Duration,
     /// A connected session silent this long is closed (consent freshness, RFC 7675).
@@ -49,6 +53,8 @@ impl Default for EdgeConfig {
             slots: 3,
             max_listeners_per_channel: 25,
             max_sessions: 5000,
+            max_pending_sessions: 256,
+            max_sessions_per_participant: 3,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             report_interval: Duration::from_secs(1),
@@ -163,6 +169,8 @@ pub enum AdmitError {
     ChannelFull,
     #[error("edge has reached its session limit")]
     EdgeFull,
+    #[error("edge has too many sessions connecting; retry shortly")]
+    TooManyPending,
 }
 
 /// One listener slot as negotiated on a media section.
@@ -338,6 +346,10 @@ pub struct Edge {
     plain: Vec<u8>,
     relay_up: bool,
     by_relay_id: HashMap<u32, Arc<str>>,
+    /// Sessions that have not finished ICE and DTLS.
+    pending: usize,
+    /// Sessions by (channel, participant), oldest first.
+    by_participant: HashMap<(Arc<str>, Arc<str>), Vec<SessionId>>,
 }
 
 impl Edge {
@@ -358,6 +370,8 @@ impl Edge {
             plain: Vec::with_capacity(MAX_DATAGRAM),
             relay_up: false,
             by_relay_id: HashMap::new(),
+            pending: 0,
+            by_participant: HashMap::new(),
         }
     }
 
@@ -388,6 +402,9 @@ impl Edge {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(AdmitError::EdgeFull);
         }
+        if self.pending >= self.config.max_pending_sessions {
+            return Err(AdmitError::TooManyPending);
+        }
         if listens {
             let listeners = self.channels.get(channel).map_or(0, |c| c.listeners.len());
             if listeners >= self.config.max_listeners_per_channel {
@@ -397,8 +414,19 @@ impl Edge {
         Ok(())
     }
 
+    /// Adds a session if the edge, the channel and the pending set have room. A participant
+    /// at its session limit in the channel makes room by losing its oldest session.
     pub fn add_session(&mut self, new: NewSession, now: Instant) -> Result<SessionId, AdmitError> {
         let listens = !new.slots.is_empty();
+        let participant_key = (new.channel.clone(), new.participant.clone());
+        let oldest = self
+            .by_participant
+            .get(&participant_key)
+            .filter(|ids| ids.len() >= self.config.max_sessions_per_participant)
+            .map(|ids| ids[0]);
+        if let Some(oldest) = oldest {
+            self.remove_session(oldest, "replaced");
+        }
         self.admit(&new.channel, listens)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -445,6 +473,8 @@ impl Edge {
         }
         self.by_ufrag.insert(new.local_ufrag, id);
         self.sessions.insert(id, session);
+        self.pending += 1;
+        self.by_participant.entry(participant_key).or_default().push(id);
         self.counters.sessions_opened += 1;
         info!(session = id, channel = %new.channel, participant = %new.participant, listens, "session added");
         Ok(id)
@@ -456,6 +486,16 @@ impl Edge {
             return;
         };
         self.by_ufrag.remove(&s.local_ufrag);
+        if !s.connected() {
+            self.pending -= 1;
+        }
+        let participant_key = (s.channel.clone(), s.participant.clone());
+        if let Some(ids) = self.by_participant.get_mut(&participant_key) {
+            ids.retain(|&other| other != id);
+            if ids.is_empty() {
+                self.by_participant.remove(&participant_key);
+            }
+        }
         if let Some(addr) = s.remote {
             // A newer session may have taken this address over; its mapping stays.
             if self.by_addr.get(&addr) == Some(&id) {
@@ -501,10 +541,14 @@ impl Edge {
 
     pub fn dtls_established(&mut self, id: SessionId, keys: &SrtpKeys, now: Instant) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.connected() {
+            return;
+        }
         match SrtpSession::new(keys) {
             Ok(srtp) => {
                 debug!(session = id, profile = ?keys.profile, "connected");
                 s.srtp = Some(srtp);
+                self.pending -= 1;
                 s.last_seen = now;
             }
             Err(e) => {

@@ -1,9 +1,10 @@
 //! HTTP signalling in the style of WHIP (publish) and WHEP (listen), plus `join` for
 //! participants who do both, the demo page, and health.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,6 +28,10 @@ pub struct AppState {
     pub edge: EdgeHandle,
     pub tokens: TokenKeys,
     pub demo_tokens: bool,
+    /// Operators' bearer token for channel detail; without one, only join tokens of the channel.
+    pub admin_token: Option<node_kit::Secret>,
+    pub offer_limiter: Arc<node_kit::per_ip::PerIpLimiter>,
+    pub http_stats: Arc<node_kit::http::HttpStats>,
     /// This node's metrics registry (several nodes may share a process).
     pub metrics: std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>,
     pub node: String,
@@ -59,9 +64,9 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
-        .route("/whip/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Publish)))
-        .route("/whep/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Listen)))
-        .route("/join/{channel}", post(|s, c, h, b| offer(s, c, h, b, Endpoint::Join)))
+        .route("/whip/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Publish)))
+        .route("/whep/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Listen)))
+        .route("/join/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Join)))
         .route("/session/{resource}", delete(end_session))
         .route("/channels/{channel}", get(channel_view))
         .route("/demo/token", get(demo_token))
@@ -83,8 +88,8 @@ impl ApiError {
         ApiError { status, message: message.into(), header: None }
     }
 
-    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
-        self.header = Some((name, HeaderValue::from_static(value)));
+    fn with_header(mut self, name: header::HeaderName, value: impl Into<HeaderValue>) -> Self {
+        self.header = Some((name, value.into()));
         self
     }
 }
@@ -104,19 +109,25 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()
 }
 
+/// 429 with `Retry-After` when `peer` is over its offer rate.
+fn rate_limit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
+    state.offer_limiter.check(peer.ip()).map_err(|wait| {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many offers from this address")
+            .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+    })
+}
+
 pub fn valid_channel(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap, channel: &str, endpoint: Endpoint) -> Result<Claims, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(TokenError::Missing);
-    let claims = token.and_then(|t| state.tokens.verify(t.trim())).map_err(|e| {
-        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).with_header(header::WWW_AUTHENTICATE, "Bearer")
+    let token = node_kit::http::bearer(headers).ok_or(TokenError::Missing);
+    let claims = token.and_then(|t| state.tokens.verify(t)).map_err(|e| {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     })?;
     if claims.channel != channel {
         let message = format!("token is for channel {:?}, not {channel:?}", claims.channel);
@@ -182,11 +193,15 @@ fn plan(offer: &Offer, endpoint: Endpoint, slots: usize) -> Result<Plan, String>
 
 async fn offer(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(channel): Path<String>,
     headers: HeaderMap,
     body: String,
     endpoint: Endpoint,
 ) -> Response {
+    if let Err(e) = rate_limit(&state, peer) {
+        return e.into_response();
+    }
     if !valid_channel(&channel) {
         return error(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
     }
@@ -219,10 +234,10 @@ async fn offer(
         rtcp_ssrc: Ssrc(rand::random::<u32>() | 1),
     };
     match state.edge.add_session(new, resource.clone(), offer.fingerprint).await {
-        Ok(Ok(id)) => debug!(session = id, %channel, participant = %claims.sub, ?endpoint, "offer answered"),
-        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull))) => {
+        Ok(Ok(id)) => debug!(session = id, %channel, participant = ?claims.sub, ?endpoint, "offer answered"),
+        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::TooManyPending))) => {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                .with_header(header::RETRY_AFTER, RETRY_AFTER_SECS)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
                 .into_response();
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -258,9 +273,22 @@ async fn end_session(State(state): State<Arc<AppState>>, Path(resource): Path<St
     }
 }
 
-async fn channel_view(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> Response {
+/// Who is in a channel on this edge: for operators (admin token) and the channel's own
+/// participants (a join token of the channel).
+async fn channel_view(State(state): State<Arc<AppState>>, Path(channel): Path<String>, headers: HeaderMap) -> Response {
     if !valid_channel(&channel) {
         return error(StatusCode::BAD_REQUEST, "invalid channel name");
+    }
+    if !node_kit::http::bearer_is(&headers, state.admin_token.as_ref()) {
+        match node_kit::http::bearer(&headers).map(|t| state.tokens.verify(t)) {
+            Some(Ok(claims)) if claims.channel == channel => {}
+            Some(Ok(_)) => return error(StatusCode::FORBIDDEN, "token is for another channel"),
+            _ => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "needs the admin token or a join token of this channel")
+                    .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+                    .into_response()
+            }
+        }
     }
     match state.edge.channel_view(channel).await {
         Ok(Some(view)) => Json(view).into_response(),
@@ -276,14 +304,21 @@ struct DemoTokenQuery {
     role: Role,
 }
 
-async fn demo_token(State(state): State<Arc<AppState>>, Query(q): Query<DemoTokenQuery>) -> Response {
+async fn demo_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<DemoTokenQuery>,
+) -> Response {
     if !state.demo_tokens {
         return error(StatusCode::NOT_FOUND, "demo tokens are off on this edge; get a token from your application");
     }
-    if !valid_channel(&q.channel) || q.name.is_empty() || q.name.len() > 64 {
+    if let Err(e) = rate_limit(&state, peer) {
+        return e.into_response();
+    }
+    if !valid_channel(&q.channel) || !crate::token::valid_participant(&q.name) {
         return error(StatusCode::BAD_REQUEST, "invalid channel or name");
     }
-    warn!(channel = %q.channel, name = %q.name, "issuing a demo token");
+    warn!(channel = %q.channel, name = ?q.name, "issuing a demo token");
     let token = state.tokens.sign(&Claims { sub: q.name, channel: q.channel, role: q.role, exp: unix_now() + 3600 });
     Json(serde_json::json!({ "token": token })).into_response()
 }

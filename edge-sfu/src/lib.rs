@@ -32,13 +32,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         }
         None => DtlsIdentity::generate()?,
     };
+    settings.check_safe()?;
     let secret = match &settings.token_secret {
-        Some(s) => s.clone().into_bytes(),
+        Some(s) => s.clone(),
         None => {
-            warn!("no token secret configured (SFU_TOKEN_SECRET): using a random one, demo tokens on");
-            rand::random::<[u8; 32]>().to_vec()
+            warn!("DEVELOPMENT MODE (--dev): random token secret; /demo/token hands join tokens to anyone who asks");
+            node_kit::Secret::random()
         }
     };
+    if settings.dev && settings.token_secret.is_some() {
+        warn!("DEVELOPMENT MODE (--dev): /demo/token hands join tokens to anyone who asks");
+    }
     let listener = tokio::net::TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
@@ -63,19 +67,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         .as_ref()
         .and_then(|c| c.edge_id.clone())
         .unwrap_or_else(|| format!("edge-{}", handle.udp_addr));
+    let offer_limiter =
+        node_kit::per_ip::PerIpLimiter::new(settings.offers_per_sec_per_ip, 4 * settings.offers_per_sec_per_ip);
+    offer_limiter.spawn_housekeeping(Duration::from_secs(30));
+    let http_stats = std::sync::Arc::new(node_kit::http::HttpStats::default());
     let state = http::AppState {
         edge: handle.clone(),
-        tokens: token::TokenKeys::new(&secret),
-        demo_tokens: settings.demo_tokens,
+        tokens: token::TokenKeys::new(secret.expose()),
+        demo_tokens: settings.dev,
+        admin_token: settings.admin_token.clone(),
+        offer_limiter,
+        http_stats: http_stats.clone(),
         metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
         node,
     };
     let app = http::router(state, &settings.cors_allow_origin);
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
+    let http_task = tokio::spawn(node_kit::http::serve(listener, app, settings.http_limits, http_stats));
     info!(http = %http_addr, udp = %handle.udp_addr, candidate = %handle.candidate, "edge started");
     Ok(RunningEdge { http_addr, handle, http_task, udp_task })
 }
@@ -98,7 +105,7 @@ fn relay_config(
     };
     Ok(server::RelayConfig {
         core: c.core.clone(),
-        cluster_secret: c.cluster_secret.clone().into_bytes(),
+        cluster_secret: c.cluster_secret.expose().to_vec(),
         edge_id: c.edge_id.clone().unwrap_or_else(|| format!("edge-{udp_addr}")),
         signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
         capacity: settings.edge.max_listeners_per_channel as u32,

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
         .with_writer(std::io::stderr)
         .init();
+    node_kit::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token { channel, role, sub, ttl, run }) => {
@@ -51,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::anyhow!("no token secret: set SFU_TOKEN_SECRET or token_secret in the config file")
             })?;
             anyhow::ensure!(edge_sfu::http::valid_channel(&channel), "invalid channel name {channel:?}");
-            let token = TokenKeys::new(secret.as_bytes()).sign(&Claims { sub, channel, role, exp: unix_now() + ttl });
+            let token = TokenKeys::new(secret.expose()).sign(&Claims { sub, channel, role, exp: unix_now() + ttl });
             println!("{token}");
             Ok(())
         }

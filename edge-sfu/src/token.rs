@@ -30,6 +30,9 @@ pub enum TokenError {
     Invalid(String),
 }
 
+/// Longest token accepted; a real one is a few hundred bytes.
+const MAX_TOKEN_LEN: usize = 4096;
+
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
@@ -50,13 +53,34 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|d| d.claims).map_err(|e| {
-            match e.kind() {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Invalid("token too long".into()));
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|d| d.claims).map_err(
+            |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
-            }
-        })
+            },
+        )?;
+        if !valid_participant(&claims.sub) {
+            return Err(TokenError::Invalid(format!(
+                "sub must be 1-{MAX_PARTICIPANT_LEN} bytes without control characters"
+            )));
+        }
+        if !crate::http::valid_channel(&claims.channel) {
+            return Err(TokenError::Invalid("channel is not a valid channel name".into()));
+        }
+        Ok(claims)
     }
+}
+
+/// Longest participant id (`sub`) a token may carry, in bytes.
+pub const MAX_PARTICIPANT_LEN: usize = 128;
+
+/// A participant id: 1-128 bytes of UTF-8 without control characters (it is shown to
+/// other participants and written to logs).
+pub fn valid_participant(sub: &str) -> bool {
+    (1..=MAX_PARTICIPANT_LEN).contains(&sub.len()) && !sub.chars().any(char::is_control)
 }
 
 pub fn unix_now() -> u64 {
@@ -73,7 +97,7 @@ mod tests {
 
     #[test]
     fn signed_tokens_verify_and_forged_or_expired_do_not() {
-        let keys = TokenKeys::new(b"secret");
+        let keys = TokenKeys::new(b"a token secret of 32 bytes or more");
         let t = keys.sign(&claims(unix_now() + 60));
         assert_eq!(keys.verify(&t).unwrap(), claims(unix_now() + 60));
         assert!(matches!(TokenKeys::new(b"other").verify(&t), Err(TokenError::Invalid(_))));
@@ -83,5 +107,13 @@ mod tests {
         // alg=none must not be accepted.
         let none = format!("{}.{}.", "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", t.split('.').nth(1).unwrap());
         assert!(keys.verify(&none).is_err());
+        // Participant ids are bounded and printable; channels are channel names.
+        for sub in ["".to_owned(), "x".repeat(MAX_PARTICIPANT_LEN + 1), "bob\u{1b}[31m".to_owned()] {
+            let t = keys.sign(&Claims { sub, ..claims(unix_now() + 60) });
+            assert!(matches!(keys.verify(&t), Err(TokenError::Invalid(_))));
+        }
+        let t = keys.sign(&Claims { channel: "../etc".into(), ..claims(unix_now() + 60) });
+        assert!(keys.verify(&t).is_err());
+        assert!(keys.verify(&"a".repeat(5000)).is_err());
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 async fn chromium_listener_hears_chromium_talker_on_the_demo_page() {
     let edge = start_edge(|s| {
         s.token_secret = None;
-        s.demo_tokens = true;
+        s.dev = true;
     })
     .await;
     let spec = json!({"base": format!("http://{}", edge.http_addr), "channel": "chromium-demo", "duration": 4});

@@ -2,6 +2,7 @@
 //! error each kind of bad request gets.
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use edge_sfu::http::{router, AppState};
@@ -9,7 +10,10 @@ use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
 use media::dtls::DtlsIdentity;
 use tower::ServiceExt;
 
-const SECRET: &[u8] = b"signalling-test";
+const SECRET: &[u8] = b"signalling-test-secret-of-32-bytes";
+const ADMIN: &str = "signalling-test-admin-token-of-32-bytes";
+const CLIENT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)), 5000);
 
 fn offer(directions: &[&str]) -> String {
     let mids: Vec<String> = (0..directions.len()).map(|i| i.to_string()).collect();
@@ -29,7 +33,15 @@ fn offer(directions: &[&str]) -> String {
 }
 
 async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
-    let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: max_listeners, ..Default::default() };
+    app_with(
+        edge_sfu::edge::EdgeConfig { max_listeners_per_channel: max_listeners, ..Default::default() },
+        demo_tokens,
+        1000,
+    )
+    .await
+}
+
+async fn app_with(config: edge_sfu::edge::EdgeConfig, demo_tokens: bool, offers_per_sec: u32) -> Router {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (handle, _task) = edge_sfu::server::start(
         config,
@@ -42,17 +54,34 @@ async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
     .unwrap();
     let metrics = std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
     router(
-        AppState { edge: handle, tokens: TokenKeys::new(SECRET), demo_tokens, metrics, node: "edge-test".into() },
+        AppState {
+            edge: handle,
+            tokens: TokenKeys::new(SECRET),
+            demo_tokens,
+            admin_token: Some(node_kit::Secret::new("admin token", ADMIN).unwrap()),
+            offer_limiter: node_kit::per_ip::PerIpLimiter::new(offers_per_sec, 4 * offers_per_sec),
+            http_stats: Default::default(),
+            metrics,
+            node: "edge-test".into(),
+        },
         "https://player.example",
     )
 }
 
 fn token(channel: &str, role: Role, exp: u64) -> String {
-    TokenKeys::new(SECRET).sign(&Claims { sub: "p1".into(), channel: channel.into(), role, exp })
+    token_of("p1", channel, role, exp)
+}
+
+fn token_of(sub: &str, channel: &str, role: Role, exp: u64) -> String {
+    TokenKeys::new(SECRET).sign(&Claims { sub: sub.into(), channel: channel.into(), role, exp })
 }
 
 fn post(path: &str, token: Option<&str>, content_type: &str, body: String) -> Request<Body> {
-    let mut r = Request::builder().method(Method::POST).uri(path).header(header::CONTENT_TYPE, content_type);
+    let mut r = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .extension(ConnectInfo(CLIENT));
     if let Some(t) = token {
         r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -192,10 +221,24 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(headers[header::RETRY_AFTER], "5");
 
-    let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let get = |uri: &str| Request::builder().uri(uri).extension(ConnectInfo(CLIENT)).body(Body::empty()).unwrap();
+    let get_with = |uri: &str, token: &str| {
+        Request::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
     assert_eq!(send(&app, get("/demo/token?channel=lobby&name=x&role=speaker")).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(send(&app, get("/channels/nosuch")).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(send(&app, get("/channels/lobby")).await.0, StatusCode::OK);
+    // Who is in a channel: its own participants (and operators) may see, nobody else.
+    assert_eq!(send(&app, get("/channels/lobby")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(&app, get_with("/channels/lobby", &token("other", Role::Listener, unix_now() + 60))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(send(&app, get_with("/channels/lobby", ADMIN)).await.0, StatusCode::OK);
+    assert_eq!(send(&app, get_with("/channels/lobby", &listener)).await.0, StatusCode::OK);
+    assert_eq!(send(&app, get_with("/channels/nosuch", ADMIN)).await.0, StatusCode::NOT_FOUND);
     let (status, _, body) = send(&app, get("/healthz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     // Every refused request above is visible to operators.
@@ -240,4 +283,94 @@ async fn web_players_on_other_origins_may_call_signalling() {
     other.headers_mut().insert(header::ORIGIN, "https://evil.example".parse().unwrap());
     let (_, headers, _) = send(&app, other).await;
     assert!(!headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+}
+
+#[tokio::test]
+async fn one_address_offering_too_fast_gets_429_with_retry_after() {
+    let app = app_with(Default::default(), false, 2).await;
+    let listener = token("lobby", Role::Listener, unix_now() + 60);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let (status, headers, _) =
+            send(&app, post("/whep/lobby", Some(&listener), "application/sdp", offer(&["recvonly"]))).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let secs: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+            assert!((1..=60).contains(&secs));
+        }
+        statuses.push(status);
+    }
+    // The burst (4 x 2) is answered, then 429s; another address is not affected.
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 8, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 4);
+    let mut other = post("/whep/lobby", Some(&listener), "application/sdp", offer(&["recvonly"]));
+    other.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([198, 51, 100, 7], 1))));
+    assert_eq!(send(&app, other).await.0, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn one_token_cannot_fill_a_channel_or_the_edge() {
+    let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: 5, ..Default::default() };
+    let per_participant = config.max_sessions_per_participant;
+    let app = app_with(config, false, 1000).await;
+    let greedy = token_of("mallory", "lobby", Role::Listener, unix_now() + 60);
+    let mut locations = Vec::new();
+    for _ in 0..20 {
+        let (status, headers, body) =
+            send(&app, post("/whep/lobby", Some(&greedy), "application/sdp", offer(&["recvonly"]))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        locations.push(headers[header::LOCATION].to_str().unwrap().to_owned());
+    }
+    // Each new session replaced the oldest: only the newest few are still there.
+    let live = |app: Router, loc: String| async move {
+        let del = Request::builder().method(Method::DELETE).uri(loc).body(Body::empty()).unwrap();
+        send(&app, del).await.0 == StatusCode::OK
+    };
+    let mut alive = Vec::new();
+    for loc in &locations[..locations.len() - per_participant] {
+        alive.push(live(app.clone(), loc.clone()).await);
+    }
+    assert!(alive.iter().all(|a| !a), "replaced sessions are gone");
+    // Honest listeners still find their places: 5 - the greedy token's sessions.
+    for i in 0..5 - per_participant {
+        let t = token_of(&format!("honest-{i}"), "lobby", Role::Listener, unix_now() + 60);
+        let (status, _, body) =
+            send(&app, post("/whep/lobby", Some(&t), "application/sdp", offer(&["recvonly"]))).await;
+        assert_eq!(status, StatusCode::CREATED, "honest listener {i}: {body}");
+    }
+    // A speaker token across many offers holds no more than its share either.
+    let speaker = token_of("loud", "stage", Role::Speaker, unix_now() + 60);
+    for _ in 0..50 {
+        let (status, _, _) =
+            send(&app, post("/join/stage", Some(&speaker), "application/sdp", offer(&["sendrecv"]))).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, _, view) = send(
+        &app,
+        Request::builder()
+            .uri("/channels/stage")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    assert_eq!(view["listeners"], per_participant, "{view}");
+}
+
+#[tokio::test]
+async fn sessions_that_never_connect_are_capped() {
+    let config = edge_sfu::edge::EdgeConfig { max_pending_sessions: 4, ..Default::default() };
+    let app = app_with(config, false, 1000).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let t = token_of(&format!("p{i}"), "lobby", Role::Listener, unix_now() + 60);
+        let (status, headers, _) =
+            send(&app, post("/whep/lobby", Some(&t), "application/sdp", offer(&["recvonly"]))).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(headers.contains_key(header::RETRY_AFTER));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses[..4], [StatusCode::CREATED; 4]);
+    assert_eq!(statuses[4..], [StatusCode::SERVICE_UNAVAILABLE; 4]);
 }

@@ -2,6 +2,7 @@
 //! UDP and QUIC sockets, so one node can be stopped like a crashed process and started
 //! again while the others run on.
 
+use node_kit::Secret;
 use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
@@ -115,7 +116,12 @@ pub struct ClusterSpec {
     /// Edges hand out demo tokens (local use only).
     pub demo_tokens: bool,
     pub cluster_secret: String,
+    /// Bearer token for the core's operator endpoints.
+    pub admin_token: String,
 }
+
+/// Offers a second one address may make to a local edge: every local client is 127.0.0.1.
+pub const LOCAL_OFFERS_PER_SEC: u32 = 100_000;
 
 impl Default for ClusterSpec {
     fn default() -> Self {
@@ -129,6 +135,7 @@ impl Default for ClusterSpec {
             token_secret: format!("{:032x}", rand::random::<u128>()),
             demo_tokens: true,
             cluster_secret: format!("{:032x}", rand::random::<u128>()),
+            admin_token: format!("{:032x}", rand::random::<u128>()),
         }
     }
 }
@@ -149,18 +156,20 @@ fn port(first: u16, i: usize) -> u16 {
 
 impl LocalCluster {
     pub fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
-        let core = start_core(Self::core_settings(&spec, spec.core_quic_port))?;
+        let core = start_core(Self::core_settings(&spec, spec.core_quic_port)?)?;
         let core_addr = core.quic_addr;
         let mut edges = Vec::with_capacity(spec.edges);
         for i in 0..spec.edges {
             let mut s = Settings {
                 http: SocketAddr::from(([127, 0, 0, 1], port(spec.first_http_port, i))),
                 udp: SocketAddr::from(([127, 0, 0, 1], port(spec.first_udp_port, i))),
-                token_secret: Some(spec.token_secret.clone()),
-                demo_tokens: spec.demo_tokens,
+                token_secret: Some(Secret::new("token secret", &spec.token_secret)?),
+                dev: spec.demo_tokens,
+                // Every local client comes from 127.0.0.1.
+                offers_per_sec_per_ip: LOCAL_OFFERS_PER_SEC,
                 cascade: Some(CascadeSettings {
                     core: core_addr.to_string(),
-                    cluster_secret: spec.cluster_secret.clone(),
+                    cluster_secret: Secret::new("cluster secret", &spec.cluster_secret)?,
                     edge_id: Some(format!("edge-{}", i + 1)),
                     public_url: None,
                     core_ca: None,
@@ -175,12 +184,13 @@ impl LocalCluster {
         Ok(LocalCluster { spec, core: Some(core), edges })
     }
 
-    fn core_settings(spec: &ClusterSpec, quic_port: u16) -> CoreSettings {
-        let mut s = CoreSettings::local(spec.cluster_secret.clone());
+    fn core_settings(spec: &ClusterSpec, quic_port: u16) -> anyhow::Result<CoreSettings> {
+        let mut s = CoreSettings::local(Secret::new("cluster secret", &spec.cluster_secret)?);
+        s.admin_token = Some(Secret::new("admin token", &spec.admin_token)?);
         s.quic = SocketAddr::from(([127, 0, 0, 1], quic_port));
         s.http = SocketAddr::from(([127, 0, 0, 1], 0));
         s.core.selector.slots = spec.slots;
-        s
+        Ok(s)
     }
 
     pub fn core_quic_addr(&self) -> Option<SocketAddr> {
@@ -197,7 +207,7 @@ impl LocalCluster {
 
     /// Starts a core again on the same QUIC address.
     pub fn restart_core(&mut self, quic_addr: SocketAddr) -> anyhow::Result<()> {
-        self.core = Some(start_core(Self::core_settings(&self.spec, quic_addr.port()))?);
+        self.core = Some(start_core(Self::core_settings(&self.spec, quic_addr.port())?)?);
         Ok(())
     }
 

@@ -1,3 +1,4 @@
+use anyhow::Context;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +56,9 @@ enum Command {
         /// Join-token secret of the deployment (default: ask edges for demo tokens).
         #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
         token_secret: Option<String>,
+        /// The core's admin token, to list its edges with --core.
+        #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -204,8 +208,8 @@ fn main() -> anyhow::Result<()> {
             cluster(edges, slots, http_port, udp_port, quic_port)
         }
         Command::Local { edges, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, load)),
-        Command::Run { core, edge, token_secret, load } => {
-            tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, load))
+        Command::Run { core, edge, token_secret, admin_token, load } => {
+            tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, admin_token, load))
         }
         Command::Node { node } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -261,12 +265,15 @@ async fn run(
     core: Option<String>,
     edge: Vec<String>,
     token_secret: Option<String>,
+    admin_token: Option<String>,
     load: LoadArgs,
 ) -> anyhow::Result<()> {
     let edges = match core {
         Some(core) => {
             let url = format!("{}/edges", core.trim_end_matches('/'));
-            let body = reqwest::get(&url).await?.error_for_status()?.text().await?;
+            let admin = admin_token.context("listing the core's edges needs its admin token (--admin-token)")?;
+            let body =
+                reqwest::Client::new().get(&url).bearer_auth(admin).send().await?.error_for_status()?.text().await?;
             let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
             list.iter().filter_map(|e| e["url"].as_str().map(str::to_owned)).collect()
         }
@@ -281,7 +288,7 @@ async fn run(
 async fn node_main(node: Node) -> anyhow::Result<()> {
     match node {
         Node::Core { cluster_secret, slots } => {
-            let mut s = core_sfu::CoreSettings::local(cluster_secret);
+            let mut s = core_sfu::CoreSettings::local(node_kit::Secret::new("cluster secret", cluster_secret)?);
             s.quic = "127.0.0.1:0".parse()?;
             s.http = "127.0.0.1:0".parse()?;
             s.core.selector.slots = slots;
@@ -293,10 +300,11 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
-                token_secret: Some(token_secret),
+                token_secret: Some(node_kit::Secret::new("token secret", token_secret)?),
+                offers_per_sec_per_ip: loadtest::cluster::LOCAL_OFFERS_PER_SEC,
                 cascade: Some(edge_sfu::config::CascadeSettings {
                     core,
-                    cluster_secret,
+                    cluster_secret: node_kit::Secret::new("cluster secret", cluster_secret)?,
                     edge_id: Some(id),
                     public_url: None,
                     core_ca: None,

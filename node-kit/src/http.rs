@@ -107,3 +107,20 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats
         });
     }
 }
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Whether the request's bearer token is `secret` (compared in constant time); false
+/// when no secret is configured.
+pub fn bearer_is(headers: &axum::http::HeaderMap, secret: Option<&crate::Secret>) -> bool {
+    match (secret, bearer(headers)) {
+        (Some(secret), Some(given)) => {
+            let (a, b) = (secret.expose(), given.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        }
+        _ => false,
+    }
+}

@@ -5,13 +5,13 @@
 use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
 use edge_sfu::{RunningEdge, Settings};
 
-pub const SECRET: &str = "interop-test-secret";
+pub const SECRET: &str = "interop-test-secret-of-32-bytes-or-more";
 
 pub async fn start_edge(tweak: impl FnOnce(&mut Settings)) -> RunningEdge {
     let mut settings = Settings {
         http: "127.0.0.1:0".parse().unwrap(),
         udp: "127.0.0.1:0".parse().unwrap(),
-        token_secret: Some(SECRET.to_owned()),
+        token_secret: Some(node_kit::Secret::new("token secret", SECRET).unwrap()),
         ..Settings::default()
     };
     tweak(&mut settings);
