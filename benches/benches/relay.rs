@@ -47,7 +47,7 @@ fn fan_out(c: &mut Criterion) {
     let mut now = Instant::now();
     let mut core = Core::new(CoreConfig::default(), now);
     for e in 1..=EDGES {
-        core.edge_joined(e, format!("edge-{e}"), String::new(), 25);
+        core.edge_joined(e, format!("edge-{e}"), String::new(), 25, now);
         core.handle_control(e, Message::Subscribe { channel: "big".into(), listeners: 25 }, now);
     }
     let mut channel_id = 0;

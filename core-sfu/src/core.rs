@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use media::rtp_header::AudioLevel;
 use media::speakers::{ActiveSpeakers, SelectorConfig};
+use node_kit::bucket::TokenBucket;
 use relay_proto::control::{Message, SlotHolder};
 use relay_proto::datagram::MediaHeader;
-use tracing::{debug, info, trace};
+use tracing::{debug, error, info, trace, warn};
 
 /// The shell's handle for one edge connection.
 pub type EdgeKey = u64;
@@ -60,10 +61,12 @@ pub enum Refusal {
     BadAuth,
     BadVersion,
     QueueFull,
+    ControlFlood,
+    Panic,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::MalformedDatagram,
         Refusal::UnknownChannel,
         Refusal::NotSubscribed,
@@ -75,6 +78,8 @@ impl Refusal {
         Refusal::BadAuth,
         Refusal::BadVersion,
         Refusal::QueueFull,
+        Refusal::ControlFlood,
+        Refusal::Panic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +95,8 @@ impl Refusal {
             Refusal::BadAuth => "bad_auth",
             Refusal::BadVersion => "bad_version",
             Refusal::QueueFull => "queue_full",
+            Refusal::ControlFlood => "control_flood",
+            Refusal::Panic => "panic",
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct CoreCounters {
     /// Datagrams not sent because an edge's send buffer was full.
     pub datagrams_dropped: u64,
     pub selection_changes: u64,
+    /// Edge links closed because the edge kept sending malformed input.
+    pub links_closed_misbehaving: u64,
 }
 
 impl CoreCounters {
@@ -115,7 +124,14 @@ struct EdgeState {
     signalling_url: String,
     capacity: u32,
     channels: Vec<u32>,
+    /// Malformed input the edge may still send before its link is closed.
+    misbehaviour: TokenBucket,
 }
+
+/// Malformed messages or datagrams an edge may send at once, and per second after that,
+/// before its link is closed: one bad input is dropped, a stream of them is not.
+const MISBEHAVIOUR_BURST: u32 = 100;
+const MISBEHAVIOUR_PER_SEC: u32 = 10;
 
 struct Speaker {
     edge: EdgeKey,
@@ -194,9 +210,33 @@ impl Core {
     }
 
     /// An authenticated edge.
-    pub fn edge_joined(&mut self, edge: EdgeKey, id: String, signalling_url: String, capacity: u32) {
-        info!(edge, %id, %signalling_url, capacity, "edge joined");
-        self.edges.insert(edge, EdgeState { id, signalling_url, capacity, channels: Vec::new() });
+    pub fn edge_joined(&mut self, edge: EdgeKey, id: String, signalling_url: String, capacity: u32, now: Instant) {
+        info!(edge, id = ?id, signalling_url = ?signalling_url, capacity, "edge joined");
+        let misbehaviour = TokenBucket::new(MISBEHAVIOUR_PER_SEC, MISBEHAVIOUR_BURST, now);
+        self.edges.insert(edge, EdgeState { id, signalling_url, capacity, channels: Vec::new(), misbehaviour });
+    }
+
+    /// Counts a malformed input from `edge`; an edge that keeps sending them loses its link.
+    pub fn misbehaved(&mut self, edge: EdgeKey, reason: Refusal, now: Instant) {
+        self.refuse(reason);
+        let Some(state) = self.edges.get_mut(&edge) else { return };
+        if state.misbehaviour.take(1, now) {
+            return;
+        }
+        warn!(edge, id = ?state.id, reason = reason.as_str(), "edge keeps sending malformed input; closing its link");
+        self.counters.links_closed_misbehaving += 1;
+        self.outputs.push_back(CoreOutput::Close { edge, reason: "misbehaving: too much malformed input" });
+        self.edge_left(edge, now);
+    }
+
+    /// Runs `f` on the core for one input from `edge`. A panic inside (a bug reached by
+    /// that input) is contained: counted as the edge's misbehaviour, and the core goes on.
+    pub fn contain(&mut self, edge: EdgeKey, now: Instant, f: impl FnOnce(&mut Core)) {
+        let core = &mut *self;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(core))).is_err() {
+            error!(edge, "panic while handling an edge's input; input dropped");
+            self.misbehaved(edge, Refusal::Panic, now);
+        }
     }
 
     /// The edge's connection is gone: its subscriptions and speakers go with it.
@@ -245,7 +285,7 @@ impl Core {
                 self.edge_left(edge, now);
             }
             Message::Drain { .. } => debug!(edge, "edge is draining"),
-            _ => self.refuse(Refusal::UnexpectedMessage),
+            _ => self.misbehaved(edge, Refusal::UnexpectedMessage, now),
         }
     }
 
@@ -310,7 +350,7 @@ impl Core {
     pub fn handle_datagram(&mut self, edge: EdgeKey, data: Bytes, now: Instant) {
         let header = match MediaHeader::parse(&data) {
             Ok(h) => h,
-            Err(_) => return self.refuse(Refusal::MalformedDatagram),
+            Err(_) => return self.misbehaved(edge, Refusal::MalformedDatagram, now),
         };
         let Some(ch) = self.channels.get_mut(&header.channel_id) else {
             return self.refuse(Refusal::UnknownChannel);

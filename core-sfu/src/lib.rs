@@ -41,7 +41,9 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         node: settings.core.core_id.clone(),
         recorder: Arc::new(PrometheusBuilder::new().build_recorder()),
         admin_token: settings.admin_token.clone(),
+        http_stats: Arc::new(Default::default()),
     };
+    let state_stats = state.http_stats.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/channels", get(channels))
@@ -52,8 +54,7 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
     let http_addr = listener.local_addr()?;
-    let http_task =
-        tokio::spawn(node_kit::http::serve(listener, app, settings.http_limits, Arc::new(Default::default())));
+    let http_task = tokio::spawn(node_kit::http::serve(listener, app, settings.http_limits, state_stats));
     info!(quic = %handle.quic_addr, http = %http_addr, "core started");
     Ok(RunningCore { http_addr, handle, quic_task, http_task })
 }
@@ -64,6 +65,7 @@ struct HttpState {
     node: String,
     /// Operators' bearer token; without one the operator endpoints are off.
     admin_token: Option<node_kit::Secret>,
+    http_stats: Arc<node_kit::http::HttpStats>,
     /// This node's own registry: several nodes may share a process (the local cluster).
     recorder: Arc<PrometheusRecorder>,
 }
@@ -112,6 +114,10 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         metrics::counter!("sfu_core_datagrams_out_total", &labels).absolute(c.datagrams_out);
         metrics::counter!("sfu_core_datagrams_dropped_total", &labels).absolute(c.datagrams_dropped);
         metrics::counter!("sfu_core_selection_changes_total", &labels).absolute(c.selection_changes);
+        metrics::counter!("sfu_core_links_closed_misbehaving_total", &labels).absolute(c.links_closed_misbehaving);
+        metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
+        metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
+        metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
         for r in core::Refusal::ALL {
             let labels = [("node", node.clone()), ("role", "core".to_owned()), ("reason", r.as_str().to_owned())];
             metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));

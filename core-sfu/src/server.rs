@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use node_kit::bucket::TokenBucket;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
@@ -19,16 +20,45 @@ const COMMAND_QUEUE: usize = 16 * 1024;
 /// Control messages queued per edge before the edge is dropped as too slow.
 const CONTROL_QUEUE: usize = 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control messages an edge may send at once (a reconnecting edge resubscribes every
+/// channel it serves) and per second after that; more closes its link.
+const CONTROL_BURST: u32 = 20_000;
+const CONTROL_PER_SEC: u32 = 2_000;
 
 enum Command {
-    Joined { edge: EdgeKey, conn: quinn::Connection, control: mpsc::Sender<Message>, hello: Hello },
-    Left { edge: EdgeKey },
-    Control { edge: EdgeKey, message: Message },
-    Datagram { edge: EdgeKey, data: Bytes },
-    Refused { reason: Refusal },
-    Channels { reply: oneshot::Sender<Vec<ChannelSummary>> },
-    Stats { reply: oneshot::Sender<(CoreCounters, usize)> },
-    Edges { reply: oneshot::Sender<Vec<EdgeSummary>> },
+    Joined {
+        edge: EdgeKey,
+        conn: quinn::Connection,
+        control: mpsc::Sender<Message>,
+        hello: Hello,
+    },
+    Left {
+        edge: EdgeKey,
+    },
+    Control {
+        edge: EdgeKey,
+        message: Message,
+    },
+    Datagram {
+        edge: EdgeKey,
+        data: Bytes,
+    },
+    Refused {
+        reason: Refusal,
+    },
+    /// A control frame that did not decode (skipped; counts against the edge).
+    Malformed {
+        edge: EdgeKey,
+    },
+    Channels {
+        reply: oneshot::Sender<Vec<ChannelSummary>>,
+    },
+    Stats {
+        reply: oneshot::Sender<(CoreCounters, usize)>,
+    },
+    Edges {
+        reply: oneshot::Sender<Vec<EdgeSummary>>,
+    },
 }
 
 /// An edge as operators and load testers see it.
@@ -181,18 +211,29 @@ async fn serve_edge(
     if commands.send(Command::Joined { edge, conn: conn.clone(), control, hello }).await.is_err() {
         return;
     }
+    let mut control_budget = TokenBucket::new(CONTROL_PER_SEC, CONTROL_BURST, Instant::now());
     loop {
         tokio::select! {
             m = read_message(&mut recv, &mut reader) => match m {
                 Ok(Some(message)) => {
+                    if !control_budget.take(1, Instant::now()) {
+                        refuse(Refusal::ControlFlood).await;
+                        warn!(edge, "edge floods its control stream; closing");
+                        conn.close(4u32.into(), b"control flood");
+                        break;
+                    }
                     if commands.send(Command::Control { edge, message }).await.is_err() { break; }
                 }
                 Ok(None) => break,
-                Err(ReadError::Decode(e)) => {
+                Err(ReadError::Decode(e)) if e.is_fatal() => {
                     refuse(Refusal::MalformedControl).await;
-                    warn!(edge, error = %e, "malformed control message; closing");
-                    conn.close(1u32.into(), b"malformed control message");
+                    warn!(edge, error = %e, "control stream framing lost; closing");
+                    conn.close(1u32.into(), b"malformed control frame");
                     break;
+                }
+                Err(ReadError::Decode(e)) => {
+                    debug!(edge, error = %e, "malformed control message skipped");
+                    if commands.send(Command::Malformed { edge }).await.is_err() { break; }
                 }
                 Err(ReadError::Stream(_)) => break,
             },
@@ -235,15 +276,16 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                 match cmd {
                     Command::Joined { edge, conn, control, hello } => {
                         links.insert(edge, EdgeLink { conn, control });
-                        core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity);
+                        core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity, now);
                     }
                     Command::Left { edge } => {
                         links.remove(&edge);
                         core.edge_left(edge, now);
                     }
-                    Command::Control { edge, message } => core.handle_control(edge, message, now),
-                    Command::Datagram { edge, data } => core.handle_datagram(edge, data, now),
+                    Command::Control { edge, message } => core.contain(edge, now, |c| c.handle_control(edge, message, now)),
+                    Command::Datagram { edge, data } => core.contain(edge, now, |c| c.handle_datagram(edge, data, now)),
                     Command::Refused { reason } => core.refuse(reason),
+                    Command::Malformed { edge } => core.misbehaved(edge, Refusal::MalformedControl, now),
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
                     Command::Edges { reply } => {

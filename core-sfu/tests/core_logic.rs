@@ -50,7 +50,7 @@ impl Sim {
     }
 
     fn edge(&mut self, edge: EdgeKey, listeners: u32) {
-        self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25);
+        self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25, self.now);
         self.core.handle_control(edge, Message::Subscribe { channel: "lobby".into(), listeners }, self.now);
         self.drain();
     }
@@ -153,7 +153,7 @@ fn bad_datagrams_are_refused_and_counted() {
     let mut sim = Sim::new();
     sim.edge(1, 1);
     sim.edge(2, 1);
-    sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25);
+    sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25, sim.now);
     let good = sim.datagram(1, 100, LOUD);
     sim.core.handle_datagram(1, good.clone(), sim.now);
     sim.core.handle_datagram(1, Bytes::from_static(&[0x40, 1, 2]), sim.now);

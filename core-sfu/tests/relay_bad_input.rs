@@ -54,13 +54,13 @@ async fn reply(link: &mut Link) -> Option<Message> {
         .flatten()
 }
 
-/// Polls (at most 2 s) until `check` holds on the core's (counters, edges); returns the
+/// Polls (at most 30 s, so a busy machine does not fail it) until `check` holds on the core's (counters, edges); returns the
 /// last reading. Counts reach the core task through its queue, after the input was seen.
 async fn eventually(
     core: &RunningCore,
     check: impl Fn(&core_sfu::core::CoreCounters, usize) -> bool,
 ) -> (core_sfu::core::CoreCounters, usize) {
-    for _ in 0..100 {
+    for _ in 0..1500 {
         let (c, edges) = core.handle.stats().await.unwrap();
         if check(&c, edges) {
             return (c, edges);
@@ -122,44 +122,104 @@ async fn the_first_message_must_be_hello() {
     assert_eq!(wait_refused(&core, Refusal::UnexpectedMessage, 1).await, 1);
 }
 
-#[tokio::test]
-async fn malformed_control_and_datagrams_are_counted_and_the_edge_dropped() {
-    let core = core().await;
-    let mut link = connect(&core).await;
+/// A welcomed edge subscribed to "lobby"; returns the link and the channel id.
+async fn subscribed(core: &RunningCore) -> (Link, u32) {
+    let mut link = connect(core).await;
     let m = hello(&link, SECRET, relay_proto::PROTOCOL_VERSION);
     send_message(&mut link.send, &m).await.unwrap();
     assert!(matches!(reply(&mut link).await, Some(Message::Welcome { .. })));
     send_message(&mut link.send, &Message::Subscribe { channel: "lobby".into(), listeners: 1 }).await.unwrap();
     let Some(Message::Subscribed { channel_id, .. }) = reply(&mut link).await else { panic!("expected subscribed") };
+    let Some(Message::Selection { .. }) = reply(&mut link).await else { panic!("expected the selection") };
+    (link, channel_id)
+}
+
+fn datagram(channel_id: u32, speaker: u32) -> Bytes {
+    let mut out = BytesMut::new();
+    MediaHeader { channel_id, speaker, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }
+        .encode(b"opus", &mut out);
+    out.freeze()
+}
+
+/// The reason the core gave when it closed the link.
+async fn close_reason(link: &Link) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), link.conn.closed()).await.expect("the core closes the link") {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => format!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn one_bad_message_or_datagram_is_counted_and_dropped_and_the_link_stays() {
+    let core = core().await;
+    let (mut link, channel_id) = subscribed(&core).await;
 
     // Datagrams: garbage, a bad version, and one for a channel we never subscribed to.
     link.conn.send_datagram(Bytes::from_static(b"garbage")).unwrap();
     link.conn.send_datagram(Bytes::from_static(&[0xc0; 40])).unwrap();
-    let mut other = BytesMut::new();
-    MediaHeader {
-        channel_id: channel_id + 100,
-        speaker: 1,
-        sequence: 1,
-        timestamp: 1,
-        level: 10,
-        voice: true,
-        marker: false,
-    }
-    .encode(b"opus", &mut other);
-    link.conn.send_datagram(other.freeze()).unwrap();
+    link.conn.send_datagram(datagram(channel_id + 100, 1)).unwrap();
     assert_eq!(wait_refused(&core, Refusal::MalformedDatagram, 2).await, 2);
     assert_eq!(wait_refused(&core, Refusal::UnknownChannel, 1).await, 1);
     // A good datagram still counts: the link works despite the garbage.
-    let mut good = BytesMut::new();
-    MediaHeader { channel_id, speaker: 7, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }
-        .encode(b"opus", &mut good);
-    link.conn.send_datagram(good.freeze()).unwrap();
+    link.conn.send_datagram(datagram(channel_id, 7)).unwrap();
     assert_eq!(eventually(&core, |c, _| c.datagrams_in >= 1).await.0.datagrams_in, 1);
 
-    // A control frame with an unknown type: the framing is lost, the edge is dropped.
+    // A control frame of an unknown type, and one cut short: each skipped and counted.
     link.send.write_all(&[0, 0, 0, 2, 0xee, 0]).await.unwrap();
-    assert_eq!(wait_refused(&core, Refusal::MalformedControl, 1).await, 1);
-    tokio::time::timeout(Duration::from_secs(5), link.conn.closed()).await.expect("closed");
+    link.send.write_all(&[0, 0, 0, 3, 4, 0, 9]).await.unwrap();
+    assert_eq!(wait_refused(&core, Refusal::MalformedControl, 2).await, 2);
+    // The stream stays in step: the next message is understood.
+    send_message(&mut link.send, &Message::Subscribe { channel: "second".into(), listeners: 1 }).await.unwrap();
+    assert!(matches!(reply(&mut link).await, Some(Message::Subscribed { channel, .. }) if channel == "second"));
+    assert_eq!(eventually(&core, |_, edges| edges == 1).await.1, 1, "the edge is still there");
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_sending_garbage_is_closed_with_a_reason() {
+    let core = core().await;
+    let (link, _) = subscribed(&core).await;
+    let (honest, channel_id) = subscribed(&core).await;
+    for i in 0..5000u32 {
+        // Datagrams may be dropped on the way; enough of them arrive.
+        let _ = link.conn.send_datagram(Bytes::from(vec![0xc0; 20 + (i % 50) as usize]));
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(close_reason(&link).await.contains("malformed"), "closed for its garbage");
+    assert_eq!(eventually(&core, |c, _| c.links_closed_misbehaving == 1).await.0.links_closed_misbehaving, 1);
+    // The other edge was not touched.
+    honest.conn.send_datagram(datagram(channel_id, 7)).unwrap();
+    assert!(eventually(&core, |c, _| c.datagrams_in >= 1).await.0.datagrams_in >= 1);
+    assert_eq!(eventually(&core, |_, edges| edges == 1).await.1, 1);
+}
+
+#[tokio::test]
+async fn a_control_flood_closes_the_link_with_a_reason() {
+    let core = core().await;
+    let (mut link, channel_id) = subscribed(&core).await;
+    let mut frames = BytesMut::new();
+    for _ in 0..1000 {
+        Message::Load { channel_id, listeners: 1, speakers: 0 }.encode(&mut frames);
+    }
+    let reason = async {
+        for _ in 0..100 {
+            if link.send.write_all(&frames).await.is_err() {
+                break;
+            }
+        }
+    };
+    reason.await;
+    assert!(close_reason(&link).await.contains("control flood"));
+    assert_eq!(wait_refused(&core, Refusal::ControlFlood, 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_frame_longer_than_the_limit_ends_the_link() {
+    let core = core().await;
+    let (mut link, _) = subscribed(&core).await;
+    link.send.write_all(&(relay_proto::control::MAX_FRAME as u32 + 1).to_be_bytes()).await.unwrap();
+    assert!(close_reason(&link).await.contains("malformed control frame"));
     assert_eq!(eventually(&core, |_, edges| edges == 0).await.1, 0, "the edge is gone");
     assert!(core.handle.channels().await.unwrap().is_empty(), "its channel closed with it");
 }

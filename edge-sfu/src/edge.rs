@@ -19,7 +19,7 @@ use media::srtp::{SrtpError, SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
-use tracing::{debug, info, trace};
+use tracing::{debug, error, info, trace};
 
 use crate::budget::{SessionBudget, SessionLimits};
 
@@ -155,6 +155,8 @@ pub struct Counters {
     pub relay_in: u64,
     pub sessions_opened: u64,
     pub sessions_closed: u64,
+    /// Panics contained while handling one input or one handshake.
+    pub panics: u64,
 }
 
 impl Counters {
@@ -974,6 +976,30 @@ impl Edge {
                 }
             }
         }
+    }
+
+    /// Runs `f` on the edge. A panic inside (a library bug reached by one input) is
+    /// contained: the session whose address sent the input is closed, the panic counted
+    /// and logged once with the session id, and the edge carries on.
+    pub fn contain(&mut self, source: Option<SocketAddr>, what: &'static str, f: impl FnOnce(&mut Edge)) {
+        let edge = &mut *self;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(edge))).is_ok() {
+            return;
+        }
+        match source.and_then(|a| self.by_addr.get(&a).copied()) {
+            Some(id) => self.session_panicked(id, what),
+            None => {
+                self.counters.panics += 1;
+                error!(what, "panic while handling input from no known session; input dropped");
+            }
+        }
+    }
+
+    /// A panic was contained while serving session `id` (its input or its handshake task).
+    pub fn session_panicked(&mut self, id: SessionId, what: &'static str) {
+        self.counters.panics += 1;
+        error!(session = id, what, "panic while serving a session; the session is closed");
+        self.remove_session(id, "panic");
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {

@@ -31,6 +31,8 @@ pub struct AppState {
     /// Operators' bearer token for channel detail; without one, only join tokens of the channel.
     pub admin_token: Option<node_kit::Secret>,
     pub offer_limiter: Arc<node_kit::per_ip::PerIpLimiter>,
+    /// Offers refused with 429.
+    pub offers_rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub http_stats: Arc<node_kit::http::HttpStats>,
     /// This node's metrics registry (several nodes may share a process).
     pub metrics: std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>,
@@ -112,6 +114,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// 429 with `Retry-After` when `peer` is over its offer rate.
 fn rate_limit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
     state.offer_limiter.check(peer.ip()).map_err(|wait| {
+        state.offers_rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many offers from this address")
             .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
@@ -341,6 +344,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_edge_nacks_in_total", &labels).absolute(c.nacks_in);
         metrics::counter!("sfu_edge_uplink_out_total", &labels).absolute(c.uplink_out);
         metrics::counter!("sfu_edge_relay_in_total", &labels).absolute(c.relay_in);
+        metrics::counter!("sfu_edge_panics_total", &labels).absolute(c.panics);
+        metrics::counter!("sfu_edge_offers_rate_limited_total", &labels)
+            .absolute(state.offers_rate_limited.load(std::sync::atomic::Ordering::Relaxed));
+        metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
+        metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
+        metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
         for d in crate::edge::DropReason::ALL {
             let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
             metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));

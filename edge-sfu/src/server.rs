@@ -2,6 +2,7 @@
 //! run as tasks; signalling talks to the core through a bounded command channel.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +12,7 @@ use media::dtls::{self, DatagramSink, DtlsIdentity, DTLS_QUEUE};
 use media::srtp::SrtpKeys;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
-use relay_proto::endpoint::{read_message, send_message, Trust};
+use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,6 +47,10 @@ enum Command {
         id: SessionId,
         reason: &'static str,
     },
+    /// The handshake task panicked (contained; the session ends).
+    DtlsPanicked {
+        id: SessionId,
+    },
     ChannelView {
         name: String,
         reply: oneshot::Sender<Option<ChannelView>>,
@@ -59,6 +64,8 @@ enum Command {
     RelayDown,
     RelayControl(Message),
     RelayDatagram(Bytes),
+    /// A control message from the core that did not decode.
+    RelayMalformed,
 }
 
 /// How an edge reaches its core.
@@ -208,11 +215,15 @@ impl Shell {
                 r = self.socket.recv_from(&mut buf) => {
                     let now = Instant::now();
                     if let Ok((n, from)) = r {
-                        self.edge.handle_datagram(now, from, &buf[..n]);
+                        let data = &buf[..n];
+                        self.edge.contain(Some(from), "datagram", |e| e.handle_datagram(now, from, data));
                     }
                     for _ in 1..RECV_BATCH {
                         match self.socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => self.edge.handle_datagram(now, from, &buf[..n]),
+                            Ok((n, from)) => {
+                                let data = &buf[..n];
+                                self.edge.contain(Some(from), "datagram", |e| e.handle_datagram(now, from, data));
+                            }
                             Err(_) => break,
                         }
                     }
@@ -248,6 +259,7 @@ impl Shell {
             Command::DtlsSend { id, data } => self.edge.send_dtls(id, data),
             Command::DtlsDone { id, keys } => self.edge.dtls_established(id, &keys, now),
             Command::DtlsEnded { id, reason } => self.edge.remove_session(id, reason),
+            Command::DtlsPanicked { id } => self.edge.session_panicked(id, "dtls handshake"),
             Command::ChannelView { name, reply } => {
                 let _ = reply.send(self.edge.channel_view(&name));
             }
@@ -262,8 +274,13 @@ impl Shell {
                 self.relay = None;
                 self.edge.relay_disconnected();
             }
-            Command::RelayControl(message) => self.edge.handle_relay_control(message),
-            Command::RelayDatagram(data) => self.edge.handle_relay_datagram(&data, now),
+            Command::RelayMalformed => self.edge.count_drop(DropReason::RelayMalformed),
+            Command::RelayControl(message) => {
+                self.edge.contain(None, "relay control", |e| e.handle_relay_control(message))
+            }
+            Command::RelayDatagram(data) => {
+                self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(&data, now))
+            }
         }
     }
 
@@ -277,7 +294,7 @@ impl Shell {
         let identity = self.identity.clone();
         let timeout = self.handshake_timeout;
         let placeholder = SocketAddr::from(([0, 0, 0, 0], 0));
-        let task = tokio::spawn(async move {
+        let handshake = async move {
             match dtls::handshake(&identity, false, rx, sink, placeholder, peer_fingerprint, timeout).await {
                 Ok(established) => {
                     let _ = commands.send(Command::DtlsDone { id, keys: established.keys }).await;
@@ -291,7 +308,8 @@ impl Shell {
                     let _ = commands.send(Command::DtlsEnded { id, reason: "dtls_failed" }).await;
                 }
             }
-        });
+        };
+        let task = tokio::spawn(contain_handshake(id, self.commands.clone(), handshake));
         self.dtls.insert(id, DtlsTask { input, task });
     }
 
@@ -443,9 +461,14 @@ async fn pump(
                     if commands.send(Command::RelayControl(message)).await.is_err() { break; }
                 }
                 Ok(None) => break,
+                Err(ReadError::Decode(e)) if !e.is_fatal() => {
+                    // One bad message is skipped; the stream stays in step.
+                    debug!(error = %e, "malformed control message from the core skipped");
+                    if commands.send(Command::RelayMalformed).await.is_err() { break; }
+                }
                 Err(e) => {
                     warn!(error = %e, "core link failed");
-                    conn.close(1u32.into(), b"malformed control message");
+                    conn.close(1u32.into(), b"malformed control frame");
                     break;
                 }
             },
@@ -460,4 +483,32 @@ async fn pump(
         }
     }
     writer.abort();
+}
+
+/// Runs one session's handshake task; a panic inside it (a DTLS library bug) ends that
+/// handshake and its session only.
+async fn contain_handshake(id: SessionId, commands: mpsc::Sender<Command>, handshake: impl Future<Output = ()>) {
+    use futures_util::FutureExt;
+    if std::panic::AssertUnwindSafe(handshake).catch_unwind().await.is_err() {
+        let _ = commands.send(Command::DtlsPanicked { id }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handshake_ends_its_own_session_only() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let panicking = tokio::spawn(contain_handshake(1, tx.clone(), async { panic!("library bug") }));
+        let fine = tokio::spawn(contain_handshake(2, tx.clone(), async {}));
+        let waiting = tokio::spawn(contain_handshake(3, tx, std::future::pending()));
+        panicking.await.expect("the task itself does not fail");
+        fine.await.unwrap();
+        assert!(matches!(rx.recv().await, Some(Command::DtlsPanicked { id: 1 })));
+        assert!(rx.try_recv().is_err(), "nothing about the other handshakes");
+        assert!(!waiting.is_finished(), "the third handshake goes on");
+        waiting.abort();
+    }
 }

@@ -615,3 +615,24 @@ fn dtls_before_the_handshake_is_filtered_and_held_to_an_allowance() {
     assert_eq!(net.dtls.len(), limits.handshake_records);
     assert!(net.edge.counters().dropped(DropReason::DtlsOverBudget) >= 900);
 }
+
+#[test]
+fn a_panic_while_handling_one_input_closes_that_session_only() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 1);
+    let mallory = net.join("lobby", "mallory", true, 1);
+    // As if a library parser panicked on a datagram from mallory's address.
+    net.edge.contain(Some(mallory.addr), "datagram", |_| panic!("library bug"));
+    net.drain();
+    assert_eq!(net.closed, vec![mallory.id]);
+    assert_eq!(net.edge.counters().panics, 1);
+    // From an address no session owns: counted, nothing closed.
+    net.edge.contain(Some("127.0.0.1:9".parse().unwrap()), "datagram", |_| panic!("library bug"));
+    net.drain();
+    assert_eq!((net.closed.len(), net.edge.counters().panics), (1, 2));
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let (rtp, _) = net.received(&mut bob);
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]), "{}", rtp.len());
+    assert_eq!(net.edge.session_count(), 2);
+}

@@ -1,8 +1,10 @@
-//! What every node's process shell shares: an HTTP server with a connection cap and
-//! header, body and request timeouts ([`http`]); per-IP rate limits ([`per_ip`]);
-//! secrets that are long enough and never print ([`secret`]); and a panic hook that
-//! reports contained panics through `tracing`, rate-limited ([`panics`]).
+//! What every node's process shell shares: a token bucket over explicit `Instant`s
+//! ([`bucket`]); an HTTP server with a connection cap and header, body and request
+//! timeouts ([`http`]); per-IP rate limits ([`per_ip`]); secrets that are long enough
+//! and never print ([`secret`]); and a panic hook that reports contained panics
+//! through `tracing`, rate-limited ([`panics`]).
 
+pub mod bucket;
 pub mod http;
 pub mod panics;
 pub mod per_ip;

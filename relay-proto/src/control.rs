@@ -94,6 +94,14 @@ pub enum DecodeError {
     Empty,
 }
 
+impl DecodeError {
+    /// Whether the stream's framing is lost (the frame could not be skipped): the only
+    /// error after which the connection cannot go on.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, DecodeError::TooLarge(_))
+    }
+}
+
 mod tag {
     pub const HELLO: u8 = 1;
     pub const WELCOME: u8 = 2;
@@ -108,10 +116,15 @@ mod tag {
     pub const GOODBYE: u8 = 11;
 }
 
+/// Writes a string, truncated to at most `MAX_STRING` bytes at a character boundary so
+/// the receiver always gets valid UTF-8.
 fn put_str(out: &mut BytesMut, s: &str) {
-    let bytes = &s.as_bytes()[..s.len().min(MAX_STRING)];
-    out.put_u16(bytes.len() as u16);
-    out.put_slice(bytes);
+    let mut end = s.len().min(MAX_STRING);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u16(end as u16);
+    out.put_slice(&s.as_bytes()[..end]);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -319,6 +332,23 @@ mod tests {
         "[a-zA-Z0-9 _.:/-]{0,40}"
     }
 
+    proptest! {
+        /// Any string, however long and whatever its characters, encodes to a frame that
+        /// decodes (truncated to a prefix at a character boundary).
+        #[test]
+        fn any_participant_name_survives_the_codec(name in ".{0,1100}") {
+            let m = Message::SpeakerInfo { channel_id: 1, ssrc: 2, participant: name.clone() };
+            let mut buf = BytesMut::new();
+            m.encode(&mut buf);
+            let mut reader = FrameReader::default();
+            reader.push(&buf);
+            match reader.next_message() {
+                Ok(Some(Message::SpeakerInfo { participant, .. })) => prop_assert!(name.starts_with(&participant)),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         let holder = (any::<u32>(), arb_string()).prop_map(|(ssrc, participant)| SlotHolder { ssrc, participant });
         prop_oneof![
@@ -395,6 +425,34 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Message::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn long_strings_are_cut_at_a_character_boundary() {
+        // 1023 ASCII bytes then a 4-byte character straddling the limit.
+        let participant = format!("{}\u{1F600}tail", "a".repeat(MAX_STRING - 1));
+        let m = Message::SpeakerInfo { channel_id: 1, ssrc: 2, participant };
+        let mut buf = BytesMut::new();
+        m.encode(&mut buf);
+        let mut reader = FrameReader::default();
+        reader.push(&buf);
+        match reader.next_message() {
+            Ok(Some(Message::SpeakerInfo { participant, .. })) => assert_eq!(participant, "a".repeat(MAX_STRING - 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_is_skipped_and_the_next_one_reads() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0, 0, 2, 200, 1]);
+        Message::Drain { deadline_ms: 5 }.encode(&mut buf);
+        let mut reader = FrameReader::default();
+        reader.push(&buf);
+        let err = reader.next_message().unwrap_err();
+        assert!(!err.is_fatal());
+        assert_eq!(reader.next_message(), Ok(Some(Message::Drain { deadline_ms: 5 })));
+        assert!(DecodeError::TooLarge(MAX_FRAME + 1).is_fatal());
     }
 
     #[test]
