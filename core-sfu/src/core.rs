@@ -13,6 +13,7 @@ use media::speakers::{ActiveSpeakers, SelectorConfig};
 use node_kit::bucket::TokenBucket;
 use relay_proto::control::{Message, SlotHolder};
 use relay_proto::datagram::MediaHeader;
+use relay_proto::speaker;
 use tracing::{debug, error, info, trace, warn};
 
 /// The shell's handle for one edge connection.
@@ -53,7 +54,7 @@ pub enum Refusal {
     MalformedDatagram,
     UnknownChannel,
     NotSubscribed,
-    SsrcConflict,
+    SpeakerNotOwned,
     TooManySpeakers,
     TooManyChannels,
     UnexpectedMessage,
@@ -70,7 +71,7 @@ impl Refusal {
         Refusal::MalformedDatagram,
         Refusal::UnknownChannel,
         Refusal::NotSubscribed,
-        Refusal::SsrcConflict,
+        Refusal::SpeakerNotOwned,
         Refusal::TooManySpeakers,
         Refusal::TooManyChannels,
         Refusal::UnexpectedMessage,
@@ -87,7 +88,7 @@ impl Refusal {
             Refusal::MalformedDatagram => "malformed_datagram",
             Refusal::UnknownChannel => "unknown_channel",
             Refusal::NotSubscribed => "not_subscribed",
-            Refusal::SsrcConflict => "ssrc_conflict",
+            Refusal::SpeakerNotOwned => "speaker_not_owned",
             Refusal::TooManySpeakers => "too_many_speakers",
             Refusal::TooManyChannels => "too_many_channels",
             Refusal::UnexpectedMessage => "unexpected_message",
@@ -121,6 +122,8 @@ impl CoreCounters {
 
 struct EdgeState {
     id: String,
+    /// This link's part of the speaker ids the edge assigns.
+    number: u16,
     signalling_url: String,
     capacity: u32,
     channels: Vec<u32>,
@@ -157,6 +160,24 @@ pub struct ChannelSummary {
     pub listeners: u64,
     pub speakers: usize,
     pub selected: Vec<Option<u32>>,
+}
+
+/// A speaker as operators see it: the SFU's id for it (the CSRC listeners get).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SpeakerDetail {
+    pub id: u32,
+    pub participant: String,
+    pub edge: String,
+    pub slot: Option<usize>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChannelDetail {
+    pub name: String,
+    pub id: u32,
+    pub speakers: Vec<SpeakerDetail>,
+    /// (edge id, listeners there).
+    pub edges: Vec<(String, u32)>,
 }
 
 const TICK: Duration = Duration::from_millis(50);
@@ -210,10 +231,27 @@ impl Core {
     }
 
     /// An authenticated edge.
-    pub fn edge_joined(&mut self, edge: EdgeKey, id: String, signalling_url: String, capacity: u32, now: Instant) {
-        info!(edge, id = ?id, signalling_url = ?signalling_url, capacity, "edge joined");
+    /// An authenticated edge; returns its edge number for speaker ids, or `None` when
+    /// every number is taken.
+    pub fn edge_joined(
+        &mut self,
+        edge: EdgeKey,
+        id: String,
+        signalling_url: String,
+        capacity: u32,
+        now: Instant,
+    ) -> Option<u16> {
+        let taken: std::collections::HashSet<u16> = self.edges.values().map(|e| e.number).collect();
+        let number = (1..=speaker::MAX_EDGE_NUMBER).find(|n| !taken.contains(n))?;
+        info!(edge, id = ?id, signalling_url = ?signalling_url, capacity, number, "edge joined");
         let misbehaviour = TokenBucket::new(MISBEHAVIOUR_PER_SEC, MISBEHAVIOUR_BURST, now);
-        self.edges.insert(edge, EdgeState { id, signalling_url, capacity, channels: Vec::new(), misbehaviour });
+        self.edges.insert(edge, EdgeState { id, number, signalling_url, capacity, channels: Vec::new(), misbehaviour });
+        Some(number)
+    }
+
+    /// Whether `speaker` is an id `edge` may use (it carries the edge's number).
+    fn owns(&self, edge: EdgeKey, speaker: u32) -> bool {
+        self.edges.get(&edge).is_some_and(|e| speaker::edge_of(speaker) == e.number)
     }
 
     /// Counts a malformed input from `edge`; an edge that keeps sending them loses its link.
@@ -261,13 +299,15 @@ impl Core {
                     None => self.refuse(Refusal::NotSubscribed),
                 }
             }
-            Message::SpeakerInfo { channel_id, ssrc, participant } => {
+            Message::SpeakerInfo { channel_id, speaker, participant } => {
+                if !self.owns(edge, speaker) {
+                    return self.misbehaved(edge, Refusal::SpeakerNotOwned, now);
+                }
                 let Some(ch) = self.channels.get_mut(&channel_id) else {
                     return self.refuse(Refusal::UnknownChannel);
                 };
-                match ch.speakers.get_mut(&ssrc) {
-                    Some(s) if s.edge == edge => s.participant = participant.into(),
-                    Some(_) => self.refuse(Refusal::SsrcConflict),
+                match ch.speakers.get_mut(&speaker) {
+                    Some(s) => s.participant = participant.into(),
                     None => {
                         if !ch.subscribers.contains_key(&edge) {
                             return self.refuse(Refusal::NotSubscribed);
@@ -275,7 +315,8 @@ impl Core {
                         if ch.speakers.len() >= self.config.max_speakers_per_channel {
                             return self.refuse(Refusal::TooManySpeakers);
                         }
-                        ch.speakers.insert(ssrc, Speaker { edge, participant: participant.into(), last_packet: now });
+                        ch.speakers
+                            .insert(speaker, Speaker { edge, participant: participant.into(), last_packet: now });
                     }
                 }
             }
@@ -352,6 +393,9 @@ impl Core {
             Ok(h) => h,
             Err(_) => return self.misbehaved(edge, Refusal::MalformedDatagram, now),
         };
+        if !self.owns(edge, header.speaker) {
+            return self.misbehaved(edge, Refusal::SpeakerNotOwned, now);
+        }
         let Some(ch) = self.channels.get_mut(&header.channel_id) else {
             return self.refuse(Refusal::UnknownChannel);
         };
@@ -359,7 +403,6 @@ impl Core {
             return self.refuse(Refusal::NotSubscribed);
         }
         match ch.speakers.get_mut(&header.speaker) {
-            Some(s) if s.edge != edge => return self.refuse(Refusal::SsrcConflict),
             Some(s) => s.last_packet = now,
             None => {
                 if ch.speakers.len() >= self.config.max_speakers_per_channel {
@@ -452,6 +495,27 @@ impl Core {
         out
     }
 
+    /// One channel's speakers (id, participant, edge, slot) and edges, for operators.
+    pub fn channel_detail(&self, name: &str) -> Option<ChannelDetail> {
+        let id = *self.by_name.get(name)?;
+        let ch = self.channels.get(&id)?;
+        let edge_id = |key: &EdgeKey| self.edges.get(key).map(|e| e.id.clone()).unwrap_or_default();
+        let mut speakers: Vec<SpeakerDetail> = ch
+            .speakers
+            .iter()
+            .map(|(&speaker, s)| SpeakerDetail {
+                id: speaker,
+                participant: s.participant.to_string(),
+                edge: edge_id(&s.edge),
+                slot: ch.holders.iter().position(|h| *h == Some(speaker)),
+            })
+            .collect();
+        speakers.sort_by_key(|s| s.id);
+        let mut edges: Vec<(String, u32)> = ch.subscribers.iter().map(|(k, &l)| (edge_id(k), l)).collect();
+        edges.sort();
+        Some(ChannelDetail { name: name.to_owned(), id, speakers, edges })
+    }
+
     /// Edges by id with their signalling URL and capacity, for operators.
     pub fn edges(&self) -> Vec<(String, String, u32)> {
         self.edges.values().map(|e| (e.id.clone(), e.signalling_url.clone(), e.capacity)).collect()
@@ -465,9 +529,9 @@ fn selection_message(channel_id: u32, ch: &Channel) -> Message {
             .holders
             .iter()
             .map(|h| {
-                h.map(|ssrc| SlotHolder {
-                    ssrc,
-                    participant: ch.speakers.get(&ssrc).map(|s| s.participant.to_string()).unwrap_or_default(),
+                h.map(|speaker| SlotHolder {
+                    speaker,
+                    participant: ch.speakers.get(&speaker).map(|s| s.participant.to_string()).unwrap_or_default(),
                 })
             })
             .collect(),

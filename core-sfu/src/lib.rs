@@ -8,7 +8,7 @@ pub mod server;
 use anyhow::Context;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,6 +47,7 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/channels", get(channels))
+        .route("/channels/{channel}", get(channel))
         .route("/edges", get(edges))
         .route("/metrics", get(metrics_text))
         .with_state(state);
@@ -88,6 +89,17 @@ async fn edges(State(state): State<HttpState>, headers: HeaderMap) -> Response {
         return r;
     }
     Json(state.handle.edges().await.unwrap_or_default()).into_response()
+}
+
+/// One channel: its speakers (SFU speaker id, participant, edge, slot) and edges.
+async fn channel(State(state): State<HttpState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    match state.handle.channel(name).await.flatten() {
+        Some(detail) => Json(detail).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such channel\n").into_response(),
+    }
 }
 
 async fn channels(State(state): State<HttpState>, headers: HeaderMap) -> Response {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::core::{ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeKey, Refusal};
+use crate::core::{ChannelDetail, ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeKey, Refusal};
 
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Control messages queued per edge before the edge is dropped as too slow.
@@ -26,11 +26,13 @@ const CONTROL_BURST: u32 = 20_000;
 const CONTROL_PER_SEC: u32 = 2_000;
 
 enum Command {
+    /// An authenticated edge; the reply is its edge number, or `None` if the core is full.
     Joined {
         edge: EdgeKey,
         conn: quinn::Connection,
         control: mpsc::Sender<Message>,
         hello: Hello,
+        number: oneshot::Sender<Option<u16>>,
     },
     Left {
         edge: EdgeKey,
@@ -52,6 +54,10 @@ enum Command {
     },
     Channels {
         reply: oneshot::Sender<Vec<ChannelSummary>>,
+    },
+    Channel {
+        name: String,
+        reply: oneshot::Sender<Option<ChannelDetail>>,
     },
     Stats {
         reply: oneshot::Sender<(CoreCounters, usize)>,
@@ -85,6 +91,12 @@ impl CoreHandle {
     pub async fn channels(&self) -> Option<Vec<ChannelSummary>> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Channels { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn channel(&self, name: String) -> Option<Option<ChannelDetail>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Channel { name, reply }).await.ok()?;
         rx.await.ok()
     }
 
@@ -191,15 +203,29 @@ async fn serve_edge(
         }
         _ => return,
     };
+    let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+    let edge_id = hello.edge_id.clone();
+    let (number_tx, number_rx) = oneshot::channel();
+    let joined = Command::Joined { edge, conn: conn.clone(), control, hello, number: number_tx };
+    if commands.send(joined).await.is_err() {
+        return;
+    }
+    let Ok(Some(edge_number)) = number_rx.await else {
+        warn!(%remote, edge_id = ?edge_id, "edge refused: no edge number left");
+        reject(&conn, &mut send, "this core serves as many edges as it can".to_owned()).await;
+        let _ = commands.send(Command::Left { edge }).await;
+        return;
+    };
     let welcome = Message::Welcome {
         core_id: core_id.to_owned(),
         slots,
+        edge_number,
         proof: auth::proof(secret, Side::Core, &binding, core_id),
     };
     if send_message(&mut send, &welcome).await.is_err() {
+        let _ = commands.send(Command::Left { edge }).await;
         return;
     }
-    let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(m) = control_rx.recv().await {
             if send_message(&mut send, &m).await.is_err() {
@@ -207,10 +233,7 @@ async fn serve_edge(
             }
         }
     });
-    info!(edge, %remote, edge_id = %hello.edge_id, "edge authenticated");
-    if commands.send(Command::Joined { edge, conn: conn.clone(), control, hello }).await.is_err() {
-        return;
-    }
+    info!(edge, %remote, edge_id = ?edge_id, edge_number, "edge authenticated");
     let mut control_budget = TokenBucket::new(CONTROL_PER_SEC, CONTROL_BURST, Instant::now());
     loop {
         tokio::select! {
@@ -274,9 +297,12 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now();
                 match cmd {
-                    Command::Joined { edge, conn, control, hello } => {
-                        links.insert(edge, EdgeLink { conn, control });
-                        core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity, now);
+                    Command::Joined { edge, conn, control, hello, number } => {
+                        let n = core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity, now);
+                        if n.is_some() {
+                            links.insert(edge, EdgeLink { conn, control });
+                        }
+                        let _ = number.send(n);
                     }
                     Command::Left { edge } => {
                         links.remove(&edge);
@@ -287,6 +313,7 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                     Command::Refused { reason } => core.refuse(reason),
                     Command::Malformed { edge } => core.misbehaved(edge, Refusal::MalformedControl, now),
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
+                    Command::Channel { name, reply } => { let _ = reply.send(core.channel_detail(&name)); }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
                     Command::Edges { reply } => {
                         let mut edges: Vec<EdgeSummary> =

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use core_sfu::core::{Core, CoreConfig, CoreOutput, EdgeKey, Refusal};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
+use relay_proto::speaker;
 
 const LOUD: u8 = 20;
 const SOFT: u8 = 50;
@@ -19,6 +20,8 @@ struct Sim {
     datagrams: Vec<(EdgeKey, Bytes)>,
     selections: Vec<(EdgeKey, Vec<Option<u32>>)>,
     seq: HashMap<u32, u16>,
+    /// Each edge's number from the core: the high bits of its speaker ids.
+    numbers: HashMap<EdgeKey, u16>,
 }
 
 impl Sim {
@@ -31,6 +34,7 @@ impl Sim {
             datagrams: vec![],
             selections: vec![],
             seq: HashMap::new(),
+            numbers: HashMap::new(),
         }
     }
 
@@ -42,7 +46,9 @@ impl Sim {
                     self.channel_ids.insert(edge, channel_id);
                 }
                 CoreOutput::Control { edge, message: Message::Selection { slots, .. } } => {
-                    self.selections.push((edge, slots.iter().map(|s| s.as_ref().map(|h| h.ssrc)).collect()));
+                    // Tests name speakers by their per-edge number.
+                    let locals = slots.iter().map(|s| s.as_ref().map(|h| speaker::local_of(h.speaker))).collect();
+                    self.selections.push((edge, locals));
                 }
                 _ => {}
             }
@@ -50,12 +56,19 @@ impl Sim {
     }
 
     fn edge(&mut self, edge: EdgeKey, listeners: u32) {
-        self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25, self.now);
+        let number = self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25, self.now);
+        self.numbers.insert(edge, number.expect("a free edge number"));
         self.core.handle_control(edge, Message::Subscribe { channel: "lobby".into(), listeners }, self.now);
         self.drain();
     }
 
-    fn datagram(&mut self, edge: EdgeKey, speaker: u32, level: u8) -> Bytes {
+    /// A datagram from speaker `local` on `edge`, with the id the edge would give it.
+    fn datagram(&mut self, edge: EdgeKey, local: u32, level: u8) -> Bytes {
+        let speaker = speaker::id(self.numbers[&edge], local);
+        self.datagram_as(edge, speaker, level)
+    }
+
+    fn datagram_as(&mut self, edge: EdgeKey, speaker: u32, level: u8) -> Bytes {
         let seq = self.seq.entry(speaker).or_default();
         *seq = seq.wrapping_add(1);
         let h = MediaHeader {
@@ -90,7 +103,7 @@ impl Sim {
             .datagrams
             .iter()
             .filter(|(e, _)| *e == to)
-            .map(|(_, d)| MediaHeader::parse(d).unwrap().speaker)
+            .map(|(_, d)| speaker::local_of(MediaHeader::parse(d).unwrap().speaker))
             .collect();
         v.sort();
         v.dedup();
@@ -123,7 +136,7 @@ fn fans_out_one_payload_to_every_edge_with_listeners() {
     assert_eq!(own.len(), far.len());
     // The same buffer, not a copy per edge.
     assert_eq!(own.last().unwrap().as_ptr(), far.last().unwrap().as_ptr());
-    assert_eq!(MediaHeader::parse(far.last().unwrap()).unwrap().speaker, 100);
+    assert_eq!(MediaHeader::parse(far.last().unwrap()).unwrap().speaker, speaker::id(sim.numbers[&1], 100));
 }
 
 #[test]
@@ -153,22 +166,40 @@ fn bad_datagrams_are_refused_and_counted() {
     let mut sim = Sim::new();
     sim.edge(1, 1);
     sim.edge(2, 1);
-    sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25, sim.now);
+    sim.numbers.insert(9, sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25, sim.now).unwrap());
     let good = sim.datagram(1, 100, LOUD);
     sim.core.handle_datagram(1, good.clone(), sim.now);
     sim.core.handle_datagram(1, Bytes::from_static(&[0x40, 1, 2]), sim.now);
     assert_eq!(sim.core.counters().refused(Refusal::MalformedDatagram), 1);
-    sim.core.handle_datagram(9, good.clone(), sim.now);
+    let unsubscribed = sim.datagram_as(1, speaker::id(sim.numbers[&9], 1), LOUD);
+    sim.core.handle_datagram(9, unsubscribed, sim.now);
     assert_eq!(sim.core.counters().refused(Refusal::NotSubscribed), 1);
     let mut other_channel = good.to_vec();
     other_channel[2..6].copy_from_slice(&77u32.to_be_bytes());
     sim.core.handle_datagram(1, Bytes::from(other_channel), sim.now);
     assert_eq!(sim.core.counters().refused(Refusal::UnknownChannel), 1);
-    // Edge 2 claims edge 1's speaker.
-    let stolen = sim.datagram(2, 100, LOUD);
+    // Edge 2 sends with an id of edge 1's: refused, never forwarded, and no name taken.
+    sim.drain();
+    sim.datagrams.clear();
+    let stolen = sim.datagram_as(2, speaker::id(sim.numbers[&1], 100), LOUD);
     sim.core.handle_datagram(2, stolen, sim.now);
-    assert_eq!(sim.core.counters().refused(Refusal::SsrcConflict), 1);
-    sim.core.handle_control(1, Message::Welcome { core_id: "x".into(), slots: 3, proof: [0; 32] }, sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::SpeakerNotOwned), 1);
+    let info = Message::SpeakerInfo {
+        channel_id: sim.channel_ids[&2],
+        speaker: speaker::id(sim.numbers[&1], 100),
+        participant: "impostor".into(),
+    };
+    sim.core.handle_control(2, info, sim.now);
+    assert_eq!(sim.core.counters().refused(Refusal::SpeakerNotOwned), 2);
+    sim.drain();
+    assert!(sim.datagrams.is_empty());
+    let detail = sim.core.channel_detail("lobby").unwrap();
+    assert!(detail.speakers.iter().all(|s| s.participant != "impostor"), "{detail:?}");
+    sim.core.handle_control(
+        1,
+        Message::Welcome { core_id: "x".into(), slots: 3, edge_number: 1, proof: [0; 32] },
+        sim.now,
+    );
     assert_eq!(sim.core.counters().refused(Refusal::UnexpectedMessage), 1);
 }
 

@@ -122,16 +122,17 @@ async fn the_first_message_must_be_hello() {
     assert_eq!(wait_refused(&core, Refusal::UnexpectedMessage, 1).await, 1);
 }
 
-/// A welcomed edge subscribed to "lobby"; returns the link and the channel id.
-async fn subscribed(core: &RunningCore) -> (Link, u32) {
+/// A welcomed edge subscribed to "lobby"; returns the link and the channel id, and a
+/// speaker id of this edge's.
+async fn subscribed(core: &RunningCore) -> (Link, u32, u32) {
     let mut link = connect(core).await;
     let m = hello(&link, SECRET, relay_proto::PROTOCOL_VERSION);
     send_message(&mut link.send, &m).await.unwrap();
-    assert!(matches!(reply(&mut link).await, Some(Message::Welcome { .. })));
+    let Some(Message::Welcome { edge_number, .. }) = reply(&mut link).await else { panic!("expected welcome") };
     send_message(&mut link.send, &Message::Subscribe { channel: "lobby".into(), listeners: 1 }).await.unwrap();
     let Some(Message::Subscribed { channel_id, .. }) = reply(&mut link).await else { panic!("expected subscribed") };
     let Some(Message::Selection { .. }) = reply(&mut link).await else { panic!("expected the selection") };
-    (link, channel_id)
+    (link, channel_id, relay_proto::speaker::id(edge_number, 7))
 }
 
 fn datagram(channel_id: u32, speaker: u32) -> Bytes {
@@ -152,16 +153,16 @@ async fn close_reason(link: &Link) -> String {
 #[tokio::test]
 async fn one_bad_message_or_datagram_is_counted_and_dropped_and_the_link_stays() {
     let core = core().await;
-    let (mut link, channel_id) = subscribed(&core).await;
+    let (mut link, channel_id, speaker) = subscribed(&core).await;
 
     // Datagrams: garbage, a bad version, and one for a channel we never subscribed to.
     link.conn.send_datagram(Bytes::from_static(b"garbage")).unwrap();
     link.conn.send_datagram(Bytes::from_static(&[0xc0; 40])).unwrap();
-    link.conn.send_datagram(datagram(channel_id + 100, 1)).unwrap();
+    link.conn.send_datagram(datagram(channel_id + 100, speaker)).unwrap();
     assert_eq!(wait_refused(&core, Refusal::MalformedDatagram, 2).await, 2);
     assert_eq!(wait_refused(&core, Refusal::UnknownChannel, 1).await, 1);
     // A good datagram still counts: the link works despite the garbage.
-    link.conn.send_datagram(datagram(channel_id, 7)).unwrap();
+    link.conn.send_datagram(datagram(channel_id, speaker)).unwrap();
     assert_eq!(eventually(&core, |c, _| c.datagrams_in >= 1).await.0.datagrams_in, 1);
 
     // A control frame of an unknown type, and one cut short: each skipped and counted.
@@ -177,8 +178,8 @@ async fn one_bad_message_or_datagram_is_counted_and_dropped_and_the_link_stays()
 #[tokio::test]
 async fn a_peer_that_keeps_sending_garbage_is_closed_with_a_reason() {
     let core = core().await;
-    let (link, _) = subscribed(&core).await;
-    let (honest, channel_id) = subscribed(&core).await;
+    let (link, _, _) = subscribed(&core).await;
+    let (honest, channel_id, speaker) = subscribed(&core).await;
     for i in 0..5000u32 {
         // Datagrams may be dropped on the way; enough of them arrive.
         let _ = link.conn.send_datagram(Bytes::from(vec![0xc0; 20 + (i % 50) as usize]));
@@ -189,7 +190,7 @@ async fn a_peer_that_keeps_sending_garbage_is_closed_with_a_reason() {
     assert!(close_reason(&link).await.contains("malformed"), "closed for its garbage");
     assert_eq!(eventually(&core, |c, _| c.links_closed_misbehaving == 1).await.0.links_closed_misbehaving, 1);
     // The other edge was not touched.
-    honest.conn.send_datagram(datagram(channel_id, 7)).unwrap();
+    honest.conn.send_datagram(datagram(channel_id, speaker)).unwrap();
     assert!(eventually(&core, |c, _| c.datagrams_in >= 1).await.0.datagrams_in >= 1);
     assert_eq!(eventually(&core, |_, edges| edges == 1).await.1, 1);
 }
@@ -197,7 +198,7 @@ async fn a_peer_that_keeps_sending_garbage_is_closed_with_a_reason() {
 #[tokio::test]
 async fn a_control_flood_closes_the_link_with_a_reason() {
     let core = core().await;
-    let (mut link, channel_id) = subscribed(&core).await;
+    let (mut link, channel_id, _) = subscribed(&core).await;
     let mut frames = BytesMut::new();
     for _ in 0..1000 {
         Message::Load { channel_id, listeners: 1, speakers: 0 }.encode(&mut frames);
@@ -217,7 +218,7 @@ async fn a_control_flood_closes_the_link_with_a_reason() {
 #[tokio::test]
 async fn a_frame_longer_than_the_limit_ends_the_link() {
     let core = core().await;
-    let (mut link, _) = subscribed(&core).await;
+    let (mut link, _, _) = subscribed(&core).await;
     link.send.write_all(&(relay_proto::control::MAX_FRAME as u32 + 1).to_be_bytes()).await.unwrap();
     assert!(close_reason(&link).await.contains("malformed control frame"));
     assert_eq!(eventually(&core, |_, edges| edges == 0).await.1, 0, "the edge is gone");

@@ -19,6 +19,7 @@ use media::srtp::{SrtpError, SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
+use relay_proto::speaker;
 use tracing::{debug, error, info, trace};
 
 use crate::budget::{SessionBudget, SessionLimits};
@@ -240,6 +241,9 @@ pub struct LinkStats {
 
 struct Publish {
     params: PublishParams,
+    /// This edge's number for the session as a speaker (see `relay_proto::speaker`).
+    local: u32,
+    /// The SSRC the client sends on (trusted inside this session only).
     ssrc: Option<Ssrc>,
     stats: Option<ReceiveStats>,
 }
@@ -275,15 +279,17 @@ impl Session {
 
 struct Channel {
     listeners: Vec<SessionId>,
-    publishers: HashMap<Ssrc, SessionId>,
-    /// Local selection: what listeners hear standalone; the uplink filter in cascade.
-    selector: ActiveSpeakers<Ssrc>,
-    /// Who holds each slot: from `selector` standalone, from the core in cascade.
-    holders: Vec<Option<Ssrc>>,
+    /// Publishing sessions by their local speaker number.
+    publishers: HashMap<u32, SessionId>,
+    /// Local selection by local speaker number: what listeners hear standalone; the
+    /// uplink filter in cascade.
+    selector: ActiveSpeakers<u32>,
+    /// Speaker ids holding each slot: from `selector` standalone, from the core in cascade.
+    holders: Vec<Option<u32>>,
     /// The core's id for this channel, once subscribed.
     relay_id: Option<u32>,
-    /// Participant ids of the core's selected speakers.
-    holder_names: HashMap<Ssrc, String>,
+    /// Participant ids of the core's selected speakers, by speaker id.
+    holder_names: HashMap<u32, String>,
     /// Sessions of this channel on this edge, connected or not.
     members: usize,
 }
@@ -304,6 +310,7 @@ impl Channel {
 
 /// The fields of one packet forwarded to a slot, from a local publisher or the core.
 struct Forwarded<'a> {
+    /// The speaker id, which listeners get as the CSRC.
     speaker: Ssrc,
     sequence: u16,
     timestamp: u32,
@@ -316,7 +323,8 @@ struct Forwarded<'a> {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SpeakerView {
     pub participant: String,
-    pub ssrc: u32,
+    /// The SFU's id for the speaker: the CSRC listeners see.
+    pub id: u32,
     pub slot: Option<usize>,
     pub score: f32,
 }
@@ -328,6 +336,11 @@ pub struct ChannelView {
 }
 
 const TICK: Duration = Duration::from_millis(50);
+
+/// The speaker ids of the edge's own selection (standalone: what listeners hear).
+fn local_holders(channel: &Channel, edge_number: u16) -> Vec<Option<u32>> {
+    channel.selector.slots().map(|l| l.map(|l| speaker::id(edge_number, l))).collect()
+}
 /// Level assumed for a publisher that sends no RFC 6464 extension.
 const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 50, voice: true };
 
@@ -352,6 +365,11 @@ pub struct Edge {
     pending: usize,
     /// Sessions by (channel, participant), oldest first.
     by_participant: HashMap<(Arc<str>, Arc<str>), Vec<SessionId>>,
+    /// Publishing sessions by local speaker number, and the next number to try.
+    speakers: HashMap<u32, SessionId>,
+    next_speaker: u32,
+    /// This edge's number at its core (0 standalone): the high bits of its speaker ids.
+    edge_number: u16,
 }
 
 impl Edge {
@@ -374,6 +392,9 @@ impl Edge {
             by_relay_id: HashMap::new(),
             pending: 0,
             by_participant: HashMap::new(),
+            speakers: HashMap::new(),
+            next_speaker: 1,
+            edge_number: 0,
         }
     }
 
@@ -416,6 +437,23 @@ impl Edge {
         Ok(())
     }
 
+    /// A free local speaker number for session `id` (numbers are reused after 2^20).
+    fn allocate_speaker(&mut self, id: SessionId) -> u32 {
+        loop {
+            let local = self.next_speaker;
+            self.next_speaker = if local >= speaker::MAX_LOCAL { 1 } else { local + 1 };
+            if let std::collections::hash_map::Entry::Vacant(e) = self.speakers.entry(local) {
+                e.insert(id);
+                return local;
+            }
+        }
+    }
+
+    /// The speaker id listeners and the core know a local speaker by.
+    fn speaker_id(&self, local: u32) -> u32 {
+        speaker::id(self.edge_number, local)
+    }
+
     /// Adds a session if the edge, the channel and the pending set have room. A participant
     /// at its session limit in the channel makes room by losing its oldest session.
     pub fn add_session(&mut self, new: NewSession, now: Instant) -> Result<SessionId, AdmitError> {
@@ -432,6 +470,7 @@ impl Edge {
         self.admit(&new.channel, listens)?;
         let id = self.next_id;
         self.next_id += 1;
+        let local = if new.publish.is_some() { self.allocate_speaker(id) } else { 0 };
         let slots = new.slots.iter().take(self.config.slots).map(|&params| ListenerSlot {
             params,
             rewriter: SlotRewriter::new(params.ssrc, rand::random(), rand::random()),
@@ -444,7 +483,7 @@ impl Edge {
             remote_ufrag: new.remote_ufrag,
             remote: None,
             srtp: None,
-            publish: new.publish.map(|params| Publish { params, ssrc: None, stats: None }),
+            publish: new.publish.map(|params| Publish { params, local, ssrc: None, stats: None }),
             slots: slots.collect(),
             rtcp_ssrc: new.rtcp_ssrc,
             created: now,
@@ -498,6 +537,9 @@ impl Edge {
                 self.by_participant.remove(&participant_key);
             }
         }
+        if let Some(publish) = &s.publish {
+            self.speakers.remove(&publish.local);
+        }
         if let Some(addr) = s.remote {
             // A newer session may have taken this address over; its mapping stays.
             if self.by_addr.get(&addr) == Some(&id) {
@@ -514,9 +556,9 @@ impl Edge {
         }
         if let Some(channel) = self.channels.get_mut(&s.channel) {
             channel.listeners.retain(|&l| l != id);
-            if let Some(ssrc) = s.publish.as_ref().and_then(|p| p.ssrc) {
-                channel.publishers.remove(&ssrc);
-                channel.selector.remove(&ssrc);
+            if let Some(publish) = &s.publish {
+                channel.publishers.remove(&publish.local);
+                channel.selector.remove(&publish.local);
             }
             channel.members -= 1;
             let (listeners, speakers) = (channel.listeners.len() as u32, channel.publishers.len() as u32);
@@ -691,19 +733,24 @@ impl Edge {
         let Some(publish) = s.publish.as_mut() else { return };
         self.counters.rtp_in += 1;
         let ssrc = view.ssrc;
+        let local = publish.local;
+        let speaker_id = speaker::id(self.edge_number, local);
         let Some(channel) = self.channels.get_mut(&s.channel) else { return };
         if publish.ssrc != Some(ssrc) {
-            let old = publish.ssrc.replace(ssrc);
+            // The client's SSRC is only its stream's name inside this session: a new one
+            // restarts the statistics, never the speaker's identity.
+            publish.ssrc = Some(ssrc);
             publish.stats = Some(ReceiveStats::new(ssrc, self.clock_base));
-            if let Some(old) = old {
-                channel.publishers.remove(&old);
-                channel.selector.remove(&old);
-            }
-            channel.publishers.insert(ssrc, id);
-            debug!(session = id, %ssrc, "publishing");
+        }
+        if channel.publishers.insert(local, id).is_none() {
+            debug!(session = id, %ssrc, speaker = speaker_id, "publishing");
             if let (Some(channel_id), true) = (channel.relay_id, self.relay_up) {
                 let participant = s.participant.to_string();
-                self.outputs.push_back(Output::Relay(Message::SpeakerInfo { channel_id, ssrc: ssrc.0, participant }));
+                self.outputs.push_back(Output::Relay(Message::SpeakerInfo {
+                    channel_id,
+                    speaker: speaker_id,
+                    participant,
+                }));
             }
         }
         if let Some(stats) = publish.stats.as_mut() {
@@ -711,10 +758,10 @@ impl Edge {
         }
         let level = publish.params.audio_level_ext.and_then(|ext| view.audio_level(ext)).unwrap_or(UNKNOWN_LEVEL);
         let channel_name = s.channel.clone();
-        channel.selector.on_level(ssrc, level, now);
+        channel.selector.on_level(local, level, now);
         let changed = channel.selector.update(now);
         let packet = Forwarded {
-            speaker: ssrc,
+            speaker: Ssrc(speaker_id),
             sequence: view.sequence,
             timestamp: view.timestamp,
             marker: view.marker,
@@ -724,7 +771,7 @@ impl Edge {
         if self.config.cascade {
             // Only the edge's own top N can be in the channel's top N: uplink those.
             if let (Some(channel_id), true, Some(_)) =
-                (channel.relay_id, self.relay_up, channel.selector.slot_of(&ssrc))
+                (channel.relay_id, self.relay_up, channel.selector.slot_of(&local))
             {
                 if packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
                     // The core would refuse it and count it against this edge's link.
@@ -733,7 +780,7 @@ impl Edge {
                 let mut out = bytes::BytesMut::with_capacity(relay_proto::datagram::HEADER_LEN + packet.payload.len());
                 MediaHeader {
                     channel_id,
-                    speaker: ssrc.0,
+                    speaker: speaker_id,
                     sequence: packet.sequence,
                     timestamp: packet.timestamp,
                     level: level.level,
@@ -747,17 +794,17 @@ impl Edge {
             return;
         }
         if changed {
-            let holders: Vec<Option<Ssrc>> = channel.selector.slots().collect();
+            let holders = local_holders(channel, self.edge_number);
             Self::set_holders(channel, holders, &mut self.sessions, &channel_name);
         }
-        let Some(slot) = channel.holders.iter().position(|h| *h == Some(ssrc)) else { return };
+        let Some(slot) = channel.holders.iter().position(|h| *h == Some(speaker_id)) else { return };
         self.forward(id, &channel_name, slot, &packet, now);
     }
 
     /// Sets who holds each slot, detaching changed slots so the next packet starts a new mapping.
     fn set_holders(
         channel: &mut Channel,
-        holders: Vec<Option<Ssrc>>,
+        holders: Vec<Option<u32>>,
         sessions: &mut HashMap<SessionId, Session>,
         name: &str,
     ) {
@@ -813,9 +860,11 @@ impl Edge {
         }
     }
 
-    /// The link to the core is up: subscribe to every channel this edge serves.
-    pub fn relay_connected(&mut self) {
+    /// The link to the core is up, and the core numbered this edge `edge_number` (the
+    /// high bits of its speaker ids): subscribe to every channel this edge serves.
+    pub fn relay_connected(&mut self, edge_number: u16) {
         self.relay_up = true;
+        self.edge_number = edge_number;
         self.by_relay_id.clear();
         for (name, ch) in &mut self.channels {
             ch.relay_id = None;
@@ -856,12 +905,13 @@ impl Edge {
                 // Counts may have moved while the subscription was under way.
                 let (listeners, speakers) = (ch.listeners.len() as u32, ch.publishers.len() as u32);
                 self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
-                for (ssrc, sid) in &ch.publishers {
+                for (&local, sid) in &ch.publishers {
                     if let Some(s) = self.sessions.get(sid) {
                         let participant = s.participant.to_string();
+                        let speaker = speaker::id(self.edge_number, local);
                         self.outputs.push_back(Output::Relay(Message::SpeakerInfo {
                             channel_id,
-                            ssrc: ssrc.0,
+                            speaker,
                             participant,
                         }));
                     }
@@ -877,8 +927,8 @@ impl Edge {
                 ch.holder_names.clear();
                 for (slot, holder) in holders.iter_mut().zip(slots) {
                     if let Some(h) = holder {
-                        *slot = Some(Ssrc(h.ssrc));
-                        ch.holder_names.insert(Ssrc(h.ssrc), h.participant);
+                        *slot = Some(h.speaker);
+                        ch.holder_names.insert(h.speaker, h.participant);
                     }
                 }
                 Self::set_holders(ch, holders, &mut self.sessions, &name);
@@ -899,15 +949,18 @@ impl Edge {
             return self.drop_packet(DropReason::RelayUnknownChannel);
         };
         let Some(ch) = self.channels.get(&name) else { return };
-        let speaker = Ssrc(header.speaker);
-        let Some(slot) = ch.holders.iter().position(|h| *h == Some(speaker)) else {
+        let Some(slot) = ch.holders.iter().position(|h| *h == Some(header.speaker)) else {
             return self.drop_packet(DropReason::RelayNotSelected);
         };
         self.counters.relay_in += 1;
         // A local speaker's own session never gets its voice back.
-        let from = ch.publishers.get(&speaker).copied().unwrap_or(0);
+        let from = if speaker::edge_of(header.speaker) == self.edge_number {
+            ch.publishers.get(&speaker::local_of(header.speaker)).copied().unwrap_or(0)
+        } else {
+            0
+        };
         let packet = Forwarded {
-            speaker,
+            speaker: Ssrc(header.speaker),
             sequence: header.sequence,
             timestamp: header.timestamp,
             marker: header.marker,
@@ -960,18 +1013,18 @@ impl Edge {
                 }
                 Feedback::Nack { lost, .. } => self.counters.nacks_in += u64::from(lost),
                 Feedback::Bye(ssrc) => {
-                    if s.publish.as_ref().and_then(|p| p.ssrc) == Some(ssrc) {
-                        bye = Some(ssrc);
+                    if let Some(publish) = s.publish.as_ref().filter(|p| p.ssrc == Some(ssrc)) {
+                        bye = Some(publish.local);
                     }
                 }
             }
         }
-        if let Some(ssrc) = bye {
+        if let Some(local) = bye {
             let channel = s.channel.clone();
             if let Some(ch) = self.channels.get_mut(&channel) {
-                ch.selector.remove(&ssrc);
+                ch.selector.remove(&local);
                 if !self.config.cascade {
-                    let holders = ch.selector.slots().collect();
+                    let holders = local_holders(ch, self.edge_number);
                     Self::set_holders(ch, holders, &mut self.sessions, &channel);
                 }
             }
@@ -1017,7 +1070,7 @@ impl Edge {
         self.next_tick = now + TICK;
         for (name, channel) in self.channels.iter_mut() {
             if channel.selector.update(now) && !self.config.cascade {
-                let holders = channel.selector.slots().collect();
+                let holders = local_holders(channel, self.edge_number);
                 Self::set_holders(channel, holders, &mut self.sessions, name);
             }
         }
@@ -1094,23 +1147,24 @@ impl Edge {
         let mut speakers: Vec<SpeakerView> = ch
             .publishers
             .iter()
-            .filter_map(|(ssrc, id)| {
+            .filter_map(|(local, id)| {
                 let s = self.sessions.get(id)?;
+                let speaker = self.speaker_id(*local);
                 Some(SpeakerView {
                     participant: s.participant.to_string(),
-                    ssrc: ssrc.0,
-                    slot: ch.holders.iter().position(|h| h == &Some(*ssrc)),
-                    score: ch.selector.score(ssrc, now).unwrap_or(0.0),
+                    id: speaker,
+                    slot: ch.holders.iter().position(|h| h == &Some(speaker)),
+                    score: ch.selector.score(local, now).unwrap_or(0.0),
                 })
             })
             .collect();
         for (slot, holder) in ch.holders.iter().enumerate() {
-            let Some(ssrc) = holder else { continue };
-            if ch.publishers.contains_key(ssrc) {
+            let Some(speaker) = *holder else { continue };
+            if speakers.iter().any(|s| s.id == speaker) {
                 continue;
             }
-            let participant = ch.holder_names.get(ssrc).cloned().unwrap_or_default();
-            speakers.push(SpeakerView { participant, ssrc: ssrc.0, slot: Some(slot), score: 1.0 });
+            let participant = ch.holder_names.get(&speaker).cloned().unwrap_or_default();
+            speakers.push(SpeakerView { participant, id: speaker, slot: Some(slot), score: 1.0 });
         }
         speakers.sort_by(|a, b| a.participant.cmp(&b.participant));
         Some(ChannelView { listeners: ch.listeners.len(), speakers })

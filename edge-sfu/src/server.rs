@@ -60,6 +60,7 @@ enum Command {
     },
     RelayUp {
         link: RelayLink,
+        edge_number: u16,
     },
     RelayDown,
     RelayControl(Message),
@@ -266,9 +267,9 @@ impl Shell {
             Command::Stats { reply } => {
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));
             }
-            Command::RelayUp { link } => {
+            Command::RelayUp { link, edge_number } => {
                 self.relay = Some(link);
-                self.edge.relay_connected();
+                self.edge.relay_connected(edge_number);
             }
             Command::RelayDown => {
                 self.relay = None;
@@ -368,10 +369,10 @@ async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
     let mut last_warning: Option<Instant> = None;
     while !commands.is_closed() {
         match connect_core(&config, &mut endpoint).await {
-            Ok((conn, send, recv, reader, core_id)) => {
+            Ok((conn, send, recv, reader, core_id, edge_number)) => {
                 info!(core = %config.core, %core_id, "connected to core");
                 backoff = RELAY_MIN_BACKOFF;
-                pump(conn, send, recv, reader, &commands).await;
+                pump(conn, send, recv, reader, edge_number, &commands).await;
                 if commands.send(Command::RelayDown).await.is_err() {
                     break;
                 }
@@ -390,7 +391,8 @@ async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
     }
 }
 
-type Connected = (quinn::Connection, quinn::SendStream, quinn::RecvStream, FrameReader, String);
+/// A link to the core: connection, control stream, the core's id and this edge's number.
+type Connected = (quinn::Connection, quinn::SendStream, quinn::RecvStream, FrameReader, String, u16);
 
 async fn connect_core(config: &RelayConfig, endpoint: &mut Option<quinn::Endpoint>) -> anyhow::Result<Connected> {
     let addr = tokio::net::lookup_host(&config.core)
@@ -422,12 +424,17 @@ async fn connect_core(config: &RelayConfig, endpoint: &mut Option<quinn::Endpoin
         .await
         .map_err(|_| anyhow::anyhow!("core sent no welcome"))??;
     match reply {
-        Some(Message::Welcome { core_id, proof, .. }) => {
+        Some(Message::Welcome { core_id, proof, edge_number, .. }) => {
+            anyhow::ensure!(
+                (1..=relay_proto::speaker::MAX_EDGE_NUMBER).contains(&edge_number),
+                "core {core_id:?} gave edge number {edge_number}, outside 1..={}",
+                relay_proto::speaker::MAX_EDGE_NUMBER
+            );
             if !auth::verify(&config.cluster_secret, Side::Core, &binding, &core_id, &proof) {
                 conn.close(2u32.into(), b"core failed authentication");
                 anyhow::bail!("core {core_id} did not prove the cluster secret");
             }
-            Ok((conn, send, recv, reader, core_id))
+            Ok((conn, send, recv, reader, core_id, edge_number))
         }
         Some(Message::Reject { reason }) => anyhow::bail!("core refused this edge: {reason}"),
         other => anyhow::bail!("unexpected first message from the core: {other:?}"),
@@ -440,6 +447,7 @@ async fn pump(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut reader: FrameReader,
+    edge_number: u16,
     commands: &mpsc::Sender<Command>,
 ) {
     let (control, mut control_rx) = mpsc::channel::<Message>(RELAY_CONTROL_QUEUE);
@@ -450,7 +458,7 @@ async fn pump(
             }
         }
     });
-    if commands.send(Command::RelayUp { link: RelayLink { conn: conn.clone(), control } }).await.is_err() {
+    if commands.send(Command::RelayUp { link: RelayLink { conn: conn.clone(), control }, edge_number }).await.is_err() {
         writer.abort();
         return;
     }

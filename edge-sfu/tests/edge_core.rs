@@ -192,6 +192,13 @@ impl Net {
         c.srtp.protect_rtp(&buf).unwrap()
     }
 
+    /// The speaker id the edge gave `name` in `channel` (the CSRC listeners get).
+    fn id_of(&self, channel: &str, name: &str) -> Ssrc {
+        let view = self.edge.channel_view(channel).expect("channel exists");
+        let s = view.speakers.iter().find(|s| s.participant == name).unwrap_or_else(|| panic!("{name}: {view:?}"));
+        Ssrc(s.id)
+    }
+
     fn take_for(&mut self, addr: SocketAddr) -> Vec<Bytes> {
         let (mine, rest) = std::mem::take(&mut self.inbox).into_iter().partition(|(to, _)| *to == addr);
         self.inbox = rest;
@@ -248,11 +255,13 @@ fn speaker_reaches_every_listener_but_not_itself() {
     let mut carol = net.join("lobby", "carol", false, 3);
     let mut other = net.join("elsewhere", "dan", false, 3);
     net.talk(&mut [&mut alice], &[LOUD], 50);
+    let alice_id = net.id_of("lobby", "alice");
+    assert_ne!(alice_id, alice.ssrc, "the SFU names the speaker, not the client");
     for listener in [&mut bob, &mut carol] {
         let (rtp, _) = net.received(listener);
         // Selection needs a few packets of speech; after that every packet arrives.
         assert!(rtp.len() >= 45, "{} packets", rtp.len());
-        assert!(rtp.iter().all(|p| p.ssrc == listener.slots[0] && p.csrcs == vec![alice.ssrc]));
+        assert!(rtp.iter().all(|p| p.ssrc == listener.slots[0] && p.csrcs == vec![alice_id]));
         assert_continuous(&rtp);
     }
     assert!(net.received(&mut alice).0.is_empty(), "alice hears herself");
@@ -270,9 +279,10 @@ fn slot_stays_continuous_when_the_speaker_changes() {
     net.talk(&mut [&mut bob], &[LOUD], 150);
     let (rtp, _) = net.received(&mut listener);
     let speakers: Vec<Ssrc> = rtp.iter().map(|p| p.csrcs[0]).collect();
-    let switch = speakers.iter().position(|&s| s == bob.ssrc).expect("bob was forwarded");
-    assert!(switch > 0 && speakers[..switch].iter().all(|&s| s == alice.ssrc));
-    assert!(speakers[switch..].iter().all(|&s| s == bob.ssrc));
+    let (alice_id, bob_id) = (net.id_of("lobby", "alice"), net.id_of("lobby", "bob"));
+    let switch = speakers.iter().position(|&s| s == bob_id).expect("bob was forwarded");
+    assert!(switch > 0 && speakers[..switch].iter().all(|&s| s == alice_id));
+    assert!(speakers[switch..].iter().all(|&s| s == bob_id));
     assert_continuous(&rtp);
     // The timestamp gap at the switch follows the silence (at least a frame).
     assert!(rtp[switch].ts.wrapping_sub(rtp[switch - 1].ts) >= 960);
@@ -342,7 +352,8 @@ fn bad_input_is_counted_and_dropped_without_harming_others() {
     // And alice still reaches bob.
     net.talk(&mut [&mut alice], &[LOUD], 20);
     let (rtp, _) = net.received(&mut bob);
-    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]));
+    let alice_id = net.id_of("lobby", "alice");
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice_id]));
 }
 
 #[test]
@@ -435,7 +446,7 @@ fn core_datagram(channel_id: u32, speaker: u32, sequence: u16) -> Bytes {
 #[test]
 fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
-    net.edge.relay_connected();
+    net.edge.relay_connected(5);
     let mut alice = net.join("lobby", "alice", true, 3);
     let mut bob = net.join("lobby", "bob", false, 3);
     assert!(matches!(&net.relay[0], Message::Subscribe { channel, .. } if channel == "lobby"), "{:?}", net.relay);
@@ -446,20 +457,24 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     net.talk(&mut [&mut alice], &[LOUD], 30);
     assert!(net.uplink.len() >= 25, "alice is uplinked: {}", net.uplink.len());
     let h = MediaHeader::parse(net.uplink.last().unwrap()).unwrap();
-    assert_eq!((h.channel_id, h.speaker, h.level), (7, alice.ssrc.0, LOUD.level));
+    let alice_id = net.id_of("lobby", "alice");
+    assert_eq!(relay_proto::speaker::edge_of(alice_id.0), 5, "speaker ids carry the edge number the core gave");
+    assert_eq!((h.channel_id, h.speaker, h.level), (7, alice_id.0, LOUD.level));
     assert!(net.received(&mut bob).0.is_empty(), "in cascade the core decides what bob hears");
-    assert!(net.relay.iter().any(|m| matches!(m, Message::SpeakerInfo { ssrc, participant, .. } if *ssrc == alice.ssrc.0 && participant == "alice")));
+    assert!(net.relay.iter().any(
+        |m| matches!(m, Message::SpeakerInfo { speaker, participant, .. } if *speaker == alice_id.0 && participant == "alice")
+    ));
 
     // The core selects a remote speaker and alice; both reach bob, alice never herself.
     let remote = 555u32;
-    let holder = |ssrc: u32, name: &str| Some(SlotHolder { ssrc, participant: name.into() });
+    let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
     net.edge.handle_relay_control(Message::Selection {
         channel_id: 7,
-        slots: vec![holder(remote, "zoe"), holder(alice.ssrc.0, "alice"), None],
+        slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None],
     });
     for seq in 0..20 {
         net.edge.handle_relay_datagram(&core_datagram(7, remote, seq), net.now);
-        net.edge.handle_relay_datagram(&core_datagram(7, alice.ssrc.0, seq), net.now);
+        net.edge.handle_relay_datagram(&core_datagram(7, alice_id.0, seq), net.now);
         net.advance(Duration::from_millis(20));
     }
     let (rtp, _) = net.received(&mut bob);
@@ -468,7 +483,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let on_slot_zero_last = on_slot(0).last().unwrap().seq;
     assert!(on_slot(0).iter().all(|p| p.csrcs == vec![Ssrc(remote)]));
     assert_eq!(on_slot(1).len(), 20);
-    assert!(on_slot(1).iter().all(|p| p.csrcs == vec![alice.ssrc]));
+    assert!(on_slot(1).iter().all(|p| p.csrcs == vec![alice_id]));
     let (alice_rtp, _) = net.received(&mut alice);
     assert!(alice_rtp.iter().all(|p| p.csrcs == vec![Ssrc(remote)]), "alice hears only zoe");
     assert_eq!(alice_rtp.len(), 20);
@@ -486,7 +501,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     // The link drops and returns: the edge subscribes again; listeners were never touched.
     net.relay.clear();
     net.edge.relay_disconnected();
-    net.edge.relay_connected();
+    net.edge.relay_connected(6);
     net.drain();
     assert!(
         matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"),
@@ -556,7 +571,8 @@ fn malformed_rtp_from_a_connected_session_never_reaches_srtp_and_others_keep_hea
     );
     net.talk(&mut [&mut alice], &[LOUD], 20);
     let (rtp, _) = net.received(&mut bob);
-    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]), "{}", rtp.len());
+    let alice_id = net.id_of("lobby", "alice");
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice_id]), "{}", rtp.len());
 }
 
 #[test]
@@ -579,7 +595,8 @@ fn a_sender_over_its_rate_is_held_to_it_and_listeners_keep_hearing() {
     let flooded = seconds * 500;
     assert!(limited >= flooded - (seconds + 1) * rate, "{limited} of {flooded} dropped");
     let (rtp, _) = net.received(&mut bob);
-    let from_alice = rtp.iter().filter(|p| p.csrcs == vec![alice.ssrc]).count() as u64;
+    let alice_id = net.id_of("lobby", "alice");
+    let from_alice = rtp.iter().filter(|p| p.csrcs == vec![alice_id]).count() as u64;
     assert!(from_alice >= seconds * 50 - 10, "alice lost packets to the flood: {from_alice}");
 }
 
@@ -633,6 +650,29 @@ fn a_panic_while_handling_one_input_closes_that_session_only() {
     assert_eq!((net.closed.len(), net.edge.counters().panics), (1, 2));
     net.talk(&mut [&mut alice], &[LOUD], 20);
     let (rtp, _) = net.received(&mut bob);
-    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice.ssrc]), "{}", rtp.len());
+    let alice_id = net.id_of("lobby", "alice");
+    assert!(rtp.len() >= 15 && rtp.iter().all(|p| p.csrcs == vec![alice_id]), "{}", rtp.len());
     assert_eq!(net.edge.session_count(), 2);
+}
+
+#[test]
+fn reusing_another_speakers_ssrc_silences_nobody() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut mallory = net.join("lobby", "mallory", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let _ = net.received(&mut bob);
+    // Mallory's client sends on alice's SSRC, quietly and then loudly.
+    mallory.ssrc = alice.ssrc;
+    net.talk(&mut [&mut alice, &mut mallory], &[LOUD, AudioLevel::SILENCE], 50);
+    net.talk(&mut [&mut alice, &mut mallory], &[LOUD, LOUD], 50);
+    let (alice_id, mallory_id) = (net.id_of("lobby", "alice"), net.id_of("lobby", "mallory"));
+    assert_ne!(alice_id, mallory_id);
+    let (rtp, _) = net.received(&mut bob);
+    let from = |id: Ssrc| rtp.iter().filter(|p| p.csrcs == vec![id]).count();
+    assert_eq!(from(alice_id), 100, "every packet of alice's still arrives, as hers");
+    assert!(from(mallory_id) >= 40, "mallory is heard as herself once loud: {}", from(mallory_id));
+    let alice_slot: Vec<&Seen> = rtp.iter().filter(|p| p.csrcs == vec![alice_id]).collect();
+    assert!(alice_slot.iter().all(|p| p.ssrc == alice_slot[0].ssrc), "alice keeps her slot");
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 const ALICE_TONE: f64 = 440.0;
 const DAVE_TONE: f64 = 660.0;
 
-/// Asserts one received slot carries exactly one speaker, decoded, in order; returns the speaker's SSRC.
+/// Asserts one received slot carries exactly one speaker, decoded, in order; returns the speaker's id.
 fn assert_clean_slot(who: &str, track: &Value, tones: &HashMap<u64, f64>) -> u64 {
     let csrcs = track["csrcs"].as_array().unwrap();
     assert_eq!(csrcs.len(), 1, "{who}: one speaker per slot: {track}");
@@ -55,23 +55,29 @@ async fn two_speakers_two_listeners(srtp: &str, openssl_profile: &str) {
         assert_eq!(c["srtp_profile"], openssl_profile, "{name}: {c}");
         assert_eq!(c["delete_status"], 200, "{name}: DELETE of the session: {c}");
     }
-    let alice_ssrc = client(&report, "alice")["send_ssrc"].as_u64().unwrap();
-    let dave_ssrc = client(&report, "dave")["send_ssrc"].as_u64().unwrap();
-    let tones = HashMap::from([(alice_ssrc, ALICE_TONE), (dave_ssrc, DAVE_TONE)]);
+    // Listeners see the SFU's speaker ids as CSRCs, never a client's own SSRC.
+    let id = |name| {
+        let c = client(&report, name);
+        let id = c["speaker_id"].as_u64().unwrap_or_else(|| panic!("{name} has no speaker id: {c}"));
+        assert_ne!(Some(id), c["send_ssrc"].as_u64(), "{name}: the SFU names speakers, not their clients");
+        id
+    };
+    let (alice_id, dave_id) = (id("alice"), id("dave"));
+    let tones = HashMap::from([(alice_id, ALICE_TONE), (dave_id, DAVE_TONE)]);
 
     for name in ["bob", "carol"] {
         let heard = heard_tracks(client(&report, name));
         assert_eq!(heard.len(), 2, "{name} should hear both speakers: {report}");
         let mut speakers: Vec<u64> = heard.iter().map(|t| assert_clean_slot(name, t, &tones)).collect();
         speakers.sort();
-        let mut expected = vec![alice_ssrc, dave_ssrc];
+        let mut expected = vec![alice_id, dave_id];
         expected.sort();
         assert_eq!(speakers, expected, "{name}: each speaker on its own slot");
     }
     // Alice talks and listens: she hears Dave, never herself.
     let alice_heard = heard_tracks(client(&report, "alice"));
     assert_eq!(alice_heard.len(), 1, "alice hears only dave: {report}");
-    assert_eq!(assert_clean_slot("alice", alice_heard[0], &tones), dave_ssrc);
+    assert_eq!(assert_clean_slot("alice", alice_heard[0], &tones), dave_id);
 
     let (counters, sessions) = edge.handle.stats().await.unwrap();
     assert_eq!(sessions, 0, "every session ended by DELETE");

@@ -8,10 +8,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub const MAX_STRING: usize = 1024;
 pub const MAX_SLOTS: usize = 16;
 
-/// A speaker holding a slot: its SSRC (as its own client sent it) and participant id.
+/// A speaker holding a slot: its SFU speaker id (see [`crate::speaker`]) and participant id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotHolder {
-    pub ssrc: u32,
+    pub speaker: u32,
     pub participant: String,
 }
 
@@ -26,10 +26,12 @@ pub enum Message {
         capacity: u32,
         proof: [u8; 32],
     },
-    /// Core -> edge: accepted.
+    /// Core -> edge: accepted. `edge_number` is this edge's part of every speaker id it
+    /// assigns ([`crate::speaker`]).
     Welcome {
         core_id: String,
         slots: u8,
+        edge_number: u16,
         proof: [u8; 32],
     },
     /// Core -> edge: refused; the core closes the connection.
@@ -58,7 +60,7 @@ pub enum Message {
     /// Edge -> core: who a speaker is, for listeners' displays.
     SpeakerInfo {
         channel_id: u32,
-        ssrc: u32,
+        speaker: u32,
         participant: String,
     },
     /// Core -> edge: who holds which slot now.
@@ -181,10 +183,11 @@ impl Message {
                 out.put_u32(*capacity);
                 out.put_slice(proof);
             }
-            Message::Welcome { core_id, slots, proof } => {
+            Message::Welcome { core_id, slots, edge_number, proof } => {
                 out.put_u8(tag::WELCOME);
                 put_str(out, core_id);
                 out.put_u8(*slots);
+                out.put_u16(*edge_number);
                 out.put_slice(proof);
             }
             Message::Reject { reason } => {
@@ -211,10 +214,10 @@ impl Message {
                 out.put_u32(*listeners);
                 out.put_u32(*speakers);
             }
-            Message::SpeakerInfo { channel_id, ssrc, participant } => {
+            Message::SpeakerInfo { channel_id, speaker, participant } => {
                 out.put_u8(tag::SPEAKER_INFO);
                 out.put_u32(*channel_id);
-                out.put_u32(*ssrc);
+                out.put_u32(*speaker);
                 put_str(out, participant);
             }
             Message::Selection { channel_id, slots } => {
@@ -226,7 +229,7 @@ impl Message {
                     match slot {
                         Some(h) => {
                             out.put_u8(1);
-                            out.put_u32(h.ssrc);
+                            out.put_u32(h.speaker);
                             put_str(out, &h.participant);
                         }
                         None => out.put_u8(0),
@@ -258,14 +261,16 @@ impl Message {
                 capacity: r.u32()?,
                 proof: r.bytes32()?,
             },
-            tag::WELCOME => Message::Welcome { core_id: r.string()?, slots: r.u8()?, proof: r.bytes32()? },
+            tag::WELCOME => {
+                Message::Welcome { core_id: r.string()?, slots: r.u8()?, edge_number: r.u16()?, proof: r.bytes32()? }
+            }
             tag::REJECT => Message::Reject { reason: r.string()? },
             tag::SUBSCRIBE => Message::Subscribe { channel: r.string()?, listeners: r.u32()? },
             tag::SUBSCRIBED => Message::Subscribed { channel: r.string()?, channel_id: r.u32()? },
             tag::UNSUBSCRIBE => Message::Unsubscribe { channel_id: r.u32()? },
             tag::LOAD => Message::Load { channel_id: r.u32()?, listeners: r.u32()?, speakers: r.u32()? },
             tag::SPEAKER_INFO => {
-                Message::SpeakerInfo { channel_id: r.u32()?, ssrc: r.u32()?, participant: r.string()? }
+                Message::SpeakerInfo { channel_id: r.u32()?, speaker: r.u32()?, participant: r.string()? }
             }
             tag::SELECTION => {
                 let channel_id = r.u32()?;
@@ -277,7 +282,7 @@ impl Message {
                 for _ in 0..n {
                     slots.push(match r.u8()? {
                         0 => None,
-                        _ => Some(SlotHolder { ssrc: r.u32()?, participant: r.string()? }),
+                        _ => Some(SlotHolder { speaker: r.u32()?, participant: r.string()? }),
                     });
                 }
                 Message::Selection { channel_id, slots }
@@ -337,7 +342,7 @@ mod tests {
         /// decodes (truncated to a prefix at a character boundary).
         #[test]
         fn any_participant_name_survives_the_codec(name in ".{0,1100}") {
-            let m = Message::SpeakerInfo { channel_id: 1, ssrc: 2, participant: name.clone() };
+            let m = Message::SpeakerInfo { channel_id: 1, speaker: 2, participant: name.clone() };
             let mut buf = BytesMut::new();
             m.encode(&mut buf);
             let mut reader = FrameReader::default();
@@ -350,7 +355,8 @@ mod tests {
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
-        let holder = (any::<u32>(), arb_string()).prop_map(|(ssrc, participant)| SlotHolder { ssrc, participant });
+        let holder =
+            (any::<u32>(), arb_string()).prop_map(|(speaker, participant)| SlotHolder { speaker, participant });
         prop_oneof![
             (any::<u16>(), arb_string(), arb_string(), any::<u32>(), any::<[u8; 32]>()).prop_map(
                 |(version, edge_id, signalling_url, capacity, proof)| Message::Hello {
@@ -361,11 +367,9 @@ mod tests {
                     proof
                 }
             ),
-            (arb_string(), any::<u8>(), any::<[u8; 32]>()).prop_map(|(core_id, slots, proof)| Message::Welcome {
-                core_id,
-                slots,
-                proof
-            }),
+            (arb_string(), any::<u8>(), any::<u16>(), any::<[u8; 32]>()).prop_map(
+                |(core_id, slots, edge_number, proof)| Message::Welcome { core_id, slots, edge_number, proof }
+            ),
             arb_string().prop_map(|reason| Message::Reject { reason }),
             (arb_string(), any::<u32>()).prop_map(|(channel, listeners)| Message::Subscribe { channel, listeners }),
             (arb_string(), any::<u32>()).prop_map(|(channel, channel_id)| Message::Subscribed { channel, channel_id }),
@@ -375,8 +379,9 @@ mod tests {
                 listeners,
                 speakers
             }),
-            (any::<u32>(), any::<u32>(), arb_string())
-                .prop_map(|(channel_id, ssrc, participant)| Message::SpeakerInfo { channel_id, ssrc, participant }),
+            (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(channel_id, speaker, participant)| {
+                Message::SpeakerInfo { channel_id, speaker, participant }
+            }),
             (any::<u32>(), proptest::collection::vec(proptest::option::of(holder), 0..MAX_SLOTS))
                 .prop_map(|(channel_id, slots)| Message::Selection { channel_id, slots }),
             any::<u32>().prop_map(|deadline_ms| Message::Drain { deadline_ms }),
@@ -431,7 +436,7 @@ mod tests {
     fn long_strings_are_cut_at_a_character_boundary() {
         // 1023 ASCII bytes then a 4-byte character straddling the limit.
         let participant = format!("{}\u{1F600}tail", "a".repeat(MAX_STRING - 1));
-        let m = Message::SpeakerInfo { channel_id: 1, ssrc: 2, participant };
+        let m = Message::SpeakerInfo { channel_id: 1, speaker: 2, participant };
         let mut buf = BytesMut::new();
         m.encode(&mut buf);
         let mut reader = FrameReader::default();

@@ -4,7 +4,7 @@
 //! 0      ver(2) marker(1) voice(1) reserved(4)
 //! 1      audio level, -dBov 0..=127
 //! 2..6   channel id (core-assigned)
-//! 6..10  speaker SSRC
+//! 6..10  speaker id (SFU-assigned, see `speaker`)
 //! 10..12 RTP sequence number
 //! 12..16 RTP timestamp
 //! 16..   payload

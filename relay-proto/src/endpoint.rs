@@ -227,6 +227,7 @@ mod tests {
             let reply = Message::Welcome {
                 core_id: "c".into(),
                 slots: 3,
+                edge_number: 1,
                 proof: auth::proof(b"secret", Side::Core, &binding, "c"),
             };
             send_message(&mut send, &reply).await.unwrap();

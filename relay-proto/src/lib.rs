@@ -8,6 +8,7 @@ pub mod auth;
 pub mod control;
 pub mod datagram;
 pub mod endpoint;
+pub mod speaker;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks (2: SFU-assigned speaker ids).
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -131,6 +131,16 @@ async def run_client(spec, default_base, end_time):
 
     if sender_transceiver is not None:
         result["send_ssrc"] = sender_transceiver.sender._ssrc
+        # The SFU names speakers: ask our edge which id it gave us (our own token may see).
+        channel = spec["path"].rsplit("/", 1)[1]
+        status, view, _ = await loop.run_in_executor(
+            None, http, "GET", base + "/channels/" + channel, None, spec.get("token"))
+        if status == 200:
+            for s in json.loads(view)["speakers"]:
+                if s["participant"] == spec["name"]:
+                    result["speaker_id"] = s["id"]
+        else:
+            result["errors"].append(f"channel view: {status} {view.strip()}")
     dtls = pc.getTransceivers()[0].receiver.transport
     profile = dtls._ssl.get_selected_srtp_profile() if getattr(dtls, "_ssl", None) else None
     result["srtp_profile"] = profile.decode() if profile else None
