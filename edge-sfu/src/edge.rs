@@ -341,8 +341,10 @@ const TICK: Duration = Duration::from_millis(50);
 fn local_holders(channel: &Channel, edge_number: u16) -> Vec<Option<u32>> {
     channel.selector.slots().map(|l| l.map(|l| speaker::id(edge_number, l))).collect()
 }
-/// Level assumed for a publisher that sends no RFC 6464 extension.
-const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 50, voice: true };
+/// Level assumed for a publisher that sends no RFC 6464 level: a quiet voice, just above
+/// the speaking threshold. It can take a free slot, but any speaker with real levels
+/// displaces it after the minimum hold, so it cannot keep a slot from one.
+const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 63, voice: true };
 
 pub struct Edge {
     config: EdgeConfig,

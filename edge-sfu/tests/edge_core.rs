@@ -175,6 +175,11 @@ impl Net {
 
     /// The client's next SRTP packet.
     fn packet(&mut self, c: &mut Client, level: AudioLevel) -> Bytes {
+        self.packet_with(c, Some(level))
+    }
+
+    /// The client's next SRTP packet, with or without an RFC 6464 level.
+    fn packet_with(&mut self, c: &mut Client, level: Option<AudioLevel>) -> Bytes {
         let mut buf = Vec::new();
         OutHeader {
             payload_type: PT,
@@ -183,7 +188,7 @@ impl Net {
             timestamp: c.ts,
             ssrc: c.ssrc,
             csrc: None,
-            audio_level: Some((LEVEL_EXT, level)),
+            audio_level: level.map(|l| (LEVEL_EXT, l)),
             csrc_level: None,
         }
         .write(&[0xfc, 0xff, 0xfe], &mut buf);
@@ -675,4 +680,35 @@ fn reusing_another_speakers_ssrc_silences_nobody() {
     assert!(from(mallory_id) >= 40, "mallory is heard as herself once loud: {}", from(mallory_id));
     let alice_slot: Vec<&Seen> = rtp.iter().filter(|p| p.csrcs == vec![alice_id]).collect();
     assert!(alice_slot.iter().all(|p| p.ssrc == alice_slot[0].ssrc), "alice keeps her slot");
+}
+
+#[test]
+fn publishers_without_levels_yield_their_slots_to_real_speakers() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut mute: Vec<Client> = (0..3).map(|i| net.join("lobby", &format!("nolevel-{i}"), true, 0)).collect();
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    let soft = AudioLevel { level: 45, voice: true };
+    // Three publishers that never send a level fill the three slots...
+    for _ in 0..50 {
+        for c in mute.iter_mut() {
+            let p = net.packet_with(c, None);
+            net.send(c.addr, &p);
+        }
+        net.advance(Duration::from_millis(20));
+    }
+    // ...and go on sending while alice speaks softly, for 3 s.
+    for _ in 0..150 {
+        for c in mute.iter_mut() {
+            let p = net.packet_with(c, None);
+            net.send(c.addr, &p);
+        }
+        net.speak(&mut alice, soft);
+        net.advance(Duration::from_millis(20));
+    }
+    let alice_id = net.id_of("lobby", "alice");
+    let (rtp, _) = net.received(&mut bob);
+    let heard = rtp.iter().filter(|p| p.csrcs == vec![alice_id]).count();
+    // The minimum hold (1 s) passes, then alice takes a slot and keeps it.
+    assert!(heard >= 90, "alice heard for {heard} of 150 packets");
 }
