@@ -375,3 +375,28 @@ async fn sessions_that_never_connect_are_capped() {
     assert_eq!(statuses[..4], [StatusCode::CREATED; 4]);
     assert_eq!(statuses[4..], [StatusCode::SERVICE_UNAVAILABLE; 4]);
 }
+
+/// Offers captured from real clients (Chromium, Firefox, aiortc), as the fuzz seeds keep them.
+#[tokio::test]
+async fn offers_from_real_clients_are_answered() {
+    let app = app(25, false).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sdp");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let offer = std::fs::read_to_string(&path).unwrap();
+        // A section the client sends on makes it a talker; otherwise it listens.
+        let media = &offer[offer.find("m=").unwrap()..];
+        let talks = media.contains("a=sendrecv") || media.contains("a=sendonly");
+        let (path_, role) = if talks { ("/join/lobby", Role::Speaker) } else { ("/whep/lobby", Role::Listener) };
+        let t = token_of(&name, "lobby", role, unix_now() + 60);
+        let (status, _, answer) = send(&app, post(path_, Some(&t), "application/sdp", offer)).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {answer}");
+        assert!(answer.contains("a=ice-lite"), "{name}");
+        seen.push(name);
+    }
+    for client in ["chromium", "firefox", "aiortc"] {
+        assert!(seen.iter().any(|n| n.starts_with(client)), "no {client} offer in {seen:?}");
+    }
+}

@@ -170,27 +170,45 @@ impl Connected {
     }
 }
 
-async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected> {
+/// A session that passed its ICE check: the socket is connected to the edge.
+pub struct Joined {
+    pub socket: Arc<UdpSocket>,
+    pub answer: Answer,
+    /// Our ICE ufrag.
+    pub ufrag: String,
+    /// The session's URL, for DELETE.
+    pub location: Option<String>,
+    pub offer_sent: Instant,
+}
+
+/// What a client offers: `path` is whip, whep or join.
+pub struct OfferSpec<'a> {
+    pub base_url: &'a str,
+    pub channel: &'a str,
+    pub token: &'a str,
+    pub path: &'a str,
+    pub send_ssrc: Option<Ssrc>,
+    pub receive_sections: usize,
+}
+
+/// Offer/answer over HTTP, then the ICE check until it is answered.
+pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> {
     let socket = Arc::new(UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?);
     let (ufrag, pwd) = random_credentials();
-    let (path, send_ssrc, receive_sections) = match &spec.role {
-        Role::Speaker(_) => ("whip", Some(Ssrc(rand::random::<u32>() | 1)), 0),
-        Role::Listener { slots } => ("whep", None, *slots),
-    };
     let offer = build_offer(&OfferParams {
         ice_ufrag: &ufrag,
         ice_pwd: &pwd,
         fingerprint: shared.identity.fingerprint(),
-        send_ssrc,
-        receive_sections,
+        send_ssrc: o.send_ssrc,
+        receive_sections: o.receive_sections,
     });
-    let url = format!("{}/{path}/{}", spec.base_url.trim_end_matches('/'), spec.channel);
+    let url = format!("{}/{}/{}", o.base_url.trim_end_matches('/'), o.path, o.channel);
     let offer_sent = Instant::now();
     let resp = shared
         .http
         .post(&url)
         .header("Content-Type", "application/sdp")
-        .header("Authorization", format!("Bearer {}", spec.token))
+        .header("Authorization", format!("Bearer {}", o.token))
         .body(offer)
         .send()
         .await?;
@@ -218,20 +236,33 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
         }
     }
     anyhow::ensure!(checked, "no answer to the ICE check from {remote}");
+    Ok(Joined { socket, answer, ufrag, location: location.transpose()?, offer_sent })
+}
 
-    // DTLS as client through the pipe, pumping the socket meanwhile.
+/// The DTLS handshake as client through the pipe, pumping the socket meanwhile; the
+/// session's SRTP keys.
+pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSession> {
+    let remote = *j.answer.candidates.first().ok_or_else(|| anyhow::anyhow!("answer has no candidate"))?;
     let (tx, rx) = mpsc::channel(dtls::DTLS_QUEUE);
-    let out = socket.clone();
+    let out = j.socket.clone();
     let sink: DatagramSink = Arc::new(move |d: Bytes| {
         let _ = out.try_send(&d);
     });
-    let handshake =
-        dtls::handshake(&shared.identity, true, rx, sink, remote, answer.fingerprint, dtls::DEFAULT_HANDSHAKE_TIMEOUT);
+    let handshake = dtls::handshake(
+        &shared.identity,
+        true,
+        rx,
+        sink,
+        remote,
+        j.answer.fingerprint,
+        dtls::DEFAULT_HANDSHAKE_TIMEOUT,
+    );
     tokio::pin!(handshake);
+    let mut buf = vec![0u8; 2048];
     let established = loop {
         tokio::select! {
             r = &mut handshake => break r?,
-            n = socket.recv(&mut buf) => {
+            n = j.socket.recv(&mut buf) => {
                 let n = n?;
                 if classify(&buf[..n]) == PacketKind::Dtls {
                     let _ = tx.try_send(Bytes::copy_from_slice(&buf[..n]));
@@ -239,9 +270,32 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
             }
         }
     };
-    let srtp = SrtpSession::new(&established.keys)?;
-    let location = location.transpose()?;
-    Ok(Connected { socket, srtp, answer, ufrag, location, offer_sent })
+    Ok(SrtpSession::new(&established.keys)?)
+}
+
+async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected> {
+    let (path, send_ssrc, receive_sections) = match &spec.role {
+        Role::Speaker(_) => ("whip", Some(Ssrc(rand::random::<u32>() | 1)), 0),
+        Role::Listener { slots } => ("whep", None, *slots),
+    };
+    let offer = OfferSpec {
+        base_url: &spec.base_url,
+        channel: &spec.channel,
+        token: &spec.token,
+        path,
+        send_ssrc,
+        receive_sections,
+    };
+    let j = join(&offer, shared).await?;
+    let srtp = handshake(&j, shared).await?;
+    Ok(Connected {
+        socket: j.socket,
+        srtp,
+        answer: j.answer,
+        ufrag: j.ufrag,
+        location: j.location,
+        offer_sent: j.offer_sent,
+    })
 }
 
 async fn session(

@@ -302,6 +302,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                 udp: "127.0.0.1:0".parse()?,
                 token_secret: Some(node_kit::Secret::new("token secret", token_secret)?),
                 offers_per_sec_per_ip: loadtest::cluster::LOCAL_OFFERS_PER_SEC,
+                http_limits: loadtest::cluster::local_http_limits(),
                 cascade: Some(edge_sfu::config::CascadeSettings {
                     core,
                     cluster_secret: node_kit::Secret::new("cluster secret", cluster_secret)?,

@@ -1,11 +1,13 @@
-//! Serving an axum router on the open internet: at most `max_connections` at once (more
-//! are closed on accept), headers within `header_timeout` (also the idle limit between
+//! Serving an axum router on the open internet: at most `max_connections` at once and
+//! `max_connections_per_ip` from one address (more are closed on accept), headers within `header_timeout` (also the idle limit between
 //! requests on a kept-alive connection), and each request, body included, within
 //! `request_timeout`. HTTP/1.1 only; put a TLS terminator in front for HTTPS.
 //! Handlers can read the peer address with `ConnectInfo<SocketAddr>`.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -22,6 +24,8 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold open.
+    pub max_connections_per_ip: usize,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -30,8 +34,40 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_connections: 1024,
+            max_connections_per_ip: 64,
             header_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One open connection counted against its address; released on drop.
+struct PerIpSlot {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl PerIpSlot {
+    fn take(table: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIpSlot> {
+        let key = crate::per_ip::key(ip);
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(key).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot { table: table.clone(), key })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.key);
+            }
         }
     }
 }
@@ -64,6 +100,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats
         .layer(RequestBodyTimeoutLayer::new(limits.request_timeout))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut last_accept_error: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -80,6 +117,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let Some(per_ip) = PerIpSlot::take(&per_ip, peer.ip(), limits.max_connections_per_ip) else {
             stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -103,7 +145,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats
                 }
             }
             stats.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            drop((permit, per_ip));
         });
     }
 }

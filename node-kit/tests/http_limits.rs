@@ -59,7 +59,12 @@ async fn half_sent_headers_and_bodies_are_cut_off() {
 
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_and_room_comes_back() {
-    let limits = HttpLimits { max_connections: 4, header_timeout: Duration::from_secs(60), ..Default::default() };
+    let limits = HttpLimits {
+        max_connections: 4,
+        max_connections_per_ip: 64,
+        header_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
     let (addr, stats) = start(limits).await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -77,4 +82,31 @@ async fn connections_over_the_cap_are_closed_and_room_comes_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(get_peer(addr).await.contains("200 OK"));
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let limits = HttpLimits {
+        max_connections: 100,
+        max_connections_per_ip: 3,
+        header_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (addr, stats) = start(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(s);
+    }
+    while stats.open() < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(get_peer(addr).await, "", "a fourth from the same address is closed");
+    // Another address is served.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock.connect(addr).await.unwrap();
+    other.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert!(read_to_close(&mut other).await.ends_with("127.0.0.2"));
 }
