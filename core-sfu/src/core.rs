@@ -261,7 +261,10 @@ impl Core {
         if state.misbehaviour.take(1, now) {
             return;
         }
-        warn!(edge, id = ?state.id, reason = reason.as_str(), "edge keeps sending malformed input; closing its link");
+        static CLOSES: node_kit::throttle::Throttle = node_kit::throttle::Throttle::new();
+        if let Some(suppressed) = CLOSES.allow(10) {
+            warn!(edge, id = ?state.id, reason = reason.as_str(), suppressed, "edge keeps sending malformed input; closing its link");
+        }
         self.counters.links_closed_misbehaving += 1;
         self.outputs.push_back(CoreOutput::Close { edge, reason: "misbehaving: too much malformed input" });
         self.edge_left(edge, now);

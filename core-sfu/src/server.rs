@@ -241,7 +241,10 @@ async fn serve_edge(
                 Ok(Some(message)) => {
                     if !control_budget.take(1, Instant::now()) {
                         refuse(Refusal::ControlFlood).await;
-                        warn!(edge, "edge floods its control stream; closing");
+                        static FLOODS: node_kit::throttle::Throttle = node_kit::throttle::Throttle::new();
+                        if let Some(suppressed) = FLOODS.allow(10) {
+                            warn!(edge, suppressed, "edge floods its control stream; closing");
+                        }
                         conn.close(4u32.into(), b"control flood");
                         break;
                     }

@@ -5,7 +5,7 @@
 //! [`Edge::poll_timeout`]. No sockets, no clock, no locks.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,10 @@ pub struct EdgeConfig {
     pub slots: usize,
     pub max_listeners_per_channel: usize,
     pub max_sessions: usize,
-    /// Sessions that have not finished ICE and DTLS yet, at most.
+    /// Sessions that have not finished ICE and DTLS yet, at most; and from one client
+    /// address (IPv6: one /64), which keeps one address from reserving a channel's places.
     pub max_pending_sessions: usize,
+    pub max_pending_per_address: usize,
     /// Sessions of one participant in one channel; a new one replaces the oldest.
     pub max_sessions_per_participant: usize,
     /// A session that has not finished ICE and DTLS by then is closed.
@@ -55,6 +57,7 @@ impl Default for EdgeConfig {
             max_listeners_per_channel: 25,
             max_sessions: 5000,
             max_pending_sessions: 256,
+            max_pending_per_address: 16,
             max_sessions_per_participant: 3,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -174,6 +177,8 @@ pub enum AdmitError {
     EdgeFull,
     #[error("edge has too many sessions connecting; retry shortly")]
     TooManyPending,
+    #[error("too many sessions connecting from this address; retry shortly")]
+    TooManyPendingFromAddress,
 }
 
 /// One listener slot as negotiated on a media section.
@@ -203,6 +208,8 @@ pub struct NewSession {
     pub slots: Vec<SlotParams>,
     /// The SSRC for our receiver reports when we send nothing.
     pub rtcp_ssrc: Ssrc,
+    /// The address the offer came from, for the per-address pending limit.
+    pub client_ip: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -269,6 +276,8 @@ struct Session {
     next_report: Instant,
     link: LinkStats,
     budget: SessionBudget,
+    /// The offer's address key while the session is pending.
+    client: Option<IpAddr>,
 }
 
 impl Session {
@@ -363,8 +372,9 @@ pub struct Edge {
     plain: Vec<u8>,
     relay_up: bool,
     by_relay_id: HashMap<u32, Arc<str>>,
-    /// Sessions that have not finished ICE and DTLS.
+    /// Sessions that have not finished ICE and DTLS, in all and by client address.
     pending: usize,
+    pending_by_address: HashMap<IpAddr, usize>,
     /// Sessions by (channel, participant), oldest first.
     by_participant: HashMap<(Arc<str>, Arc<str>), Vec<SessionId>>,
     /// Publishing sessions by local speaker number, and the next number to try.
@@ -393,6 +403,7 @@ impl Edge {
             relay_up: false,
             by_relay_id: HashMap::new(),
             pending: 0,
+            pending_by_address: HashMap::new(),
             by_participant: HashMap::new(),
             speakers: HashMap::new(),
             next_speaker: 1,
@@ -422,13 +433,18 @@ impl Edge {
         self.drop_packet(reason);
     }
 
-    /// Whether a new session with (`listens`) could join `channel` now.
-    pub fn admit(&self, channel: &str, listens: bool) -> Result<(), AdmitError> {
+    /// Whether a new session with (`listens`) from `client` could join `channel` now.
+    pub fn admit(&self, channel: &str, listens: bool, client: Option<IpAddr>) -> Result<(), AdmitError> {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(AdmitError::EdgeFull);
         }
         if self.pending >= self.config.max_pending_sessions {
             return Err(AdmitError::TooManyPending);
+        }
+        let from_client =
+            client.map_or(0, |ip| self.pending_by_address.get(&node_kit::per_ip::key(ip)).copied().unwrap_or(0));
+        if from_client >= self.config.max_pending_per_address {
+            return Err(AdmitError::TooManyPendingFromAddress);
         }
         if listens {
             let listeners = self.channels.get(channel).map_or(0, |c| c.listeners.len());
@@ -437,6 +453,19 @@ impl Edge {
             }
         }
         Ok(())
+    }
+
+    /// A session is no longer pending (connected or gone).
+    fn pending_done(&mut self, client: Option<IpAddr>) {
+        self.pending -= 1;
+        if let Some(key) = client {
+            if let Some(n) = self.pending_by_address.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pending_by_address.remove(&key);
+                }
+            }
+        }
     }
 
     /// A free local speaker number for session `id` (numbers are reused after 2^20).
@@ -469,7 +498,7 @@ impl Edge {
         if let Some(oldest) = oldest {
             self.remove_session(oldest, "replaced");
         }
-        self.admit(&new.channel, listens)?;
+        self.admit(&new.channel, listens, new.client_ip)?;
         let id = self.next_id;
         self.next_id += 1;
         let local = if new.publish.is_some() { self.allocate_speaker(id) } else { 0 };
@@ -493,6 +522,7 @@ impl Edge {
             next_report: now + self.config.report_interval,
             link: LinkStats::default(),
             budget: SessionBudget::new(&self.config.limits, now),
+            client: new.client_ip.map(node_kit::per_ip::key),
         };
         let slots = self.config.slots;
         let is_new = !self.channels.contains_key(&new.channel);
@@ -517,6 +547,9 @@ impl Edge {
         self.by_ufrag.insert(new.local_ufrag, id);
         self.sessions.insert(id, session);
         self.pending += 1;
+        if let Some(key) = new.client_ip.map(node_kit::per_ip::key) {
+            *self.pending_by_address.entry(key).or_default() += 1;
+        }
         self.by_participant.entry(participant_key).or_default().push(id);
         self.counters.sessions_opened += 1;
         info!(session = id, channel = %new.channel, participant = %new.participant, listens, "session added");
@@ -530,7 +563,7 @@ impl Edge {
         };
         self.by_ufrag.remove(&s.local_ufrag);
         if !s.connected() {
-            self.pending -= 1;
+            self.pending_done(s.client);
         }
         let participant_key = (s.channel.clone(), s.participant.clone());
         if let Some(ids) = self.by_participant.get_mut(&participant_key) {
@@ -594,8 +627,9 @@ impl Edge {
             Ok(srtp) => {
                 debug!(session = id, profile = ?keys.profile, "connected");
                 s.srtp = Some(srtp);
-                self.pending -= 1;
                 s.last_seen = now;
+                let client = s.client;
+                self.pending_done(client);
             }
             Err(e) => {
                 debug!(session = id, error = %e, "srtp set-up failed");

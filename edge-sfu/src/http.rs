@@ -235,9 +235,15 @@ async fn offer(
         publish,
         slots,
         rtcp_ssrc: Ssrc(rand::random::<u32>() | 1),
+        client_ip: Some(peer.ip()),
     };
     match state.edge.add_session(new, resource.clone(), offer.fingerprint).await {
         Ok(Ok(id)) => debug!(session = id, %channel, participant = ?claims.sub, ?endpoint, "offer answered"),
+        Ok(Err(e @ AdmitError::TooManyPendingFromAddress)) => {
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
+                .into_response();
+        }
         Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::TooManyPending))) => {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))

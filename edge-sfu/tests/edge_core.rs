@@ -135,6 +135,7 @@ impl Net {
                     })
                     .collect(),
                 rtcp_ssrc: Ssrc(1),
+                client_ip: None,
             },
             self.now,
         )?;
@@ -299,7 +300,7 @@ fn channel_listener_cap_is_enforced_per_channel() {
     net.join("lobby", "l1", false, 3);
     net.join("lobby", "l2", false, 3);
     assert_eq!(net.try_join("lobby", "l3", false, 3).err(), Some(AdmitError::ChannelFull));
-    assert_eq!(net.edge.admit("lobby", true), Err(AdmitError::ChannelFull));
+    assert_eq!(net.edge.admit("lobby", true, None), Err(AdmitError::ChannelFull));
     // A publish-only speaker is not a listener; other channels have their own cap.
     net.join("lobby", "speaker", true, 0);
     net.join("other", "l4", false, 3);
@@ -376,6 +377,7 @@ fn rtp_before_dtls_is_dropped() {
                 publish: Some(PublishParams { payload_type: PT, audio_level_ext: None }),
                 slots: vec![],
                 rtcp_ssrc: Ssrc(1),
+                client_ip: None,
             },
             net.now,
         )

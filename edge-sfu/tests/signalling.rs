@@ -400,3 +400,26 @@ async fn offers_from_real_clients_are_answered() {
         assert!(seen.iter().any(|n| n.starts_with(client)), "no {client} offer in {seen:?}");
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_reserve_a_channel_with_sessions_that_never_connect() {
+    let config = edge_sfu::edge::EdgeConfig { max_pending_per_address: 3, ..Default::default() };
+    let app = app_with(config, false, 1000).await;
+    let offer_from = |i: usize, from: std::net::SocketAddr| {
+        let t = token_of(&format!("p{i}"), "lobby", Role::Listener, unix_now() + 60);
+        let mut req = post("/whep/lobby", Some(&t), "application/sdp", offer(&["recvonly"]));
+        req.extensions_mut().insert(ConnectInfo(from));
+        req
+    };
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let (status, headers, _) = send(&app, offer_from(i, CLIENT)).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(headers.contains_key(header::RETRY_AFTER));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [&[StatusCode::CREATED; 3][..], &[StatusCode::TOO_MANY_REQUESTS; 2]].concat());
+    let other = std::net::SocketAddr::from(([198, 51, 100, 9], 4000));
+    assert_eq!(send(&app, offer_from(9, other)).await.0, StatusCode::CREATED, "another address still gets in");
+}

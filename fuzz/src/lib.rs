@@ -78,6 +78,7 @@ impl EdgeHarness {
                         })
                         .collect(),
                     rtcp_ssrc: Ssrc(9),
+                    client_ip: None,
                 },
                 self.now,
             )

@@ -37,6 +37,10 @@ pub struct Shared {
     pub epoch: Instant,
     pub identity: DtlsIdentity,
     pub http: reqwest::Client,
+    /// Clients' offers come from many loopback addresses, as real clients come from many
+    /// hosts: per-address limits on the SFU then apply as they would in production.
+    pub client_http: Vec<reqwest::Client>,
+    pub next_client_http: std::sync::atomic::AtomicUsize,
     pub live: Live,
     /// When each speaker (by SSRC) last started a talk spurt, µs since the epoch.
     pub talk_starts: Mutex<HashMap<u32, u64>>,
@@ -170,6 +174,35 @@ impl Connected {
     }
 }
 
+/// How many loopback addresses (127.0.1.1 and up) clients' HTTP requests come from.
+pub const CLIENT_ADDRESSES: u8 = 64;
+
+impl Shared {
+    pub fn new(identity: DtlsIdentity) -> anyhow::Result<Shared> {
+        let build = |local: Option<std::net::IpAddr>| {
+            reqwest::Client::builder().timeout(Duration::from_secs(15)).local_address(local).build()
+        };
+        let client_http = (1..=CLIENT_ADDRESSES)
+            .map(|i| build(Some(std::net::IpAddr::from([127, 0, 1, i]))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Shared {
+            epoch: Instant::now(),
+            identity,
+            http: build(None)?,
+            client_http,
+            next_client_http: Default::default(),
+            live: Live::default(),
+            talk_starts: Default::default(),
+        })
+    }
+
+    /// The HTTP client for the next synthetic client's offer, round-robin over addresses.
+    pub fn offer_http(&self) -> &reqwest::Client {
+        let i = self.next_client_http.fetch_add(1, Ordering::Relaxed);
+        &self.client_http[i % self.client_http.len()]
+    }
+}
+
 /// A session that passed its ICE check: the socket is connected to the edge.
 pub struct Joined {
     pub socket: Arc<UdpSocket>,
@@ -205,7 +238,7 @@ pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> 
     let url = format!("{}/{}/{}", o.base_url.trim_end_matches('/'), o.path, o.channel);
     let offer_sent = Instant::now();
     let resp = shared
-        .http
+        .offer_http()
         .post(&url)
         .header("Content-Type", "application/sdp")
         .header("Authorization", format!("Bearer {}", o.token))

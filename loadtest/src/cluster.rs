@@ -120,14 +120,6 @@ pub struct ClusterSpec {
     pub admin_token: String,
 }
 
-/// Offers a second one address may make to a local edge: every local client is 127.0.0.1.
-pub const LOCAL_OFFERS_PER_SEC: u32 = 100_000;
-
-/// HTTP limits of a local edge: the default, but every local client is 127.0.0.1.
-pub fn local_http_limits() -> node_kit::http::HttpLimits {
-    node_kit::http::HttpLimits { max_connections_per_ip: 1024, ..Default::default() }
-}
-
 impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
@@ -170,9 +162,6 @@ impl LocalCluster {
                 udp: SocketAddr::from(([127, 0, 0, 1], port(spec.first_udp_port, i))),
                 token_secret: Some(Secret::new("token secret", &spec.token_secret)?),
                 dev: spec.demo_tokens,
-                // Every local client comes from 127.0.0.1.
-                offers_per_sec_per_ip: LOCAL_OFFERS_PER_SEC,
-                http_limits: local_http_limits(),
                 cascade: Some(CascadeSettings {
                     core: core_addr.to_string(),
                     cluster_secret: Secret::new("cluster secret", &spec.cluster_secret)?,

@@ -1,6 +1,7 @@
-//! Local clusters (a core and edges on loopback) and, next, synthetic listeners and
-//! speakers doing real ICE/DTLS/SRTP.
+//! Local clusters (a core and edges on loopback), synthetic listeners and speakers doing
+//! real ICE/DTLS/SRTP, load scenarios and their reports, and attacks run beside them.
 
+pub mod attack;
 pub mod client;
 pub mod cluster;
 pub mod measure;

@@ -140,6 +140,12 @@ struct LoadArgs {
     /// No live progress display.
     #[arg(long)]
     quiet: bool,
+    /// Attack the first edge (or the core) through the steady phase (`local` only).
+    #[arg(long, value_enum)]
+    attack: Option<loadtest::attack::AttackKind>,
+    /// Attack packets, requests or connections a second (default: per attack).
+    #[arg(long)]
+    attack_rate: Option<u32>,
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -168,6 +174,7 @@ impl LoadArgs {
             payload_size: self.payload.clamp(loadtest::measure::OPUS_FRAME.len() + loadtest::measure::STAMP_LEN, 1000),
             tokens,
             progress: !self.quiet,
+            attack: None,
         }
     }
 
@@ -254,8 +261,18 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     watched.push((procs::LOAD_GENERATOR.into(), std::process::id()));
     // Give every edge its core link before the first offer.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let report =
-        scenario::run(load.scenario(urls, Tokens::Secret(token_secret)), Some(ProcSampler::new(watched))).await?;
+    let mut scenario = load.scenario(urls, Tokens::Secret(token_secret.clone()));
+    scenario.attack = load.attack.map(|kind| loadtest::attack::AttackPlan {
+        kind,
+        rate: load.attack_rate.unwrap_or(kind.default_rate()),
+        edge_url: format!("http://{}", nodes[0].http),
+        edge_udp: nodes[0].other,
+        channel: load.channel.clone(),
+        token_secret: token_secret.clone(),
+        relay: Some((core.other, cluster_secret.clone())),
+        metrics_urls: vec![format!("http://{}/metrics", nodes[0].http), format!("http://{}/metrics", core.http)],
+    });
+    let report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
     drop(nodes);
     drop(core);
     load.finish(&report)
@@ -281,6 +298,7 @@ async fn run(
     };
     anyhow::ensure!(!edges.is_empty(), "the deployment lists no edges");
     let tokens = token_secret.map_or(Tokens::Demo, Tokens::Secret);
+    anyhow::ensure!(load.attack.is_none(), "--attack runs against a local cluster (loadtest local)");
     let report = scenario::run(load.scenario(edges, tokens), None).await?;
     load.finish(&report)
 }
@@ -301,8 +319,6 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
                 token_secret: Some(node_kit::Secret::new("token secret", token_secret)?),
-                offers_per_sec_per_ip: loadtest::cluster::LOCAL_OFFERS_PER_SEC,
-                http_limits: loadtest::cluster::local_http_limits(),
                 cascade: Some(edge_sfu::config::CascadeSettings {
                     core,
                     cluster_secret: node_kit::Secret::new("cluster secret", cluster_secret)?,

@@ -97,6 +97,8 @@ pub struct Report {
     /// as growth over a long `--duration`.
     pub sfu_rss_steady_start_mb: Option<f64>,
     pub sfu_rss_end_mb: Option<f64>,
+    /// The attack run through the steady phase, if any.
+    pub attack: Option<crate::attack::AttackReport>,
     pub timeline: Vec<Tick>,
 }
 
@@ -195,6 +197,7 @@ impl Report {
                 .find(|t| t.joined >= (s.listeners + s.speakers) as u64)
                 .and_then(|t| t.sfu_rss_mb),
             sfu_rss_end_mb: timeline.last().and_then(|t| t.sfu_rss_mb),
+            attack: None,
             timeline,
         }
     }
@@ -282,6 +285,29 @@ impl fmt::Display for Report {
                     "  {:<12} {:>10.1} {:>10.1} {:>10.1}",
                     p.name, p.cpu_mean_percent, p.cpu_max_percent, p.rss_max_mb
                 )?;
+            }
+        }
+        if let Some(a) = &self.attack {
+            let kind = a.kind.map(|k| format!("{k:?}")).unwrap_or_default();
+            writeln!(
+                f,
+                "\n  attack {kind}: {} sent at {}/s over {:.1} s, {} replies, {} sessions",
+                a.sent, a.rate_per_s, a.seconds, a.replies, a.sessions
+            )?;
+            if !a.statuses.is_empty() {
+                writeln!(f, "    HTTP statuses: {:?}", a.statuses)?;
+            }
+            if let Some(status) = a.honest_offer_after {
+                writeln!(f, "    an honest newcomer's offer afterwards: {status}")?;
+            }
+            if let (Some(before), Some(after)) = (a.sfu_rss_before_mb, a.sfu_rss_after_mb) {
+                writeln!(f, "    SFU memory: {before:.1} MB as it started, {after:.1} MB as it ended")?;
+            }
+            for (k, v) in &a.counters {
+                writeln!(f, "    {k} {v}")?;
+            }
+            for n in a.notes.iter().chain(&a.errors) {
+                writeln!(f, "    {n}")?;
             }
         }
         for e in &self.errors {

@@ -10,7 +10,8 @@ use media::dtls::DtlsIdentity;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::client::{self, ClientReport, ClientSpec, Live, Role, Shared, SpeakerParams, TalkPattern};
+use crate::attack::{self, AttackPlan, AttackReport};
+use crate::client::{self, ClientReport, ClientSpec, Role, Shared, SpeakerParams, TalkPattern};
 use crate::procs::ProcSampler;
 use crate::report::{Report, Tick};
 
@@ -41,6 +42,8 @@ pub struct Scenario {
     pub payload_size: usize,
     pub tokens: Tokens,
     pub progress: bool,
+    /// An attack to run through the steady phase.
+    pub attack: Option<AttackPlan>,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -55,7 +58,7 @@ async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: Toke
             let role = if role == TokenRole::Speaker { "speaker" } else { "listener" };
             let url =
                 format!("{}/demo/token?channel={}&name={name}&role={role}", base.trim_end_matches('/'), s.channel);
-            let body = shared.http.get(&url).send().await?.error_for_status()?.text().await?;
+            let body = shared.offer_http().get(&url).send().await?.error_for_status()?.text().await?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             Ok(v["token"].as_str().ok_or_else(|| anyhow::anyhow!("no token from {url}"))?.to_owned())
         }
@@ -70,13 +73,7 @@ struct Running {
 pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Result<Report> {
     anyhow::ensure!(!s.edges.is_empty(), "no edges to test");
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        identity: DtlsIdentity::generate()?,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?,
-        live: Live::default(),
-        talk_starts: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(DtlsIdentity::generate()?)?);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed_precise} joined {pos}/{len} {msg}").expect("valid template"),
@@ -123,10 +120,23 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let mut last_packets = 0u64;
     let mut timeline = Vec::new();
     let mut churned = 0u64;
+    let (attack_stop, attack_stop_rx) = watch::channel(false);
+    let mut rss_before_attack = None;
+    let mut attack_task: Option<tokio::task::JoinHandle<AttackReport>> = None;
     loop {
         let now = Instant::now();
         if now >= end {
             break;
+        }
+        if joins == s.listeners && attack_task.is_none() {
+            if let Some(plan) = s.attack.clone() {
+                // SFU memory as the attack starts, to compare with its end.
+                if let Some(sampler) = sampler.as_mut() {
+                    sampler.sample();
+                    rss_before_attack = sampler.total_rss_except(crate::procs::LOAD_GENERATOR);
+                }
+                attack_task = Some(tokio::spawn(attack::run(plan, shared.clone(), attack_stop_rx.clone())));
+            }
         }
         if joins < s.listeners && now >= next_join {
             let edge = joins % s.edges.len();
@@ -202,6 +212,19 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         tokio::time::sleep_until(wake.into()).await;
     }
     bar.finish_and_clear();
+    let mut attack_report = None;
+    if let Some(task) = attack_task {
+        let rss_after = sampler.as_mut().and_then(|sampler| {
+            sampler.sample();
+            sampler.total_rss_except(crate::procs::LOAD_GENERATOR)
+        });
+        let _ = attack_stop.send(true);
+        if let Ok(Ok(mut r)) = tokio::time::timeout(Duration::from_secs(30), task).await {
+            r.sfu_rss_before_mb = rss_before_attack;
+            r.sfu_rss_after_mb = rss_after;
+            attack_report = Some(r);
+        }
+    }
     for r in &running {
         let _ = r.stop.send(true);
     }
@@ -214,5 +237,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(30), collect).await;
-    Ok(Report::build(&s, reports, timeline, sampler.as_ref(), churned, started.elapsed()))
+    let mut report = Report::build(&s, reports, timeline, sampler.as_ref(), churned, started.elapsed());
+    report.attack = attack_report;
+    Ok(report)
 }

@@ -2,12 +2,13 @@
 //! ([`bucket`]); an HTTP server with a connection cap and header, body and request
 //! timeouts ([`http`]); per-IP rate limits ([`per_ip`]); secrets that are long enough
 //! and never print ([`secret`]); and a panic hook that reports contained panics
-//! through `tracing`, rate-limited ([`panics`]).
+//! through `tracing`, rate-limited ([`panics`], [`throttle`]).
 
 pub mod bucket;
 pub mod http;
 pub mod panics;
 pub mod per_ip;
 pub mod secret;
+pub mod throttle;
 
 pub use secret::{Secret, SecretError, MIN_SECRET_LEN};

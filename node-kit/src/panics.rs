@@ -4,10 +4,10 @@
 //! a burst of them from flooding the logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-static LAST_REPORT_SECS: AtomicU64 = AtomicU64::new(0);
-static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+use crate::throttle::Throttle;
+
+static THROTTLE: Throttle = Throttle::new();
 static TOTAL: AtomicU64 = AtomicU64::new(0);
 
 /// Panics seen by the hook since start.
@@ -18,11 +18,7 @@ pub fn total() -> u64 {
 pub fn install_hook() {
     std::panic::set_hook(Box::new(|info| {
         TOTAL.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if LAST_REPORT_SECS.swap(now, Ordering::Relaxed) == now {
-            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        let Some(suppressed) = THROTTLE.allow(1) else { return };
         let payload = info
             .payload()
             .downcast_ref::<&str>()
@@ -31,6 +27,6 @@ pub fn install_hook() {
             .unwrap_or("non-string payload");
         let message: String = payload.chars().take(200).collect();
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-        tracing::error!(%location, message = ?message, suppressed = SUPPRESSED.swap(0, Ordering::Relaxed), "panic");
+        tracing::error!(%location, message = ?message, suppressed, "panic");
     }));
 }
