@@ -58,7 +58,7 @@ impl AttackKind {
         match self {
             AttackKind::MalformedRtp | AttackKind::SrtpReplay => 2000,
             AttackKind::SsrcFlood | AttackKind::StunFlood | AttackKind::DtlsHelloFlood => 5000,
-            AttackKind::DtlsPreHandshake => 2000,
+            AttackKind::DtlsPreHandshake => 5000,
             AttackKind::RtpRate => 500,
             AttackKind::OfferFlood => 200,
             AttackKind::SlowHttp => 500,
@@ -153,7 +153,7 @@ pub async fn run(plan: AttackPlan, shared: Arc<Shared>, stop: watch::Receiver<bo
         AttackKind::SrtpReplay => srtp_replay(&plan, &shared, stop, &mut report).await,
         AttackKind::RtpRate => rtp_rate(&plan, &shared, stop, &mut report).await,
         AttackKind::OfferFlood => offer_flood(&plan, &shared, stop, &mut report).await,
-        AttackKind::SlowHttp => slow_http(&plan, stop, &mut report).await,
+        AttackKind::SlowHttp => slow_http(&plan, &shared, stop, &mut report).await,
         AttackKind::FillChannel => fill(&plan, &shared, stop, &mut report, TokenRole::Listener).await,
         AttackKind::FillEdge => fill(&plan, &shared, stop, &mut report, TokenRole::Speaker).await,
         AttackKind::RelayGarbage => relay_garbage(&plan, stop, &mut report).await,
@@ -163,7 +163,8 @@ pub async fn run(plan: AttackPlan, shared: Arc<Shared>, stop: watch::Receiver<bo
     }
     report.seconds = started.elapsed().as_secs_f64();
     for url in &plan.metrics_urls {
-        match defence_counters(&shared.http, url).await {
+        // From an address of its own: the attacker's may be at its connection limit.
+        match defence_counters(shared.offer_http(), url).await {
             Ok(c) => report.counters.extend(c),
             Err(e) => report.errors.push(format!("{url}: {e:#}")),
         }
@@ -420,27 +421,42 @@ async fn dtls_hello_flood(
     Ok(())
 }
 
-/// What a token holder sends instead of a handshake: every epoch, application data,
-/// empty and one-byte fragments, many records per datagram.
+/// What a token holder sends instead of a handshake: records of every later epoch
+/// (which a DTLS library queues until it gets there), application data, and handshake
+/// fragments of one byte, many to a record and many records to a datagram.
 fn pre_handshake_datagrams() -> Vec<Vec<u8>> {
-    let mut out = vec![client_hello()];
-    for epoch in [1u16, 2, 3, 7, 0x100, 0xffff] {
-        out.push(dtls_record(22, epoch, &[0x42; 200]));
-        out.push(dtls_record(23, epoch, &[0x17; 200]));
+    // Mostly the next epoch, which a library keeps until the handshake gets there.
+    let mut out = vec![dtls_record(22, 1, &[0x42; 1400]); 8];
+    for epoch in [2u16, 3, 7, 0x100, 0xffff] {
+        out.push(dtls_record(22, epoch, &[0x42; 1400]));
+        out.push(dtls_record(23, epoch, &[0x17; 1400]));
     }
-    let tiny: Vec<u8> = (0..100u32)
-        .flat_map(|i| {
-            let mut f = vec![1, 0, 0x40, 0];
-            f.extend_from_slice(&[0, 0]);
-            f.extend_from_slice(&i.to_be_bytes()[1..]);
-            f.extend_from_slice(&[0, 0, 1, 0x99]);
-            f
-        })
-        .collect();
+    let fragment = |offset: u32| {
+        let mut f = vec![1, 0, 0x40, 0, 0, 0];
+        f.extend_from_slice(&offset.to_be_bytes()[1..]);
+        f.extend_from_slice(&[0, 0, 1, 0x99]);
+        f
+    };
+    let tiny: Vec<u8> = (0..100u32).flat_map(fragment).collect();
     out.push(dtls_record(22, 0, &tiny));
-    let many: Vec<u8> = (0..60).flat_map(|_| dtls_record(22, 0, &[1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 7])).collect();
+    let many: Vec<u8> = (0..50u32).flat_map(|i| dtls_record(22, 0, &fragment(i))).collect();
     out.push(many);
     out
+}
+
+/// The first flight of a genuine DTLS client (our own), to open a handshake on the edge.
+async fn genuine_client_hello(shared: &Shared, remote: SocketAddr) -> anyhow::Result<Vec<u8>> {
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let sink: media::dtls::DatagramSink = Arc::new(move |d: Bytes| {
+        let _ = first_tx.try_send(d);
+    });
+    let (_never_tx, never_rx) = tokio::sync::mpsc::channel(1);
+    let handshake =
+        media::dtls::handshake(&shared.identity, true, never_rx, sink, remote, [0; 32], Duration::from_secs(5));
+    tokio::select! {
+        _ = handshake => anyhow::bail!("the DTLS client ended without sending"),
+        first = first_rx.recv() => Ok(first.ok_or_else(|| anyhow::anyhow!("no ClientHello"))?.to_vec()),
+    }
 }
 
 async fn dtls_pre_handshake(
@@ -469,9 +485,13 @@ async fn dtls_pre_handshake(
             }
         };
         report.sessions += 1;
-        // One second of garbage per session, then a new session with the same token.
+        // A genuine ClientHello opens the handshake; then garbage instead of the rest.
+        if let Ok(hello) = genuine_client_hello(shared, plan.edge_udp).await {
+            let _ = joined.socket.send(&hello).await;
+        }
+        // Three seconds of garbage per session, then a new session with the same token.
         let mut pacer = Pacer::new(plan.rate);
-        let until = Instant::now() + Duration::from_secs(1);
+        let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until && !*stop.borrow() {
             for i in 0..pacer.due().await {
                 let _ = joined.socket.send(&datagrams[i as usize % datagrams.len()]).await;
@@ -609,7 +629,12 @@ async fn offer_flood(
     Ok(())
 }
 
-async fn slow_http(plan: &AttackPlan, stop: watch::Receiver<bool>, report: &mut AttackReport) -> anyhow::Result<()> {
+async fn slow_http(
+    plan: &AttackPlan,
+    shared: &Shared,
+    stop: watch::Receiver<bool>,
+    report: &mut AttackReport,
+) -> anyhow::Result<()> {
     let url: reqwest::Url = plan.edge_url.parse()?;
     let addr = url.socket_addrs(|| Some(80))?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no edge address"))?;
     let mut held = tokio::task::JoinSet::new();
@@ -633,7 +658,7 @@ async fn slow_http(plan: &AttackPlan, stop: watch::Receiver<bool>, report: &mut 
         while held.try_join_next().is_some() {}
     }
     // While the attacker's connections are still held: can someone else get in?
-    report.honest_offer_after = honest_offer(plan, &Shared::new(media::dtls::DtlsIdentity::generate()?)?).await;
+    report.honest_offer_after = honest_offer(plan, shared).await;
     report
         .notes
         .push(format!("{} held connections closed by the server", closed.load(std::sync::atomic::Ordering::Relaxed)));
@@ -683,8 +708,13 @@ async fn fill(
     }
     report.honest_offer_after = honest_offer(plan, shared).await;
     // What the edge holds now: its session count on /metrics.
-    let metrics =
-        shared.http.get(format!("{}/metrics", plan.edge_url.trim_end_matches('/'))).send().await?.text().await?;
+    let metrics = shared
+        .offer_http()
+        .get(format!("{}/metrics", plan.edge_url.trim_end_matches('/')))
+        .send()
+        .await?
+        .text()
+        .await?;
     if let Some(line) = metrics.lines().find(|l| l.starts_with("sfu_edge_sessions{")) {
         report.notes.push(line.to_owned());
     }
