@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use node_kit::http::HttpLimits;
-use node_kit::Secret;
+use node_kit::{Secret, SecretText};
 
 use crate::core::CoreConfig;
 
@@ -24,11 +24,11 @@ pub struct CoreArgs {
     pub http: Option<SocketAddr>,
     /// Shared secret edges prove they know, 32 bytes or more (required).
     #[arg(long, env = "SFU_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<SecretText>,
     /// Bearer token for the operator endpoints (/channels, /edges), 32 bytes or more;
     /// without one they are off.
     #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretText>,
     /// Active speakers forwarded per channel (default 3).
     #[arg(long, env = "SFU_SLOTS")]
     pub slots: Option<usize>,
@@ -48,8 +48,8 @@ pub struct CoreArgs {
 struct FileConfig {
     quic: Option<SocketAddr>,
     http: Option<SocketAddr>,
-    cluster_secret: Option<String>,
-    admin_token: Option<String>,
+    cluster_secret: Option<SecretText>,
+    admin_token: Option<SecretText>,
     slots: Option<usize>,
     core_id: Option<String>,
     quic_cert: Option<PathBuf>,

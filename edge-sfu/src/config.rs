@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use node_kit::http::HttpLimits;
-use node_kit::Secret;
+use node_kit::{Secret, SecretText};
 
 use crate::edge::EdgeConfig;
 
@@ -29,10 +29,10 @@ pub struct RunArgs {
     pub public_ip: Option<IpAddr>,
     /// Secret for HS256 join tokens, 32 bytes or more (required unless --dev).
     #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: Option<String>,
+    pub token_secret: Option<SecretText>,
     /// Bearer token for operator endpoints (/channels detail), 32 bytes or more.
     #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<SecretText>,
     /// Local development: serve /demo/token, and make a random token secret if none is
     /// given. Loopback addresses only; never in production.
     #[arg(long, env = "SFU_DEV")]
@@ -70,7 +70,7 @@ pub struct RunArgs {
     pub core: Option<String>,
     /// Shared secret of the cluster, proven to the core (required with --core).
     #[arg(long, env = "SFU_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<SecretText>,
     /// This edge's id at the core (default: edge-<UDP address>).
     #[arg(long, env = "SFU_EDGE_ID")]
     pub edge_id: Option<String>,
@@ -89,8 +89,8 @@ struct FileConfig {
     http: Option<SocketAddr>,
     udp: Option<SocketAddr>,
     public_ip: Option<IpAddr>,
-    token_secret: Option<String>,
-    admin_token: Option<String>,
+    token_secret: Option<SecretText>,
+    admin_token: Option<SecretText>,
     dev: Option<bool>,
     max_pending_sessions: Option<usize>,
     max_sessions_per_participant: Option<usize>,
@@ -102,7 +102,7 @@ struct FileConfig {
     cors_allow_origin: Option<String>,
     dtls_cert: Option<PathBuf>,
     core: Option<String>,
-    cluster_secret: Option<String>,
+    cluster_secret: Option<SecretText>,
     edge_id: Option<String>,
     public_url: Option<String>,
     core_ca: Option<PathBuf>,
@@ -304,12 +304,15 @@ mod tests {
             let e = err(RunArgs { token_secret: Some(short.into()), ..Default::default() });
             assert!(e.contains("at least 32") && !e.contains("short-secret"), "{e}");
         }
-        let e =
-            err(RunArgs { token_secret: Some(secret.clone()), admin_token: Some("x".into()), ..Default::default() });
+        let e = err(RunArgs {
+            token_secret: Some(secret.clone().into()),
+            admin_token: Some("x".into()),
+            ..Default::default()
+        });
         assert!(e.contains("admin token"), "{e}");
         let public = |dev| RunArgs {
             udp: Some("0.0.0.0:3478".parse().unwrap()),
-            token_secret: Some(secret.clone()),
+            token_secret: Some(secret.clone().into()),
             dev,
             ..Default::default()
         };
@@ -317,8 +320,10 @@ mod tests {
         assert!(err(public(true)).contains("loopback"));
         let ok = RunArgs { public_ip: Some("203.0.113.1".parse().unwrap()), ..public(false) };
         let s = Settings::resolve(&ok).unwrap();
+        let ok = ok.clone();
         assert!(!s.dev);
         assert!(!format!("{s:?}").contains(&secret), "a secret in Debug output");
+        assert!(!format!("{ok:?}").contains(&secret), "a secret in the arguments' Debug output");
         let e = err(RunArgs { core: Some("core:4433".into()), cluster_secret: Some("too-short".into()), ..ok });
         assert!(e.contains("cluster secret"), "{e}");
     }

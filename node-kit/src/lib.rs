@@ -11,4 +11,4 @@ pub mod per_ip;
 pub mod secret;
 pub mod throttle;
 
-pub use secret::{Secret, SecretError, MIN_SECRET_LEN};
+pub use secret::{Secret, SecretError, SecretText, MIN_SECRET_LEN};

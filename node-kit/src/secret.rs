@@ -42,6 +42,43 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A secret as read from a flag, variable or config file, before it is checked: prints
+/// as `SecretText(redacted)` so parsed arguments can be logged safely.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretText(s.to_owned()))
+    }
+}
+
+impl From<&str> for SecretText {
+    fn from(s: &str) -> Self {
+        SecretText(s.to_owned())
+    }
+}
+
+impl From<String> for SecretText {
+    fn from(s: String) -> Self {
+        SecretText(s)
+    }
+}
+
+impl AsRef<[u8]> for SecretText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(redacted)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +92,8 @@ mod tests {
         let e = Secret::new("cluster secret", "short").unwrap_err().to_string();
         assert!(e.contains("cluster secret is 5 bytes") && !e.contains("short"), "{e}");
         assert_ne!(Secret::random(), Secret::random());
+        let text: SecretText = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert_eq!(format!("{:?}", Some(text.clone())), "Some(SecretText(redacted))");
+        assert!(Secret::new("token secret", text).is_ok());
     }
 }
