@@ -174,17 +174,24 @@ impl Connected {
     }
 }
 
-/// How many loopback addresses (127.0.1.1 and up) clients' HTTP requests come from.
+/// How many loopback addresses (127.0.1.1 and up) clients' HTTP requests come from when
+/// the SFU is local.
 pub const CLIENT_ADDRESSES: u8 = 64;
 
 impl Shared {
-    pub fn new(identity: DtlsIdentity) -> anyhow::Result<Shared> {
+    /// `loopback`: the SFU is on this machine's loopback, so offers can come from many
+    /// loopback addresses; otherwise they come from this host's own address.
+    pub fn new(identity: DtlsIdentity, loopback: bool) -> anyhow::Result<Shared> {
         let build = |local: Option<std::net::IpAddr>| {
             reqwest::Client::builder().timeout(Duration::from_secs(15)).local_address(local).build()
         };
-        let client_http = (1..=CLIENT_ADDRESSES)
-            .map(|i| build(Some(std::net::IpAddr::from([127, 0, 1, i]))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let client_http = if loopback {
+            (1..=CLIENT_ADDRESSES)
+                .map(|i| build(Some(std::net::IpAddr::from([127, 0, 1, i]))))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![build(None)?]
+        };
         Ok(Shared {
             epoch: Instant::now(),
             identity,
