@@ -294,7 +294,7 @@ impl Core {
             return;
         }
         match message {
-            Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners),
+            Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners, now),
             Message::Unsubscribe { channel_id } => self.unsubscribe(edge, channel_id, now),
             Message::Load { channel_id, listeners, .. } => {
                 match self.channels.get_mut(&channel_id).and_then(|c| c.subscribers.get_mut(&edge)) {
@@ -324,7 +324,7 @@ impl Core {
                 }
             }
             Message::Goodbye { reason } => {
-                debug!(edge, %reason, "edge says goodbye");
+                debug!(edge, reason = ?reason, "edge says goodbye");
                 self.outputs.push_back(CoreOutput::Close { edge, reason: "goodbye" });
                 self.edge_left(edge, now);
             }
@@ -333,7 +333,10 @@ impl Core {
         }
     }
 
-    fn subscribe(&mut self, edge: EdgeKey, name: &str, listeners: u32) {
+    fn subscribe(&mut self, edge: EdgeKey, name: &str, listeners: u32, now: Instant) {
+        if !relay_proto::valid_channel_name(name) {
+            return self.misbehaved(edge, Refusal::MalformedControl, now);
+        }
         let Some(state) = self.edges.get_mut(&edge) else { return };
         let id = match self.by_name.get(name) {
             Some(&id) => id,

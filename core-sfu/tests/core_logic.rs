@@ -218,3 +218,14 @@ fn an_edge_leaving_frees_its_speakers_slots() {
     sim.core.edge_left(2, sim.now);
     assert!(sim.core.channels().is_empty(), "a channel without edges is closed");
 }
+
+#[test]
+fn channel_names_from_edges_are_checked() {
+    let mut sim = Sim::new();
+    sim.edge(1, 1);
+    for bad in ["", "lob\u{1b}[2Jby", "../etc", &"x".repeat(65)] {
+        sim.core.handle_control(1, Message::Subscribe { channel: bad.to_owned(), listeners: 1 }, sim.now);
+    }
+    assert_eq!(sim.core.counters().refused(Refusal::MalformedControl), 4);
+    assert_eq!(sim.core.channels().len(), 1, "only lobby");
+}

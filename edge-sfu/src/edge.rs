@@ -552,7 +552,7 @@ impl Edge {
         }
         self.by_participant.entry(participant_key).or_default().push(id);
         self.counters.sessions_opened += 1;
-        info!(session = id, channel = %new.channel, participant = %new.participant, listens, "session added");
+        info!(session = id, channel = %new.channel, participant = ?new.participant, listens, "session added");
         Ok(id)
     }
 
@@ -970,7 +970,7 @@ impl Edge {
                 Self::set_holders(ch, holders, &mut self.sessions, &name);
             }
             Message::Drain { deadline_ms } => info!(deadline_ms, "core asks this edge to drain"),
-            Message::Goodbye { reason } => info!(%reason, "core says goodbye"),
+            Message::Goodbye { reason } => info!(reason = ?reason, "core says goodbye"),
             other => debug!(?other, "unexpected message from the core"),
         }
     }

@@ -122,8 +122,7 @@ fn rate_limit(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
 }
 
 pub fn valid_channel(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    relay_proto::valid_channel_name(name)
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap, channel: &str, endpoint: Endpoint) -> Result<Claims, ApiError> {

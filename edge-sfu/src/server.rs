@@ -370,7 +370,7 @@ async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
     while !commands.is_closed() {
         match connect_core(&config, &mut endpoint).await {
             Ok((conn, send, recv, reader, core_id, edge_number)) => {
-                info!(core = %config.core, %core_id, "connected to core");
+                info!(core = %config.core, core_id = ?core_id, "connected to core");
                 backoff = RELAY_MIN_BACKOFF;
                 pump(conn, send, recv, reader, edge_number, &commands).await;
                 if commands.send(Command::RelayDown).await.is_err() {

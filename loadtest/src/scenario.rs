@@ -74,9 +74,10 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     anyhow::ensure!(!s.edges.is_empty(), "no edges to test");
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let loopback = s.edges.iter().all(|e| {
-        reqwest::Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_owned)).is_some_and(|h| {
-            h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        })
+        reqwest::Url::parse(e)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     });
     let shared = Arc::new(Shared::new(DtlsIdentity::generate()?, loopback)?);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };

@@ -12,3 +12,10 @@ pub mod speaker;
 
 /// The protocol version this build speaks (2: SFU-assigned speaker ids).
 pub const PROTOCOL_VERSION: u16 = 2;
+
+/// A channel name: 1-64 characters of `A-Z a-z 0-9 - _ .` (what clients put in URLs and
+/// what nodes log).
+pub fn valid_channel_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
