@@ -140,6 +140,28 @@ impl Pacer {
     }
 }
 
+/// Sends `next(i)` on the connected `socket` at `rate` a second until `stop` (or
+/// `until`); `next` may return `None` to skip one.
+async fn pace(
+    socket: &UdpSocket,
+    rate: u32,
+    stop: &watch::Receiver<bool>,
+    until: Option<Instant>,
+    report: &mut AttackReport,
+    mut next: impl FnMut(u64) -> anyhow::Result<Option<Bytes>>,
+) -> anyhow::Result<()> {
+    let mut pacer = Pacer::new(rate);
+    while !*stop.borrow() && until.is_none_or(|u| Instant::now() < u) {
+        for i in 0..pacer.due().await {
+            if let Some(packet) = next(i)? {
+                let _ = socket.send(&packet).await;
+                report.sent += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the attack until `stop` turns true.
 pub async fn run(plan: AttackPlan, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> AttackReport {
     let started = Instant::now();
@@ -274,15 +296,9 @@ async fn malformed_rtp(
 ) -> anyhow::Result<()> {
     let (joined, _) = connected_publisher(plan, shared, "attacker-malformed").await?;
     report.sessions += 1;
-    let packets = malformed_packets(rand::random());
-    let mut pacer = Pacer::new(plan.rate);
-    while !*stop.borrow() {
-        for i in 0..pacer.due().await {
-            let _ = joined.socket.send(&packets[i as usize % packets.len()]).await;
-            report.sent += 1;
-        }
-    }
-    Ok(())
+    let packets: Vec<Bytes> = malformed_packets(rand::random()).into_iter().map(Bytes::from).collect();
+    pace(&joined.socket, plan.rate, &stop, None, report, |i| Ok(Some(packets[i as usize % packets.len()].clone())))
+        .await
 }
 
 async fn ssrc_flood(
@@ -293,30 +309,18 @@ async fn ssrc_flood(
 ) -> anyhow::Result<()> {
     let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-ssrc").await?;
     report.sessions += 1;
-    let mut pacer = Pacer::new(plan.rate);
     let mut seq = 0u16;
-    while !*stop.borrow() {
-        for i in 0..pacer.due().await {
-            seq = seq.wrapping_add(1);
-            let ssrc: u32 = rand::random();
-            let quiet = AudioLevel::SILENCE;
-            // Every tenth is authentic (a new SSRC that passes SRTP), the rest forged.
-            let packet = if i % 10 == 0 {
-                // Our own SRTP stops at its outgoing SSRC limit: forged from then on.
-                match srtp.protect_rtp(&rtp_plain(ssrc, seq, quiet)) {
-                    Ok(p) => p.to_vec(),
-                    Err(_) => continue,
-                }
-            } else {
-                let mut p = rtp_plain(ssrc, seq, quiet);
-                p.extend_from_slice(&rand::random::<[u8; 16]>());
-                p
-            };
-            let _ = joined.socket.send(&packet).await;
-            report.sent += 1;
+    pace(&joined.socket, plan.rate, &stop, None, report, |i| {
+        seq = seq.wrapping_add(1);
+        let plain = rtp_plain(rand::random(), seq, AudioLevel::SILENCE);
+        // Every tenth is authentic (a new SSRC that passes SRTP; our own SRTP stops at its
+        // outgoing SSRC limit, then these are skipped), the rest forged.
+        if i % 10 == 0 {
+            return Ok(srtp.protect_rtp(&plain).ok());
         }
-    }
-    Ok(())
+        Ok(Some(Bytes::from([plain, rand::random::<[u8; 16]>().to_vec()].concat())))
+    })
+    .await
 }
 
 /// Sockets on 127.0.0.x ports, to look like many sources.
@@ -465,7 +469,7 @@ async fn dtls_pre_handshake(
     stop: watch::Receiver<bool>,
     report: &mut AttackReport,
 ) -> anyhow::Result<()> {
-    let datagrams = pre_handshake_datagrams();
+    let datagrams: Vec<Bytes> = pre_handshake_datagrams().into_iter().map(Bytes::from).collect();
     while !*stop.borrow() {
         let token = token(plan, "attacker-dtls", &plan.channel, TokenRole::Speaker);
         let offer = OfferSpec {
@@ -490,14 +494,11 @@ async fn dtls_pre_handshake(
             let _ = joined.socket.send(&hello).await;
         }
         // Three seconds of garbage per session, then a new session with the same token.
-        let mut pacer = Pacer::new(plan.rate);
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until && !*stop.borrow() {
-            for i in 0..pacer.due().await {
-                let _ = joined.socket.send(&datagrams[i as usize % datagrams.len()]).await;
-                report.sent += 1;
-            }
-        }
+        let until = Some(Instant::now() + Duration::from_secs(3));
+        pace(&joined.socket, plan.rate, &stop, until, report, |i| {
+            Ok(Some(datagrams[i as usize % datagrams.len()].clone()))
+        })
+        .await?;
     }
     Ok(())
 }
@@ -513,29 +514,24 @@ async fn srtp_replay(
     let ssrc: u32 = rand::random();
     let mut seq = 0u16;
     let mut last = Bytes::new();
-    let mut pacer = Pacer::new(plan.rate);
-    while !*stop.borrow() {
-        for i in 0..pacer.due().await {
-            let packet = match i % 10 {
-                // One authentic silent packet, then replays of it, then forgeries.
-                0 => {
-                    seq = seq.wrapping_add(1);
-                    last = srtp.protect_rtp(&rtp_plain(ssrc, seq, AudioLevel::SILENCE))?;
-                    last.clone()
-                }
-                1..=5 => last.clone(),
-                _ => {
-                    let mut forged = last.to_vec();
-                    let n = forged.len();
-                    forged[n - 4..].copy_from_slice(&rand::random::<[u8; 4]>());
-                    Bytes::from(forged)
-                }
-            };
-            let _ = joined.socket.send(&packet).await;
-            report.sent += 1;
-        }
-    }
-    Ok(())
+    pace(&joined.socket, plan.rate, &stop, None, report, |i| {
+        Ok(Some(match i % 10 {
+            // One authentic silent packet, then replays of it, then forgeries.
+            0 => {
+                seq = seq.wrapping_add(1);
+                last = srtp.protect_rtp(&rtp_plain(ssrc, seq, AudioLevel::SILENCE))?;
+                last.clone()
+            }
+            1..=5 => last.clone(),
+            _ => {
+                let mut forged = last.to_vec();
+                let n = forged.len();
+                forged[n - 4..].copy_from_slice(&rand::random::<[u8; 4]>());
+                Bytes::from(forged)
+            }
+        }))
+    })
+    .await
 }
 
 async fn rtp_rate(
@@ -548,16 +544,11 @@ async fn rtp_rate(
     report.sessions += 1;
     let ssrc: u32 = rand::random();
     let mut seq = 0u16;
-    let mut pacer = Pacer::new(plan.rate);
-    while !*stop.borrow() {
-        for _ in 0..pacer.due().await {
-            seq = seq.wrapping_add(1);
-            let packet = srtp.protect_rtp(&rtp_plain(ssrc, seq, AudioLevel::SILENCE))?;
-            let _ = joined.socket.send(&packet).await;
-            report.sent += 1;
-        }
-    }
-    Ok(())
+    pace(&joined.socket, plan.rate, &stop, None, report, |_| {
+        seq = seq.wrapping_add(1);
+        Ok(Some(srtp.protect_rtp(&rtp_plain(ssrc, seq, AudioLevel::SILENCE))?))
+    })
+    .await
 }
 
 /// A client bound to another loopback address, as an honest newcomer: its offer's status.
