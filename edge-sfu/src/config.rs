@@ -194,6 +194,11 @@ impl Settings {
             .or(file.max_sessions_per_participant)
             .unwrap_or(edge.max_sessions_per_participant);
         anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");
+        anyhow::ensure!(
+            (1..=relay_proto::speaker::MAX_LOCAL as usize).contains(&edge.max_sessions),
+            "max_sessions must be 1..={}",
+            relay_proto::speaker::MAX_LOCAL
+        );
         anyhow::ensure!(edge.max_listeners_per_channel >= 1, "max_listeners_per_channel must be at least 1");
         anyhow::ensure!(edge.max_pending_sessions >= 1, "max_pending_sessions must be at least 1");
         anyhow::ensure!(edge.max_sessions_per_participant >= 1, "max_sessions_per_participant must be at least 1");

@@ -276,7 +276,7 @@ struct Session {
     next_report: Instant,
     link: LinkStats,
     budget: SessionBudget,
-    /// The offer's address key while the session is pending.
+    /// The offer's address key, for the count of pending sessions per address.
     client: Option<IpAddr>,
 }
 
@@ -346,14 +346,15 @@ pub struct ChannelView {
 
 const TICK: Duration = Duration::from_millis(50);
 
-/// The speaker ids of the edge's own selection (standalone: what listeners hear).
-fn local_holders(channel: &Channel, edge_number: u16) -> Vec<Option<u32>> {
-    channel.selector.slots().map(|l| l.map(|l| speaker::id(edge_number, l))).collect()
-}
 /// Level assumed for a publisher that sends no RFC 6464 level: a quiet voice, just above
 /// the speaking threshold. It can take a free slot, but any speaker with real levels
 /// displaces it after the minimum hold, so it cannot keep a slot from one.
 const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 63, voice: true };
+
+/// The speaker ids of the edge's own selection (standalone: what listeners hear).
+fn local_holders(channel: &Channel, edge_number: u16) -> Vec<Option<u32>> {
+    channel.selector.slots().map(|l| l.map(|l| speaker::id(edge_number, l))).collect()
+}
 
 pub struct Edge {
     config: EdgeConfig,
