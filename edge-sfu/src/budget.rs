@@ -105,10 +105,10 @@ mod tests {
         let t0 = Instant::now();
         let limits = SessionLimits::default();
         let mut budget = SessionBudget::new(&limits, t0);
-        let one = DtlsShape { records: 1, fragments: 1 };
+        let one = DtlsShape { records: 1, fragments: 1, partial_hello: false };
         let passed = (0..1000).filter(|_| budget.admit_dtls(200, one, false, t0 + Duration::from_secs(60))).count();
         assert_eq!(passed, limits.handshake_records);
-        let tiny = DtlsShape { records: 1, fragments: 100 };
+        let tiny = DtlsShape { records: 1, fragments: 100, partial_hello: false };
         assert!(!SessionBudget::new(&limits, t0).admit_dtls(1300, tiny, false, t0));
     }
 }

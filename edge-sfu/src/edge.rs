@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use media::dtls_filter::{HelloAssembly, HelloStep};
 use media::ice::BindingRequest;
 use media::rtcp_report::{self, Feedback, NtpClock, ReceiveStats, SenderInfo};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
@@ -276,6 +277,10 @@ struct Session {
     next_report: Instant,
     link: LinkStats,
     budget: SessionBudget,
+    /// A fragmented ClientHello being put together, and the datagrams held until it is
+    /// whole and checked (within the handshake allowance).
+    hello: HelloAssembly,
+    held_dtls: Vec<Bytes>,
     /// The offer's address key, for the count of pending sessions per address.
     client: Option<IpAddr>,
 }
@@ -523,6 +528,8 @@ impl Edge {
             next_report: now + self.config.report_interval,
             link: LinkStats::default(),
             budget: SessionBudget::new(&self.config.limits, now),
+            hello: HelloAssembly::default(),
+            held_dtls: Vec::new(),
             client: new.client_ip.map(node_kit::per_ip::key),
         };
         let slots = self.config.slots;
@@ -689,6 +696,29 @@ impl Edge {
             return self.drop_packet(DropReason::DtlsOverBudget);
         }
         s.last_seen = now;
+        if shape.partial_hello {
+            // The library reads no part of a ClientHello before we checked all of it.
+            let mut step = HelloStep::Pass;
+            for f in media::dtls_filter::hello_fragments(buf) {
+                step = s.hello.add(&f);
+                if step == HelloStep::Reject {
+                    break;
+                }
+            }
+            match step {
+                HelloStep::Hold => return s.held_dtls.push(Bytes::copy_from_slice(buf)),
+                HelloStep::Reject => {
+                    s.held_dtls.clear();
+                    return self.drop_packet(DropReason::DtlsRejected);
+                }
+                HelloStep::Release => {
+                    for data in s.held_dtls.drain(..) {
+                        self.outputs.push_back(Output::Dtls { session: id, data });
+                    }
+                }
+                HelloStep::Pass => {}
+            }
+        }
         self.outputs.push_back(Output::Dtls { session: id, data: Bytes::copy_from_slice(buf) });
     }
 

@@ -310,8 +310,8 @@ fn channel_listener_cap_is_enforced_per_channel() {
 fn dtls_only_reaches_a_session_from_its_checked_address() {
     let mut net = Net::new(EdgeConfig::default());
     let alice = net.join("lobby", "alice", false, 1);
-    // A ClientHello record: epoch 0, one fragment of a 4-byte message.
-    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 1, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 3, 3, 0, 0];
+    // A handshake record: epoch 0, one fragment (a Certificate) of a 4-byte message.
+    let hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 11, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 4, 3, 3, 0, 0];
     let spoofer: SocketAddr = "127.0.0.1:6666".parse().unwrap();
     net.send(spoofer, &hello);
     assert!(net.dtls.is_empty(), "spoofed DTLS reached a session");
@@ -631,7 +631,7 @@ fn dtls_before_the_handshake_is_filtered_and_held_to_an_allowance() {
     // Tiny but well-formed fragments, a thousand of them, spread over time: only the
     // handshake allowance reaches the DTLS task, whatever the pace.
     for i in 0..1000u32 {
-        let fragment = [1, 0, 0, 100, 0, 0, 0, 0, (i % 99) as u8, 0, 0, 1, 0xaa];
+        let fragment = [11, 0, 0, 100, 0, 0, 0, 0, (i % 99) as u8, 0, 0, 1, 0xaa];
         net.send(pending.addr, &dtls_record(22, 0, &fragment));
         net.advance(Duration::from_millis(5));
     }
@@ -713,4 +713,51 @@ fn publishers_without_levels_yield_their_slots_to_real_speakers() {
     let heard = rtp.iter().filter(|p| p.csrcs == vec![alice_id]).count();
     // The minimum hold (1 s) passes, then alice takes a slot and keeps it.
     assert!(heard >= 90, "alice heard for {heard} of 150 packets");
+}
+
+/// A ClientHello body: version, random, no session id or cookie, one suite, null
+/// compression, then `extensions` as the extensions block.
+fn client_hello(extensions: &[u8]) -> Vec<u8> {
+    let mut b = vec![0xfe, 0xfd];
+    b.extend_from_slice(&[7; 32]);
+    b.extend_from_slice(&[0, 0, 0, 2, 0xc0, 0x2b, 1, 0]);
+    b.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    b.extend_from_slice(extensions);
+    b
+}
+
+/// The body split into two handshake fragments, each in its own record and datagram.
+fn hello_in_two(body: &[u8]) -> [Vec<u8>; 2] {
+    let fragment = |offset: usize, data: &[u8]| {
+        let u24 = |v: usize| [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        let mut f = vec![1];
+        f.extend_from_slice(&u24(body.len()));
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&u24(offset));
+        f.extend_from_slice(&u24(data.len()));
+        f.extend_from_slice(data);
+        dtls_record(22, 0, &f)
+    };
+    [fragment(0, &body[..30]), fragment(30, &body[30..])]
+}
+
+#[test]
+fn a_fragmented_client_hello_reaches_the_dtls_library_only_whole_and_checked() {
+    let mut net = Net::new(EdgeConfig::default());
+    let (pending, _) = net.join_pending("lobby", "p", false, 1).unwrap();
+    // An extension header cut short at the end of its block, split over two datagrams:
+    // webrtc-dtls 0.12 indexes past its buffer on it (found by fuzzing).
+    let [a, b] = hello_in_two(&client_hello(&[0, 0x0e, 0, 1, 7, 0, 0x17]));
+    net.send(pending.addr, &a);
+    assert!(net.dtls.is_empty(), "the first part is held");
+    net.send(pending.addr, &b);
+    assert!(net.dtls.is_empty(), "neither part reaches the library");
+    assert_eq!(net.edge.counters().dropped(DropReason::DtlsRejected), 1);
+    // A good one, parts out of order: both released, in the order they came.
+    let [a, b] = hello_in_two(&client_hello(&[0, 0x0e, 0, 5, 0, 2, 0, 7, 0]));
+    net.send(pending.addr, &b);
+    assert!(net.dtls.is_empty());
+    net.send(pending.addr, &a);
+    let released: Vec<&[u8]> = net.dtls.iter().map(|(_, d)| &d[..]).collect();
+    assert_eq!(released, vec![&b[..], &a[..]]);
 }

@@ -245,4 +245,37 @@ mod tests {
         let (_, s) = pair(*server.fingerprint(), [0u8; 32], &client, &server).await;
         assert!(s.is_err());
     }
+
+    /// A ClientHello whose last extension header is cut short: webrtc-dtls 0.12 indexes
+    /// past its buffer on it, in the connection's own reader task. The edge never passes
+    /// it (`dtls_filter`); if a library bug like it is reached anyway, only that handshake
+    /// ends, and others go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_inside_the_dtls_library_ends_that_handshake_only() {
+        let mut body = vec![0xfe, 0xfd];
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&[0, 0, 0, 2, 0xc0, 0x2b, 1, 0, 0, 3, 0, 0x0e, 0]);
+        let mut hs = vec![1, 0, 0, body.len() as u8, 0, 0, 0, 0, 0, 0, 0, body.len() as u8];
+        hs.extend_from_slice(&body);
+        let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0];
+        record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        record.extend_from_slice(&hs);
+        assert!(crate::dtls_filter::inspect(&record).is_err(), "the filter refuses it");
+
+        let server = DtlsIdentity::generate().unwrap();
+        let (tx, rx) = mpsc::channel(DTLS_QUEUE);
+        let sink: DatagramSink = Arc::new(|_| {});
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let broken =
+            tokio::spawn(
+                async move { handshake(&server, false, rx, sink, addr, [0; 32], Duration::from_secs(2)).await },
+            );
+        tx.send(Bytes::from(record)).await.unwrap();
+        // Meanwhile a genuine pair completes.
+        let (client, other) = (DtlsIdentity::generate().unwrap(), DtlsIdentity::generate().unwrap());
+        let (c, s) = pair(*other.fingerprint(), *client.fingerprint(), &client, &other).await;
+        assert!(c.is_ok() && s.is_ok(), "another handshake completes");
+        let ended = broken.await.expect("the handshake itself returns");
+        assert!(ended.is_err(), "the handshake whose library task panicked ends with an error");
+    }
 }
