@@ -224,3 +224,37 @@ async fn a_frame_longer_than_the_limit_ends_the_link() {
     assert_eq!(eventually(&core, |_, edges| edges == 0).await.1, 0, "the edge is gone");
     assert!(core.handle.channels().await.unwrap().is_empty(), "its channel closed with it");
 }
+
+/// A raw HTTP/1.1 GET to the core's operator port; the status code.
+async fn get_status(core: &RunningCore, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(core.http_addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: core\r\n{auth}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn operator_endpoints_answer_only_to_the_admin_token() {
+    const ADMIN: &str = "core-test-admin-token-of-32-bytes-or-more";
+    let without = core().await;
+    assert_eq!(get_status(&without, "/channels", Some(ADMIN)).await, 401, "off without a configured token");
+    let mut s = CoreSettings::local(node_kit::Secret::new("cluster secret", SECRET).unwrap());
+    s.quic = "127.0.0.1:0".parse().unwrap();
+    s.http = "127.0.0.1:0".parse().unwrap();
+    s.admin_token = Some(node_kit::Secret::new("admin token", ADMIN).unwrap());
+    let core = core_sfu::start(s).await.unwrap();
+    for path in ["/channels", "/edges", "/channels/lobby"] {
+        assert_eq!(get_status(&core, path, None).await, 401, "{path}");
+        assert_eq!(get_status(&core, path, Some("not-the-admin-token-but-32-bytes-long!")).await, 401, "{path}");
+    }
+    assert_eq!(get_status(&core, "/channels", Some(ADMIN)).await, 200);
+    assert_eq!(get_status(&core, "/edges", Some(ADMIN)).await, 200);
+    assert_eq!(get_status(&core, "/channels/lobby", Some(ADMIN)).await, 404, "no such channel yet");
+    assert_eq!(get_status(&core, "/healthz", None).await, 200);
+    assert_eq!(get_status(&core, "/metrics", None).await, 200);
+}
