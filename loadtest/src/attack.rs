@@ -230,6 +230,7 @@ async fn connected_publisher(
     plan: &AttackPlan,
     shared: &Shared,
     sub: &str,
+    report: &mut AttackReport,
 ) -> anyhow::Result<(client::Joined, SrtpSession)> {
     let token = token(plan, sub, &plan.channel, TokenRole::Speaker);
     let offer = OfferSpec {
@@ -242,6 +243,7 @@ async fn connected_publisher(
     };
     let joined = client::join(&offer, shared).await?;
     let srtp = client::handshake(&joined, shared).await?;
+    report.sessions += 1;
     Ok((joined, srtp))
 }
 
@@ -294,8 +296,7 @@ async fn malformed_rtp(
     stop: watch::Receiver<bool>,
     report: &mut AttackReport,
 ) -> anyhow::Result<()> {
-    let (joined, _) = connected_publisher(plan, shared, "attacker-malformed").await?;
-    report.sessions += 1;
+    let (joined, _) = connected_publisher(plan, shared, "attacker-malformed", report).await?;
     let packets: Vec<Bytes> = malformed_packets(rand::random()).into_iter().map(Bytes::from).collect();
     pace(&joined.socket, plan.rate, &stop, None, report, |i| Ok(Some(packets[i as usize % packets.len()].clone())))
         .await
@@ -307,8 +308,7 @@ async fn ssrc_flood(
     stop: watch::Receiver<bool>,
     report: &mut AttackReport,
 ) -> anyhow::Result<()> {
-    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-ssrc").await?;
-    report.sessions += 1;
+    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-ssrc", report).await?;
     let mut seq = 0u16;
     pace(&joined.socket, plan.rate, &stop, None, report, |i| {
         seq = seq.wrapping_add(1);
@@ -509,8 +509,7 @@ async fn srtp_replay(
     stop: watch::Receiver<bool>,
     report: &mut AttackReport,
 ) -> anyhow::Result<()> {
-    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-replay").await?;
-    report.sessions += 1;
+    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-replay", report).await?;
     let ssrc: u32 = rand::random();
     let mut seq = 0u16;
     let mut last = Bytes::new();
@@ -540,8 +539,7 @@ async fn rtp_rate(
     stop: watch::Receiver<bool>,
     report: &mut AttackReport,
 ) -> anyhow::Result<()> {
-    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-rate").await?;
-    report.sessions += 1;
+    let (joined, mut srtp) = connected_publisher(plan, shared, "attacker-rate", report).await?;
     let ssrc: u32 = rand::random();
     let mut seq = 0u16;
     pace(&joined.socket, plan.rate, &stop, None, report, |_| {
