@@ -47,7 +47,14 @@ fn fan_out(c: &mut Criterion) {
     let mut now = Instant::now();
     let mut core = Core::new(CoreConfig::default(), now);
     for e in 1..=EDGES {
-        core.edge_joined(e, format!("edge-{e}"), String::new(), 25, now);
+        let info = core_sfu::core::EdgeInfo {
+            id: format!("edge-{e}"),
+            signalling_url: format!("http://edge-{e}"),
+            region: "local".into(),
+            capacity: 25,
+            max_sessions: 5000,
+        };
+        core.edge_joined(e, info, now);
         core.handle_control(e, Message::Subscribe { channel: "big".into(), listeners: 25 }, now);
     }
     let mut channel_id = 0;

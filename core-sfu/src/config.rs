@@ -41,6 +41,19 @@ pub struct CoreArgs {
     /// PEM private key for QUIC.
     #[arg(long, env = "SFU_QUIC_KEY")]
     pub quic_key: Option<PathBuf>,
+    /// This core's region: where clients that name none are placed first (default "local").
+    #[arg(long, env = "SFU_REGION")]
+    pub region: Option<String>,
+    /// Placement requests a second from one address (IPv6: one /64), burst 4x (default 5).
+    #[arg(long, env = "SFU_OFFERS_PER_SEC_PER_IP")]
+    pub offers_per_sec_per_ip: Option<u32>,
+    /// How long a drained edge's sessions may stay, unless the request names a deadline
+    /// (e.g. 10m, the default).
+    #[arg(long, env = "SFU_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Option<std::time::Duration>,
+    /// Access-Control-Allow-Origin for placement (default *).
+    #[arg(long, env = "SFU_CORS_ALLOW_ORIGIN")]
+    pub cors_allow_origin: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -54,6 +67,11 @@ struct FileConfig {
     core_id: Option<String>,
     quic_cert: Option<PathBuf>,
     quic_key: Option<PathBuf>,
+    region: Option<String>,
+    offers_per_sec_per_ip: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    drain_deadline: Option<std::time::Duration>,
+    cors_allow_origin: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,7 +84,13 @@ pub struct CoreSettings {
     pub quic_cert: Option<PathBuf>,
     pub quic_key: Option<PathBuf>,
     pub core: CoreConfig,
+    pub offers_per_sec_per_ip: u32,
+    pub drain_deadline: std::time::Duration,
+    pub cors_allow_origin: String,
 }
+
+/// How long a drained edge's sessions may stay by default.
+pub const DEFAULT_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl CoreSettings {
     /// Loopback defaults with the given secret.
@@ -80,6 +104,9 @@ impl CoreSettings {
             quic_cert: None,
             quic_key: None,
             core: CoreConfig::default(),
+            offers_per_sec_per_ip: 5,
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            cors_allow_origin: "*".to_owned(),
         }
     }
 
@@ -110,6 +137,15 @@ impl CoreSettings {
         s.core.selector.slots = args.slots.or(file.slots).unwrap_or(s.core.selector.slots);
         anyhow::ensure!((1..=16).contains(&s.core.selector.slots), "slots must be 1..=16");
         s.core.core_id = args.core_id.clone().or(file.core_id).unwrap_or(s.core.core_id);
+        s.core.region = args.region.clone().or(file.region).unwrap_or(s.core.region);
+        anyhow::ensure!(
+            relay_proto::valid_channel_name(&s.core.region),
+            "region must be 1-64 characters of A-Z a-z 0-9 - _ ."
+        );
+        s.offers_per_sec_per_ip =
+            args.offers_per_sec_per_ip.or(file.offers_per_sec_per_ip).unwrap_or(s.offers_per_sec_per_ip);
+        s.drain_deadline = args.drain_deadline.or(file.drain_deadline).unwrap_or(s.drain_deadline);
+        s.cors_allow_origin = args.cors_allow_origin.clone().or(file.cors_allow_origin).unwrap_or(s.cors_allow_origin);
         Ok(s)
     }
 }

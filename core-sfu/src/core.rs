@@ -14,6 +14,9 @@ use node_kit::bucket::TokenBucket;
 use relay_proto::control::{Message, SlotHolder};
 use relay_proto::datagram::MediaHeader;
 use relay_proto::speaker;
+
+use crate::directory::Directory;
+pub use crate::directory::{EdgeInfo, EdgeView, PlaceError, PlaceRequest, Placed};
 use tracing::{debug, error, info, trace, warn};
 
 /// The shell's handle for one edge connection.
@@ -27,6 +30,8 @@ pub struct CoreConfig {
     pub max_speakers_per_channel: usize,
     /// A speaker silent (no datagrams) this long is forgotten.
     pub speaker_timeout: Duration,
+    /// Where clients that name no region are placed first.
+    pub region: String,
 }
 
 impl Default for CoreConfig {
@@ -37,6 +42,7 @@ impl Default for CoreConfig {
             max_channels_per_edge: 10_000,
             max_speakers_per_channel: 256,
             speaker_timeout: Duration::from_secs(10),
+            region: "local".to_owned(),
         }
     }
 }
@@ -124,8 +130,6 @@ struct EdgeState {
     id: String,
     /// This link's part of the speaker ids the edge assigns.
     number: u16,
-    signalling_url: String,
-    capacity: u32,
     channels: Vec<u32>,
     /// Malformed input the edge may still send before its link is closed.
     misbehaviour: TokenBucket,
@@ -191,12 +195,13 @@ pub struct Core {
     outputs: VecDeque<CoreOutput>,
     next_tick: Instant,
     counters: CoreCounters,
+    directory: Directory,
 }
 
 impl Core {
     pub fn new(config: CoreConfig, now: Instant) -> Self {
         Core {
-            config,
+            config: config.clone(),
             edges: HashMap::new(),
             channels: HashMap::new(),
             by_name: HashMap::new(),
@@ -204,6 +209,7 @@ impl Core {
             outputs: VecDeque::new(),
             next_tick: now + TICK,
             counters: CoreCounters::default(),
+            directory: Directory::new(config.region.clone()),
         }
     }
 
@@ -230,23 +236,33 @@ impl Core {
         self.edges.len()
     }
 
-    /// An authenticated edge.
     /// An authenticated edge; returns its edge number for speaker ids, or `None` when
     /// every number is taken.
-    pub fn edge_joined(
-        &mut self,
-        edge: EdgeKey,
-        id: String,
-        signalling_url: String,
-        capacity: u32,
-        now: Instant,
-    ) -> Option<u16> {
+    pub fn edge_joined(&mut self, edge: EdgeKey, info: EdgeInfo, now: Instant) -> Option<u16> {
         let taken: std::collections::HashSet<u16> = self.edges.values().map(|e| e.number).collect();
         let number = (1..=speaker::MAX_EDGE_NUMBER).find(|n| !taken.contains(n))?;
-        info!(edge, id = ?id, signalling_url = ?signalling_url, capacity, number, "edge joined");
+        info!(edge, id = ?info.id, url = ?info.signalling_url, region = ?info.region, capacity = info.capacity, number, "edge joined");
         let misbehaviour = TokenBucket::new(MISBEHAVIOUR_PER_SEC, MISBEHAVIOUR_BURST, now);
-        self.edges.insert(edge, EdgeState { id, number, signalling_url, capacity, channels: Vec::new(), misbehaviour });
+        self.edges.insert(edge, EdgeState { id: info.id.clone(), number, channels: Vec::new(), misbehaviour });
+        self.directory.edge_joined(edge, info);
         Some(number)
+    }
+
+    /// Where the next client of a channel goes (see [`Directory::place`]).
+    pub fn place(&mut self, req: &PlaceRequest, now: Instant) -> Result<Placed, PlaceError> {
+        self.directory.place(req, now)
+    }
+
+    /// Stops (or resumes) placing clients on an edge; a drain also tells the edge to end
+    /// its sessions within `deadline`. False if there is no such edge.
+    pub fn set_draining(&mut self, edge_id: &str, drain: Option<Duration>) -> bool {
+        let Some(key) = self.directory.set_draining(edge_id, drain.is_some()) else { return false };
+        if let Some(deadline) = drain {
+            let deadline_ms = deadline.as_millis().min(u128::from(u32::MAX)) as u32;
+            self.outputs.push_back(CoreOutput::Control { edge: key, message: Message::Drain { deadline_ms } });
+        }
+        info!(edge = key, id = ?edge_id, draining = drain.is_some(), "edge placement state changed");
+        true
     }
 
     /// Whether `speaker` is an id `edge` may use (it carries the edge's number).
@@ -282,6 +298,7 @@ impl Core {
 
     /// The edge's connection is gone: its subscriptions and speakers go with it.
     pub fn edge_left(&mut self, edge: EdgeKey, now: Instant) {
+        self.directory.edge_left(edge);
         let Some(state) = self.edges.remove(&edge) else { return };
         info!(edge, id = %state.id, "edge left");
         for channel_id in state.channels {
@@ -297,8 +314,14 @@ impl Core {
             Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners, now),
             Message::Unsubscribe { channel_id } => self.unsubscribe(edge, channel_id, now),
             Message::Load { channel_id, listeners, .. } => {
-                match self.channels.get_mut(&channel_id).and_then(|c| c.subscribers.get_mut(&edge)) {
-                    Some(l) => *l = listeners,
+                let Some(ch) = self.channels.get_mut(&channel_id) else {
+                    return self.refuse(Refusal::NotSubscribed);
+                };
+                match ch.subscribers.get_mut(&edge) {
+                    Some(l) => {
+                        *l = listeners;
+                        self.directory.listeners(edge, &ch.name, listeners);
+                    }
                     None => self.refuse(Refusal::NotSubscribed),
                 }
             }
@@ -320,6 +343,7 @@ impl Core {
                         }
                         ch.speakers
                             .insert(speaker, Speaker { edge, participant: participant.into(), last_packet: now });
+                        self.directory.publisher_arrived(edge, &ch.name);
                     }
                 }
             }
@@ -367,6 +391,7 @@ impl Core {
         }
         let ch = self.channels.get_mut(&id).expect("channel just found or made");
         ch.subscribers.insert(edge, listeners);
+        self.directory.listeners(edge, &ch.name, listeners);
         self.outputs.push_back(CoreOutput::Control {
             edge,
             message: Message::Subscribed { channel: name.to_owned(), channel_id: id },
@@ -380,6 +405,7 @@ impl Core {
         }
         let Some(ch) = self.channels.get_mut(&channel_id) else { return };
         ch.subscribers.remove(&edge);
+        self.directory.channel_left(edge, &ch.name);
         let gone: Vec<u32> = ch.speakers.iter().filter(|(_, s)| s.edge == edge).map(|(&k, _)| k).collect();
         for ssrc in gone {
             ch.speakers.remove(&ssrc);
@@ -522,9 +548,9 @@ impl Core {
         Some(ChannelDetail { name: name.to_owned(), id, speakers, edges })
     }
 
-    /// Edges by id with their signalling URL and capacity, for operators.
-    pub fn edges(&self) -> Vec<(String, String, u32)> {
-        self.edges.values().map(|e| (e.id.clone(), e.signalling_url.clone(), e.capacity)).collect()
+    /// Edges with their URL, region, capacity, load and state, for operators.
+    pub fn edges(&self) -> Vec<EdgeView> {
+        self.directory.views()
     }
 }
 

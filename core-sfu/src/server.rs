@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::core::{ChannelDetail, ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeKey, Refusal};
+use crate::core::{
+    ChannelDetail, ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeInfo, EdgeKey, EdgeView, PlaceError,
+    PlaceRequest, Placed, Refusal,
+};
 
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Control messages queued per edge before the edge is dropped as too slow.
@@ -31,7 +34,7 @@ enum Command {
         edge: EdgeKey,
         conn: quinn::Connection,
         control: mpsc::Sender<Message>,
-        hello: Hello,
+        hello: EdgeInfo,
         number: oneshot::Sender<Option<u16>>,
     },
     Left {
@@ -63,22 +66,18 @@ enum Command {
         reply: oneshot::Sender<(CoreCounters, usize)>,
     },
     Edges {
-        reply: oneshot::Sender<Vec<EdgeSummary>>,
+        reply: oneshot::Sender<Vec<EdgeView>>,
     },
-}
-
-/// An edge as operators and load testers see it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct EdgeSummary {
-    pub id: String,
-    pub url: String,
-    pub capacity: u32,
-}
-
-struct Hello {
-    edge_id: String,
-    signalling_url: String,
-    capacity: u32,
+    Place {
+        request: PlaceRequest,
+        reply: oneshot::Sender<Result<Placed, PlaceError>>,
+    },
+    /// `deadline`: drain (stop placing, end sessions by then); `None`: undrain.
+    Drain {
+        edge_id: String,
+        deadline: Option<Duration>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 #[derive(Clone)]
@@ -100,7 +99,20 @@ impl CoreHandle {
         rx.await.ok()
     }
 
-    pub async fn edges(&self) -> Option<Vec<EdgeSummary>> {
+    pub async fn place(&self, request: PlaceRequest) -> Option<Result<Placed, PlaceError>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Place { request, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Drains (with a deadline) or undrains (`None`) an edge; false if it is unknown.
+    pub async fn drain(&self, edge_id: String, deadline: Option<Duration>) -> Option<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Drain { edge_id, deadline, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn edges(&self) -> Option<Vec<EdgeView>> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Edges { reply }).await.ok()?;
         rx.await.ok()
@@ -175,21 +187,28 @@ async fn serve_edge(
     };
     let mut reader = FrameReader::default();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut recv, &mut reader)).await {
-        Ok(Ok(Some(Message::Hello { version, edge_id, signalling_url, capacity, proof }))) => {
+        Ok(Ok(Some(Message::Hello { version, edge_id, signalling_url, capacity, proof, region, max_sessions }))) => {
             if version != PROTOCOL_VERSION {
                 refuse(Refusal::BadVersion).await;
                 let reason = format!("unsupported protocol version {version}; this core speaks {PROTOCOL_VERSION}");
-                warn!(%remote, %edge_id, version, "edge refused: protocol version");
+                warn!(%remote, edge_id = ?edge_id, version, "edge refused: protocol version");
                 reject(&conn, &mut send, reason).await;
                 return;
             }
             if !auth::verify(secret, Side::Edge, &binding, &edge_id, &proof) {
                 refuse(Refusal::BadAuth).await;
-                warn!(%remote, %edge_id, "edge refused: bad cluster secret");
+                warn!(%remote, edge_id = ?edge_id, "edge refused: bad cluster secret");
                 reject(&conn, &mut send, "bad cluster secret".to_owned()).await;
                 return;
             }
-            Hello { edge_id, signalling_url, capacity }
+            let info = EdgeInfo { id: edge_id, signalling_url, region, capacity, max_sessions };
+            if let Err(why) = check_edge_info(&info) {
+                refuse(Refusal::MalformedControl).await;
+                warn!(%remote, edge_id = ?info.id, why, "edge refused: hello");
+                reject(&conn, &mut send, format!("hello refused: {why}")).await;
+                return;
+            }
+            info
         }
         Ok(Ok(Some(_))) => {
             refuse(Refusal::UnexpectedMessage).await;
@@ -204,7 +223,7 @@ async fn serve_edge(
         _ => return,
     };
     let (control, mut control_rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
-    let edge_id = hello.edge_id.clone();
+    let edge_id = hello.id.clone();
     let (number_tx, number_rx) = oneshot::channel();
     let joined = Command::Joined { edge, conn: conn.clone(), control, hello, number: number_tx };
     if commands.send(joined).await.is_err() {
@@ -278,6 +297,23 @@ async fn serve_edge(
     let _ = commands.send(Command::Left { edge }).await;
 }
 
+/// What an authenticated edge says of itself must be fit to hand to clients: a printable
+/// id, an http(s) URL without whitespace (it goes into `Location` headers), a region name.
+fn check_edge_info(info: &EdgeInfo) -> Result<(), &'static str> {
+    let printable = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic());
+    if !printable(&info.id) {
+        return Err("edge id must be 1-128 printable ASCII characters");
+    }
+    let url = &info.signalling_url;
+    if !printable(url) || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("signalling URL must be an http(s) URL of 1-128 printable characters");
+    }
+    if !relay_proto::valid_channel_name(&info.region) {
+        return Err("region must be 1-64 characters of A-Z a-z 0-9 - _ .");
+    }
+    Ok(())
+}
+
 async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) {
     let _ = send_message(send, &Message::Reject { reason }).await;
     let _ = send.finish();
@@ -301,7 +337,7 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                 let now = Instant::now();
                 match cmd {
                     Command::Joined { edge, conn, control, hello, number } => {
-                        let n = core.edge_joined(edge, hello.edge_id, hello.signalling_url, hello.capacity, now);
+                        let n = core.edge_joined(edge, hello, now);
                         if n.is_some() {
                             links.insert(edge, EdgeLink { conn, control });
                         }
@@ -318,12 +354,9 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
                     Command::Channel { name, reply } => { let _ = reply.send(core.channel_detail(&name)); }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
-                    Command::Edges { reply } => {
-                        let mut edges: Vec<EdgeSummary> =
-                            core.edges().into_iter().map(|(id, url, capacity)| EdgeSummary { id, url, capacity }).collect();
-                        edges.sort_by(|a, b| a.id.cmp(&b.id));
-                        let _ = reply.send(edges);
-                    }
+                    Command::Edges { reply } => { let _ = reply.send(core.edges()); }
+                    Command::Place { request, reply } => { let _ = reply.send(core.place(&request, now)); }
+                    Command::Drain { edge_id, deadline, reply } => { let _ = reply.send(core.set_draining(&edge_id, deadline)); }
                 }
             }
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),

@@ -4,12 +4,22 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use core_sfu::core::{Core, CoreConfig, CoreOutput, EdgeKey, Refusal};
+use core_sfu::core::{Core, CoreConfig, CoreOutput, EdgeInfo, EdgeKey, Refusal};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
 use relay_proto::speaker;
 
 const LOUD: u8 = 20;
+
+fn info(edge: EdgeKey) -> EdgeInfo {
+    EdgeInfo {
+        id: format!("edge-{edge}"),
+        signalling_url: format!("http://edge-{edge}"),
+        region: "local".into(),
+        capacity: 25,
+        max_sessions: 1000,
+    }
+}
 const SOFT: u8 = 50;
 const SILENT: u8 = 127;
 
@@ -56,7 +66,7 @@ impl Sim {
     }
 
     fn edge(&mut self, edge: EdgeKey, listeners: u32) {
-        let number = self.core.edge_joined(edge, format!("edge-{edge}"), format!("http://edge-{edge}"), 25, self.now);
+        let number = self.core.edge_joined(edge, info(edge), self.now);
         self.numbers.insert(edge, number.expect("a free edge number"));
         self.core.handle_control(edge, Message::Subscribe { channel: "lobby".into(), listeners }, self.now);
         self.drain();
@@ -166,7 +176,7 @@ fn bad_datagrams_are_refused_and_counted() {
     let mut sim = Sim::new();
     sim.edge(1, 1);
     sim.edge(2, 1);
-    sim.numbers.insert(9, sim.core.edge_joined(9, "edge-9".into(), "http://edge-9".into(), 25, sim.now).unwrap());
+    sim.numbers.insert(9, sim.core.edge_joined(9, info(9), sim.now).unwrap());
     let good = sim.datagram(1, 100, LOUD);
     sim.core.handle_datagram(1, good.clone(), sim.now);
     sim.core.handle_datagram(1, Bytes::from_static(&[0x40, 1, 2]), sim.now);

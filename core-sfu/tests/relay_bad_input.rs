@@ -43,6 +43,8 @@ fn hello(link: &Link, secret: &str, version: u16) -> Message {
         signalling_url: "http://e1".into(),
         capacity: 25,
         proof: auth::proof(secret.as_bytes(), Side::Edge, &link.binding, "e1"),
+        region: "local".into(),
+        max_sessions: 100,
     }
 }
 

@@ -13,6 +13,9 @@ use node_kit::{Secret, SecretText};
 
 use crate::edge::EdgeConfig;
 
+/// The region of an edge or core that names none.
+pub const DEFAULT_REGION: &str = "local";
+
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// Configuration file (TOML).
@@ -77,6 +80,9 @@ pub struct RunArgs {
     /// Signalling URL clients use for this edge (default: http://<HTTP address>).
     #[arg(long, env = "SFU_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// This edge's region, for the core's placement (default "local").
+    #[arg(long, env = "SFU_REGION")]
+    pub region: Option<String>,
     /// PEM CA certificate to verify the core's QUIC certificate (default: the core is
     /// authenticated by its cluster-secret proof alone).
     #[arg(long, env = "SFU_CORE_CA")]
@@ -105,6 +111,7 @@ struct FileConfig {
     cluster_secret: Option<SecretText>,
     edge_id: Option<String>,
     public_url: Option<String>,
+    region: Option<String>,
     core_ca: Option<PathBuf>,
 }
 
@@ -116,6 +123,8 @@ pub struct CascadeSettings {
     pub edge_id: Option<String>,
     pub public_url: Option<String>,
     pub core_ca: Option<PathBuf>,
+    /// The region the core places by.
+    pub region: String,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +224,7 @@ impl Settings {
                     edge_id: args.edge_id.clone().or(file.edge_id),
                     public_url: args.public_url.clone().or(file.public_url),
                     core_ca: args.core_ca.clone().or(file.core_ca),
+                    region: args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned()),
                 })
             }
             None => None,

@@ -110,6 +110,8 @@ fn relay_config(
         edge_id: c.edge_id.clone().unwrap_or_else(|| format!("edge-{udp_addr}")),
         signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
         capacity: settings.edge.max_listeners_per_channel as u32,
+        max_sessions: settings.edge.max_sessions as u32,
+        region: c.region.clone(),
         trust,
     })
 }

@@ -78,6 +78,9 @@ pub struct RelayConfig {
     pub edge_id: String,
     pub signalling_url: String,
     pub capacity: u32,
+    /// Sessions this edge takes in all, and its region, for the core's placement.
+    pub max_sessions: u32,
+    pub region: String,
     pub trust: Trust,
 }
 
@@ -417,6 +420,8 @@ async fn connect_core(config: &RelayConfig, endpoint: &mut Option<quinn::Endpoin
         signalling_url: config.signalling_url.clone(),
         capacity: config.capacity,
         proof: auth::proof(&config.cluster_secret, Side::Edge, &binding, &config.edge_id),
+        region: config.region.clone(),
+        max_sessions: config.max_sessions,
     };
     send_message(&mut send, &hello).await?;
     let mut reader = FrameReader::default();

@@ -15,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let now = std::time::Instant::now();
     let mut core = Core::new(CoreConfig::default(), now);
     for edge in 1..=2 {
-        core.edge_joined(edge, format!("e{edge}"), String::new(), 25, now);
+        let info = core_sfu::core::EdgeInfo {
+            id: format!("e{edge}"),
+            signalling_url: format!("http://e{edge}"),
+            region: "local".into(),
+            capacity: 25,
+            max_sessions: 5000,
+        };
+        core.edge_joined(edge, info, now);
         core.handle_control(edge, Message::Subscribe { channel: "lobby".into(), listeners: 1 }, now);
     }
     let mut edge = EdgeHarness::new(ProtectionProfile::AeadAes128Gcm, true);

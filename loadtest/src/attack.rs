@@ -735,6 +735,8 @@ async fn relay_garbage(
             signalling_url: "http://attacker".into(),
             capacity: 25,
             proof: auth::proof(secret.as_bytes(), Side::Edge, &binding, &edge_id),
+            region: "local".into(),
+            max_sessions: 100,
         };
         send_message(&mut send, &hello).await?;
         let mut reader = FrameReader::default();

@@ -168,6 +168,7 @@ impl LocalCluster {
                     edge_id: Some(format!("edge-{}", i + 1)),
                     public_url: None,
                     core_ca: None,
+                    region: edge_sfu::config::DEFAULT_REGION.to_owned(),
                 }),
                 ..Settings::default()
             };

@@ -325,6 +325,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                     edge_id: Some(id),
                     public_url: None,
                     core_ca: None,
+                    region: edge_sfu::config::DEFAULT_REGION.to_owned(),
                 }),
                 ..edge_sfu::Settings::default()
             };

@@ -18,13 +18,16 @@ pub struct SlotHolder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Message {
-    /// Edge -> core, first message.
+    /// Edge -> core, first message: who the edge is, where clients reach it, how many
+    /// listeners it takes per channel (`capacity`) and sessions in all, and its region.
     Hello {
         version: u16,
         edge_id: String,
         signalling_url: String,
         capacity: u32,
         proof: [u8; 32],
+        region: String,
+        max_sessions: u32,
     },
     /// Core -> edge: accepted. `edge_number` is this edge's part of every speaker id it
     /// assigns ([`crate::speaker`]).
@@ -175,13 +178,16 @@ impl Message {
         let start = out.len();
         out.put_u32(0);
         match self {
-            Message::Hello { version, edge_id, signalling_url, capacity, proof } => {
+            Message::Hello { version, edge_id, signalling_url, capacity, proof, region, max_sessions } => {
                 out.put_u8(tag::HELLO);
                 out.put_u16(*version);
                 put_str(out, edge_id);
                 put_str(out, signalling_url);
                 out.put_u32(*capacity);
                 out.put_slice(proof);
+                // After the proof, so an older edge's hello still decodes to its version.
+                put_str(out, region);
+                out.put_u32(*max_sessions);
             }
             Message::Welcome { core_id, slots, edge_number, proof } => {
                 out.put_u8(tag::WELCOME);
@@ -254,13 +260,14 @@ impl Message {
         let mut r = Reader(frame);
         let t = r.u8().map_err(|_| DecodeError::Empty)?;
         let m = match t {
-            tag::HELLO => Message::Hello {
-                version: r.u16()?,
-                edge_id: r.string()?,
-                signalling_url: r.string()?,
-                capacity: r.u32()?,
-                proof: r.bytes32()?,
-            },
+            tag::HELLO => {
+                let (version, edge_id, signalling_url, capacity, proof) =
+                    (r.u16()?, r.string()?, r.string()?, r.u32()?, r.bytes32()?);
+                // Versions before 3 end here; the core then refuses them by version.
+                let (region, max_sessions) =
+                    if version < 3 && r.0.is_empty() { (String::new(), 0) } else { (r.string()?, r.u32()?) };
+                Message::Hello { version, edge_id, signalling_url, capacity, proof, region, max_sessions }
+            }
             tag::WELCOME => {
                 Message::Welcome { core_id: r.string()?, slots: r.u8()?, edge_number: r.u16()?, proof: r.bytes32()? }
             }
@@ -358,13 +365,15 @@ mod tests {
         let holder =
             (any::<u32>(), arb_string()).prop_map(|(speaker, participant)| SlotHolder { speaker, participant });
         prop_oneof![
-            (any::<u16>(), arb_string(), arb_string(), any::<u32>(), any::<[u8; 32]>()).prop_map(
-                |(version, edge_id, signalling_url, capacity, proof)| Message::Hello {
+            (3u16.., arb_string(), arb_string(), any::<u32>(), any::<[u8; 32]>(), arb_string(), any::<u32>()).prop_map(
+                |(version, edge_id, signalling_url, capacity, proof, region, max_sessions)| Message::Hello {
                     version,
                     edge_id,
                     signalling_url,
                     capacity,
-                    proof
+                    proof,
+                    region,
+                    max_sessions
                 }
             ),
             (arb_string(), any::<u8>(), any::<u16>(), any::<[u8; 32]>()).prop_map(

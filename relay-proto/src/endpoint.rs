@@ -244,6 +244,8 @@ mod tests {
             signalling_url: "http://e1".into(),
             capacity: 25,
             proof: auth::proof(b"secret", Side::Edge, &binding, "e1"),
+            region: "local".into(),
+            max_sessions: 5000,
         };
         send_message(&mut send, &hello).await.unwrap();
         let Some(Message::Welcome { core_id, proof, .. }) =

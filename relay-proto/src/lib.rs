@@ -10,8 +10,9 @@ pub mod datagram;
 pub mod endpoint;
 pub mod speaker;
 
-/// The protocol version this build speaks (2: SFU-assigned speaker ids).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks (2: SFU-assigned speaker ids; 3: the edge's
+/// region and session capacity in its hello).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A channel name: 1-64 characters of `A-Z a-z 0-9 - _ .` (what clients put in URLs and
 /// what nodes log).

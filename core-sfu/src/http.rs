@@ -1,0 +1,242 @@
+//! The core's HTTP: placement (`POST /whip|/whep|/join/{channel}` answer `307` to the
+//! chosen edge), the operator API behind the admin token, health and metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusRecorder;
+use serde::Deserialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::core::{self, PlaceError, PlaceRequest};
+use crate::server;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub handle: server::CoreHandle,
+    pub node: String,
+    /// Operators' bearer token; without one the operator endpoints are off.
+    pub admin_token: Option<node_kit::Secret>,
+    pub http_stats: Arc<node_kit::http::HttpStats>,
+    /// This node's own registry: several nodes may share a process (the local cluster).
+    pub recorder: Arc<PrometheusRecorder>,
+    /// Placement requests a second per client address.
+    pub placement_limiter: Arc<node_kit::per_ip::PerIpLimiter>,
+    /// A drain's deadline when the operator names none.
+    pub drain_deadline: Duration,
+}
+
+/// What a client of a channel is placed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Publish,
+    Listen,
+    Join,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Publish => "whip",
+            Endpoint::Listen => "whep",
+            Endpoint::Join => "join",
+        }
+    }
+}
+
+pub fn router(state: HttpState, cors_allow_origin: &str) -> Router {
+    let origin = if cors_allow_origin == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(cors_allow_origin.split(',').filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER]);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route("/whip/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Publish)))
+        .route("/whep/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Listen)))
+        .route("/join/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Join)))
+        .route("/channels", get(channels))
+        .route("/channels/{channel}", get(channel))
+        .route("/edges", get(edges))
+        .route("/v1/channels", get(channels))
+        .route("/v1/channels/{channel}", get(channel))
+        .route("/v1/edges", get(edges))
+        .route("/v1/edges/{id}/drain", post(drain))
+        .route("/v1/edges/{id}/undrain", post(undrain))
+        .layer(cors)
+        .with_state(state)
+}
+
+#[derive(Deserialize, Default)]
+struct PlaceQuery {
+    region: Option<String>,
+    /// Comma-separated edge ids that refused this client already.
+    exclude: Option<String>,
+}
+
+/// Most edges a client can have come back from before placement gives up on it.
+const MAX_EXCLUDED: usize = 8;
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into() + "\n").into_response()
+}
+
+/// Places one client: `307 Temporary Redirect` to its edge, with the same method and
+/// body (WHIP and WHEP clients, and browsers' fetch, follow it).
+async fn place(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(channel): Path<String>,
+    Query(q): Query<PlaceQuery>,
+    endpoint: Endpoint,
+) -> Response {
+    if let Err(wait) = state.placement_limiter.check(peer.ip()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+        let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
+    if !relay_proto::valid_channel_name(&channel) {
+        return text(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
+    }
+    let region = q.region.filter(|r| relay_proto::valid_channel_name(r));
+    let exclude: Vec<String> =
+        q.exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    if exclude.len() > MAX_EXCLUDED {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no edge could take this client");
+    }
+    let request = PlaceRequest { channel: channel.clone(), listens: endpoint != Endpoint::Publish, region, exclude };
+    match state.handle.place(request).await {
+        Some(Ok(placed)) => {
+            let location = format!("{}/{}/{channel}", placed.signalling_url.trim_end_matches('/'), endpoint.path());
+            match HeaderValue::from_str(&location) {
+                Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the chosen edge has no usable URL"),
+            }
+        }
+        Some(Err(PlaceError::NoRoom)) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "no edge has room for this client");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DrainQuery {
+    /// Seconds the edge's sessions may stay (default: the core's drain deadline).
+    deadline_s: Option<u64>,
+}
+
+/// Stops placing clients on an edge and tells it to end its sessions by the deadline.
+async fn drain(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    Query(q): Query<DrainQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    let deadline = q.deadline_s.map_or(state.drain_deadline, Duration::from_secs);
+    match state.handle.drain(id, Some(deadline)).await {
+        Some(true) => {
+            Json(serde_json::json!({ "state": "draining", "deadline_s": deadline.as_secs() })).into_response()
+        }
+        Some(false) => text(StatusCode::NOT_FOUND, "no such edge"),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+    }
+}
+
+/// Places clients on the edge again (its sessions already ended stay ended).
+async fn undrain(State(state): State<HttpState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    match state.handle.drain(id, None).await {
+        Some(true) => Json(serde_json::json!({ "state": "ready" })).into_response(),
+        Some(false) => text(StatusCode::NOT_FOUND, "no such edge"),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+    }
+}
+
+/// The refusal for a request without the admin token, if it has none.
+fn admin_only(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    if node_kit::http::bearer_is(headers, state.admin_token.as_ref()) {
+        return None;
+    }
+    let message = if state.admin_token.is_some() {
+        "needs the admin token (Authorization: Bearer ...)\n"
+    } else {
+        "operator endpoints are off: set SFU_ADMIN_TOKEN to turn them on\n"
+    };
+    Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], message).into_response())
+}
+
+async fn edges(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    Json(state.handle.edges().await.unwrap_or_default()).into_response()
+}
+
+/// One channel: its speakers (SFU speaker id, participant, edge, slot) and edges.
+async fn channel(State(state): State<HttpState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    match state.handle.channel(name).await.flatten() {
+        Some(detail) => Json(detail).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such channel\n").into_response(),
+    }
+}
+
+async fn channels(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    Json(state.handle.channels().await.unwrap_or_default()).into_response()
+}
+
+/// Prometheus text: the core's counters, copied from one snapshot at scrape time so the
+/// media path never touches the metrics registry.
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    let (Some((c, edges)), Some(channels)) = (state.handle.stats().await, state.handle.channels().await) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "core is shutting down\n").into_response();
+    };
+    metrics::with_local_recorder(state.recorder.as_ref(), || {
+        let node = state.node.clone();
+        let labels = [("node", node.clone()), ("role", "core".to_owned())];
+        metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
+        metrics::gauge!("sfu_core_channels", &labels).set(channels.len() as f64);
+        let listeners: u64 = channels.iter().map(|c| c.listeners).sum();
+        metrics::gauge!("sfu_core_listeners", &labels).set(listeners as f64);
+        metrics::counter!("sfu_core_datagrams_in_total", &labels).absolute(c.datagrams_in);
+        metrics::counter!("sfu_core_datagrams_out_total", &labels).absolute(c.datagrams_out);
+        metrics::counter!("sfu_core_datagrams_dropped_total", &labels).absolute(c.datagrams_dropped);
+        metrics::counter!("sfu_core_selection_changes_total", &labels).absolute(c.selection_changes);
+        metrics::counter!("sfu_core_links_closed_misbehaving_total", &labels).absolute(c.links_closed_misbehaving);
+        metrics::counter!("sfu_process_panics_total", &labels).absolute(node_kit::panics::total());
+        metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
+        metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
+        metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
+        for r in core::Refusal::ALL {
+            let labels = [("node", node.clone()), ("role", "core".to_owned()), ("reason", r.as_str().to_owned())];
+            metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));
+        }
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.recorder.handle().render()).into_response()
+}
