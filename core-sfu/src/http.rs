@@ -64,9 +64,9 @@ pub fn router(state: HttpState, cors_allow_origin: &str) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
-        .route("/whip/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Publish)))
-        .route("/whep/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Listen)))
-        .route("/join/{channel}", post(|s, p, c, q| place(s, p, c, q, Endpoint::Join)))
+        .route("/whip/{channel}", post(|s, p, c, q, h| place(s, p, c, q, h, Endpoint::Publish)))
+        .route("/whep/{channel}", post(|s, p, c, q, h| place(s, p, c, q, h, Endpoint::Listen)))
+        .route("/join/{channel}", post(|s, p, c, q, h| place(s, p, c, q, h, Endpoint::Join)))
         .route("/channels", get(channels))
         .route("/channels/{channel}", get(channel))
         .route("/edges", get(edges))
@@ -84,6 +84,13 @@ struct PlaceQuery {
     region: Option<String>,
     /// Comma-separated edge ids that refused this client already.
     exclude: Option<String>,
+    /// The join token, when it comes in the URL (RFC 6750 2.3) rather than a header.
+    access_token: Option<String>,
+}
+
+/// The join token of a request: `Authorization: Bearer`, else `?access_token=`.
+fn join_token<'a>(headers: &'a HeaderMap, query: &'a PlaceQuery) -> Option<&'a str> {
+    node_kit::http::bearer(headers).or(query.access_token.as_deref())
 }
 
 /// Most edges a client can have come back from before placement gives up on it.
@@ -100,6 +107,7 @@ async fn place(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(channel): Path<String>,
     Query(q): Query<PlaceQuery>,
+    headers: HeaderMap,
     endpoint: Endpoint,
 ) -> Response {
     if let Err(wait) = state.placement_limiter.check(peer.ip()) {
@@ -111,6 +119,11 @@ async fn place(
     if !relay_proto::valid_channel_name(&channel) {
         return text(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
     }
+    // Browsers drop `Authorization` on a cross-origin redirect: the token travels on in
+    // the edge's URL (RFC 6750 2.3). JWTs are URL-safe; anything else is not forwarded.
+    let token = join_token(&headers, &q)
+        .filter(|t| t.len() <= 4096 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .map(str::to_owned);
     let region = q.region.filter(|r| relay_proto::valid_channel_name(r));
     let exclude: Vec<String> =
         q.exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
@@ -120,7 +133,10 @@ async fn place(
     let request = PlaceRequest { channel: channel.clone(), listens: endpoint != Endpoint::Publish, region, exclude };
     match state.handle.place(request).await {
         Some(Ok(placed)) => {
-            let location = format!("{}/{}/{channel}", placed.signalling_url.trim_end_matches('/'), endpoint.path());
+            let mut location = format!("{}/{}/{channel}", placed.signalling_url.trim_end_matches('/'), endpoint.path());
+            if let Some(token) = &token {
+                location += &format!("?access_token={token}");
+            }
             match HeaderValue::from_str(&location) {
                 Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the chosen edge has no usable URL"),

@@ -83,6 +83,13 @@ pub struct RunArgs {
     /// This edge's region, for the core's placement (default "local").
     #[arg(long, env = "SFU_REGION")]
     pub region: Option<String>,
+    /// The core's placement URL (http://core:8070): clients this edge cannot take (full,
+    /// draining) are sent back there to be placed elsewhere.
+    #[arg(long, env = "SFU_CORE_URL")]
+    pub core_url: Option<String>,
+    /// On SIGTERM (or a drain from the core), how long sessions may stay (default 10m).
+    #[arg(long, env = "SFU_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Option<Duration>,
     /// PEM CA certificate to verify the core's QUIC certificate (default: the core is
     /// authenticated by its cluster-secret proof alone).
     #[arg(long, env = "SFU_CORE_CA")]
@@ -112,6 +119,9 @@ struct FileConfig {
     edge_id: Option<String>,
     public_url: Option<String>,
     region: Option<String>,
+    core_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    drain_deadline: Option<Duration>,
     core_ca: Option<PathBuf>,
 }
 
@@ -125,6 +135,8 @@ pub struct CascadeSettings {
     pub core_ca: Option<PathBuf>,
     /// The region the core places by.
     pub region: String,
+    /// Where clients this edge cannot take go back to be placed.
+    pub core_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +153,8 @@ pub struct Settings {
     pub dtls_cert: Option<PathBuf>,
     pub offers_per_sec_per_ip: u32,
     pub http_limits: HttpLimits,
+    /// On SIGTERM, how long sessions may stay before the edge ends them and exits.
+    pub drain_deadline: Duration,
     pub edge: EdgeConfig,
     pub handshake_timeout: Duration,
     /// `Some`: cascade mode under a core.
@@ -160,6 +174,7 @@ impl Default for Settings {
             dtls_cert: None,
             offers_per_sec_per_ip: 5,
             http_limits: HttpLimits::default(),
+            drain_deadline: Duration::from_secs(600),
             edge: EdgeConfig::default(),
             handshake_timeout: media::dtls::DEFAULT_HANDSHAKE_TIMEOUT,
             cascade: None,
@@ -217,14 +232,27 @@ impl Settings {
                     "cascade mode (--core) needs the cluster secret: set SFU_CLUSTER_SECRET or --cluster-secret",
                 )?;
                 anyhow::ensure!(core.contains(':'), "--core must be HOST:PORT, got {core:?}");
+                let region = args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+                anyhow::ensure!(
+                    relay_proto::valid_channel_name(&region),
+                    "--region must be 1-64 characters of A-Z a-z 0-9 - _ ."
+                );
+                let (core_url, public_url) =
+                    (args.core_url.clone().or(file.core_url), args.public_url.clone().or(file.public_url));
+                let http_url = |u: &Option<String>| {
+                    u.as_deref().is_none_or(|u| u.starts_with("http://") || u.starts_with("https://"))
+                };
+                anyhow::ensure!(http_url(&core_url), "--core-url must be an http(s) URL");
+                anyhow::ensure!(http_url(&public_url), "--public-url must be an http(s) URL");
                 edge.cascade = true;
                 Some(CascadeSettings {
                     core,
                     cluster_secret: Secret::new("the cluster secret (SFU_CLUSTER_SECRET)", cluster_secret)?,
                     edge_id: args.edge_id.clone().or(file.edge_id),
-                    public_url: args.public_url.clone().or(file.public_url),
+                    public_url,
                     core_ca: args.core_ca.clone().or(file.core_ca),
-                    region: args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+                    region,
+                    core_url,
                 })
             }
             None => None,
@@ -246,6 +274,7 @@ impl Settings {
                 .or(file.offers_per_sec_per_ip)
                 .unwrap_or(d.offers_per_sec_per_ip),
             http_limits,
+            drain_deadline: args.drain_deadline.or(file.drain_deadline).unwrap_or(d.drain_deadline),
             edge,
             handshake_timeout: d.handshake_timeout,
             cascade,

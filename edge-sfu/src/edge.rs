@@ -180,6 +180,8 @@ pub enum AdmitError {
     TooManyPending,
     #[error("too many sessions connecting from this address; retry shortly")]
     TooManyPendingFromAddress,
+    #[error("edge is draining")]
+    Draining,
 }
 
 /// One listener slot as negotiated on a media section.
@@ -388,6 +390,8 @@ pub struct Edge {
     next_speaker: u32,
     /// This edge's number at its core (0 standalone): the high bits of its speaker ids.
     edge_number: u16,
+    /// Draining: no new sessions; those left end at this deadline.
+    drain_deadline: Option<Instant>,
 }
 
 impl Edge {
@@ -414,6 +418,7 @@ impl Edge {
             speakers: HashMap::new(),
             next_speaker: 1,
             edge_number: 0,
+            drain_deadline: None,
         }
     }
 
@@ -441,6 +446,9 @@ impl Edge {
 
     /// Whether a new session with (`listens`) from `client` could join `channel` now.
     pub fn admit(&self, channel: &str, listens: bool, client: Option<IpAddr>) -> Result<(), AdmitError> {
+        if self.drain_deadline.is_some() {
+            return Err(AdmitError::Draining);
+        }
         if self.sessions.len() >= self.config.max_sessions {
             return Err(AdmitError::EdgeFull);
         }
@@ -927,6 +935,31 @@ impl Edge {
         }
     }
 
+    /// Drains the edge: no new sessions from now, and those left end at `deadline` (an
+    /// earlier deadline than one already set wins). The core is told, so it stops placing
+    /// clients here at once.
+    pub fn drain(&mut self, deadline: Instant, now: Instant) {
+        let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
+        if self.drain_deadline.is_none() {
+            info!(sessions = self.sessions.len(), in_s = deadline.saturating_duration_since(now).as_secs(), "draining");
+        }
+        self.drain_deadline = Some(deadline);
+        if self.relay_up {
+            let deadline_ms = deadline.saturating_duration_since(now).as_millis().min(u128::from(u32::MAX)) as u32;
+            self.outputs.push_back(Output::Relay(Message::Drain { deadline_ms }));
+        }
+    }
+
+    /// Draining, with sessions left or not.
+    pub fn is_draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// Takes new sessions: not draining, and (in cascade mode) linked to a core.
+    pub fn is_ready(&self) -> bool {
+        self.drain_deadline.is_none() && (!self.config.cascade || self.relay_up)
+    }
+
     /// The link to the core is up, and the core numbered this edge `edge_number` (the
     /// high bits of its speaker ids): subscribe to every channel this edge serves.
     pub fn relay_connected(&mut self, edge_number: u16) {
@@ -958,7 +991,7 @@ impl Edge {
         info!("core link down");
     }
 
-    pub fn handle_relay_control(&mut self, message: Message) {
+    pub fn handle_relay_control(&mut self, message: Message, now: Instant) {
         match message {
             Message::Subscribed { channel, channel_id } => {
                 let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone());
@@ -1000,7 +1033,10 @@ impl Edge {
                 }
                 Self::set_holders(ch, holders, &mut self.sessions, &name);
             }
-            Message::Drain { deadline_ms } => info!(deadline_ms, "core asks this edge to drain"),
+            Message::Drain { deadline_ms } => {
+                info!(deadline_ms, "core asks this edge to drain");
+                self.drain(now + Duration::from_millis(u64::from(deadline_ms)), now);
+            }
             Message::Goodbye { reason } => info!(reason = ?reason, "core says goodbye"),
             other => debug!(?other, "unexpected message from the core"),
         }
@@ -1135,6 +1171,13 @@ impl Edge {
             return;
         }
         self.next_tick = now + TICK;
+        if self.drain_deadline.is_some_and(|d| now >= d) && !self.sessions.is_empty() {
+            let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+            info!(sessions = ids.len(), "drain deadline reached: ending the sessions left");
+            for id in ids {
+                self.remove_session(id, "drained");
+            }
+        }
         for (name, channel) in self.channels.iter_mut() {
             if channel.selector.update(now) && !self.config.cascade {
                 let holders = local_holders(channel, self.edge_number);

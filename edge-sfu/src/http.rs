@@ -31,6 +31,8 @@ pub struct AppState {
     /// Operators' bearer token for channel detail; without one, only join tokens of the channel.
     pub admin_token: Option<node_kit::Secret>,
     pub offer_limiter: Arc<node_kit::per_ip::PerIpLimiter>,
+    /// The core's placement URL: clients this edge cannot take go back there.
+    pub core_url: Option<String>,
     /// Offers refused with 429.
     pub offers_rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub http_stats: Arc<node_kit::http::HttpStats>,
@@ -65,10 +67,11 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/whip/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Publish)))
-        .route("/whep/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Listen)))
-        .route("/join/{channel}", post(|s, p, c, h, b| offer(s, p, c, h, b, Endpoint::Join)))
+        .route("/whip/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Publish)))
+        .route("/whep/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Listen)))
+        .route("/join/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Join)))
         .route("/session/{resource}", delete(end_session))
         .route("/channels/{channel}", get(channel_view))
         .route("/demo/token", get(demo_token))
@@ -125,8 +128,24 @@ pub fn valid_channel(name: &str) -> bool {
     relay_proto::valid_channel_name(name)
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, channel: &str, endpoint: Endpoint) -> Result<Claims, ApiError> {
-    let token = node_kit::http::bearer(headers).ok_or(TokenError::Missing);
+/// What an offer's URL may carry: the join token (RFC 6750 2.3, as the core's redirect
+/// forwards it, since browsers drop `Authorization` on a cross-origin redirect), and the
+/// edges that already refused this client.
+#[derive(Deserialize, Default)]
+pub struct OfferQuery {
+    access_token: Option<String>,
+    exclude: Option<String>,
+    region: Option<String>,
+}
+
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &OfferQuery,
+    channel: &str,
+    endpoint: Endpoint,
+) -> Result<Claims, ApiError> {
+    let token = node_kit::http::bearer(headers).or(query.access_token.as_deref()).ok_or(TokenError::Missing);
     let claims = token.and_then(|t| state.tokens.verify(t)).map_err(|e| {
         ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
@@ -139,6 +158,54 @@ fn authorize(state: &AppState, headers: &HeaderMap, channel: &str, endpoint: End
         return Err(ApiError::new(StatusCode::FORBIDDEN, "a listener token cannot publish"));
     }
     Ok(claims)
+}
+
+/// Sends a client this edge cannot take back to the core's placement, which picks
+/// another edge (this one excluded): `None` without a core URL, or after too many edges.
+fn retry_at_core(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &OfferQuery,
+    channel: &str,
+    endpoint: Endpoint,
+) -> Option<Response> {
+    let core = state.core_url.as_deref()?;
+    let mut exclude: Vec<&str> = query.exclude.as_deref().unwrap_or("").split(',').filter(|e| !e.is_empty()).collect();
+    if exclude.len() >= MAX_RETRIES_AT_CORE {
+        return None;
+    }
+    exclude.push(&state.node);
+    let path = match endpoint {
+        Endpoint::Publish => "whip",
+        Endpoint::Listen => "whep",
+        Endpoint::Join => "join",
+    };
+    let mut location =
+        format!("{}/{path}/{channel}?exclude={}", core.trim_end_matches('/'), url_encode(&exclude.join(",")));
+    if let Some(region) = query.region.as_deref().filter(|r| valid_channel(r)) {
+        location += &format!("&region={region}");
+    }
+    if let Some(token) = node_kit::http::bearer(headers).or(query.access_token.as_deref()) {
+        location += &format!("&access_token={}", url_encode(token));
+    }
+    let location = HeaderValue::from_str(&location).ok()?;
+    Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response())
+}
+
+/// How many edges a client may be sent back from before it gets a 503.
+const MAX_RETRIES_AT_CORE: usize = 4;
+
+/// Percent-encodes all but RFC 3986 unreserved characters.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
 }
 
 /// What the answer does with each offered section, and what the session sends and receives.
@@ -197,6 +264,7 @@ async fn offer(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(channel): Path<String>,
+    Query(query): Query<OfferQuery>,
     headers: HeaderMap,
     body: String,
     endpoint: Endpoint,
@@ -207,7 +275,7 @@ async fn offer(
     if !valid_channel(&channel) {
         return error(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
     }
-    let claims = match authorize(&state, &headers, &channel, endpoint) {
+    let claims = match authorize(&state, &headers, &query, &channel, endpoint) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -243,7 +311,15 @@ async fn offer(
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
                 .into_response();
         }
-        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::TooManyPending))) => {
+        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::Draining))) => {
+            if let Some(back) = retry_at_core(&state, &headers, &query, &channel, endpoint) {
+                return back;
+            }
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
+                .into_response();
+        }
+        Ok(Err(e @ AdmitError::TooManyPending)) => {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
                 .into_response();
@@ -268,6 +344,16 @@ async fn offer(
         answer,
     )
         .into_response()
+}
+
+/// Takes new sessions: not draining and, in cascade mode, linked to a core. Liveness
+/// (`/healthz`) never depends on the core or anything else.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.edge.readiness().await {
+        Ok(r) if r.ready => Json(r).into_response(),
+        Ok(r) => (StatusCode::SERVICE_UNAVAILABLE, Json(r)).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn end_session(State(state): State<Arc<AppState>>, Path(resource): Path<String>) -> Response {

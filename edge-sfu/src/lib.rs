@@ -77,6 +77,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         demo_tokens: settings.dev,
         admin_token: settings.admin_token.clone(),
         offer_limiter,
+        core_url: settings.cascade.as_ref().and_then(|c| c.core_url.clone()),
         offers_rate_limited: Default::default(),
         http_stats: http_stats.clone(),
         metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),

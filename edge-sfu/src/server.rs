@@ -58,6 +58,13 @@ enum Command {
     Stats {
         reply: oneshot::Sender<(Counters, usize)>,
     },
+    /// Drain: no new sessions; those left end after `deadline`.
+    Drain {
+        deadline: Duration,
+    },
+    Ready {
+        reply: oneshot::Sender<Readiness>,
+    },
     RelayUp {
         link: RelayLink,
         edge_number: u16,
@@ -94,6 +101,14 @@ const RELAY_CONTROL_QUEUE: usize = 4096;
 const RELAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
 const RELAY_MAX_BACKOFF: Duration = Duration::from_secs(2);
 const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the edge takes new sessions, and why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub draining: bool,
+    pub sessions: usize,
+}
 
 /// A cheap, cloneable handle to a running edge.
 #[derive(Clone)]
@@ -141,6 +156,15 @@ impl EdgeHandle {
 
     pub async fn stats(&self) -> Result<(Counters, usize), HandleError> {
         self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Stops taking sessions; those left end after `deadline`.
+    pub async fn drain(&self, deadline: Duration) -> Result<(), HandleError> {
+        self.commands.send(Command::Drain { deadline }).await.map_err(|_| HandleError::Gone)
+    }
+
+    pub async fn readiness(&self) -> Result<Readiness, HandleError> {
+        self.ask(|reply| Command::Ready { reply }).await
     }
 }
 
@@ -267,6 +291,14 @@ impl Shell {
             Command::ChannelView { name, reply } => {
                 let _ = reply.send(self.edge.channel_view(&name));
             }
+            Command::Drain { deadline } => self.edge.drain(now + deadline, now),
+            Command::Ready { reply } => {
+                let _ = reply.send(Readiness {
+                    ready: self.edge.is_ready(),
+                    draining: self.edge.is_draining(),
+                    sessions: self.edge.session_count(),
+                });
+            }
             Command::Stats { reply } => {
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));
             }
@@ -280,7 +312,7 @@ impl Shell {
             }
             Command::RelayMalformed => self.edge.count_drop(DropReason::RelayMalformed),
             Command::RelayControl(message) => {
-                self.edge.contain(None, "relay control", |e| e.handle_relay_control(message))
+                self.edge.contain(None, "relay control", |e| e.handle_relay_control(message, now))
             }
             Command::RelayDatagram(data) => {
                 self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(&data, now))

@@ -457,7 +457,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let mut alice = net.join("lobby", "alice", true, 3);
     let mut bob = net.join("lobby", "bob", false, 3);
     assert!(matches!(&net.relay[0], Message::Subscribe { channel, .. } if channel == "lobby"), "{:?}", net.relay);
-    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 });
+    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 }, net.now);
     net.drain();
     assert!(net.relay.contains(&Message::Load { channel_id: 7, listeners: 2, speakers: 0 }), "{:?}", net.relay);
 
@@ -475,10 +475,10 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     // The core selects a remote speaker and alice; both reach bob, alice never herself.
     let remote = 555u32;
     let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
-    net.edge.handle_relay_control(Message::Selection {
-        channel_id: 7,
-        slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None],
-    });
+    net.edge.handle_relay_control(
+        Message::Selection { channel_id: 7, slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None] },
+        net.now,
+    );
     for seq in 0..20 {
         net.edge.handle_relay_datagram(&core_datagram(7, remote, seq), net.now);
         net.edge.handle_relay_datagram(&core_datagram(7, alice_id.0, seq), net.now);
@@ -517,8 +517,8 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     );
     assert_eq!(net.edge.session_count(), 2);
     // The new core already selected the same speaker: bob's slot still continues at +1.
-    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 8 });
-    net.edge.handle_relay_control(Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] });
+    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 8 }, net.now);
+    net.edge.handle_relay_control(Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] }, net.now);
     net.edge.handle_relay_datagram(&core_datagram(8, remote, 500), net.now);
     net.drain();
     let (rtp, _) = net.received(&mut bob);

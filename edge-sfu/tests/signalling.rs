@@ -60,6 +60,7 @@ async fn app_with(config: edge_sfu::edge::EdgeConfig, demo_tokens: bool, offers_
             demo_tokens,
             admin_token: Some(node_kit::Secret::new("admin token", ADMIN).unwrap()),
             offer_limiter: node_kit::per_ip::PerIpLimiter::new(offers_per_sec, 4 * offers_per_sec),
+            core_url: None,
             offers_rate_limited: Default::default(),
             http_stats: Default::default(),
             metrics,

@@ -140,7 +140,7 @@ fuzz_target!(|input: Input| {
                 let mut reader = FrameReader::default();
                 reader.push(&bytes);
                 while let Ok(Some(m)) = reader.next_message() {
-                    h.edge.handle_relay_control(m);
+                    h.edge.handle_relay_control(m, h.now);
                 }
             }
             Op::RelayDatagram(bytes) => h.edge.handle_relay_datagram(&bytes::Bytes::from(bytes), h.now),

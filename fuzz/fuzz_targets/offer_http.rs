@@ -45,6 +45,7 @@ fn http() -> &'static Http {
                     demo_tokens: true,
                     admin_token: Some(node_kit::Secret::new("admin", "fuzz-admin-token-of-32-bytes-or-more").unwrap()),
                     offer_limiter: node_kit::per_ip::PerIpLimiter::new(1_000_000, 1_000_000),
+                    core_url: Some("http://127.0.0.1:9".into()),
                     offers_rate_limited: Default::default(),
                     http_stats: Default::default(),
                     metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),

@@ -42,10 +42,10 @@ impl EdgeHarness {
         let mut h = EdgeHarness { edge: Edge::new(config, now, Duration::from_secs(1_800_000_000)), now, clients: vec![] };
         if cascade {
             h.edge.relay_connected(3);
-            h.edge.handle_relay_control(relay_proto::control::Message::Subscribed {
-                channel: "lobby".into(),
-                channel_id: 7,
-            });
+            h.edge.handle_relay_control(
+                relay_proto::control::Message::Subscribed { channel: "lobby".into(), channel_id: 7 },
+                now,
+            );
         }
         for (i, (publish, slots, connect)) in [(true, 2, true), (false, 3, true), (true, 1, false)].into_iter().enumerate() {
             let c = h.join(i as u16, publish, slots, connect, profile);

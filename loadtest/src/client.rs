@@ -123,6 +123,8 @@ pub struct ClientReport {
     /// A new speaker's talk start to its first packet on a slot here.
     pub switch_times: Vec<Duration>,
     pub packets_sent: u64,
+    /// The edge the client ended up on (placement through the core chooses it).
+    pub edge_url: Option<String>,
 }
 
 impl ClientReport {
@@ -137,6 +139,7 @@ impl ClientReport {
             streams: Vec::new(),
             switch_times: Vec::new(),
             packets_sent: 0,
+            edge_url: None,
         }
     }
 }
@@ -155,6 +158,7 @@ pub async fn run(spec: ClientSpec, shared: Arc<Shared>, mut stop: watch::Receive
 }
 
 struct Connected {
+    edge_url: String,
     socket: Arc<UdpSocket>,
     srtp: SrtpSession,
     answer: Answer,
@@ -219,6 +223,8 @@ pub struct Joined {
     /// The session's URL, for DELETE.
     pub location: Option<String>,
     pub offer_sent: Instant,
+    /// The edge that answered (after any redirect from the core), as `scheme://host:port`.
+    pub edge_url: String,
 }
 
 /// What a client offers: `path` is whip, whep or join.
@@ -276,7 +282,8 @@ pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> 
         }
     }
     anyhow::ensure!(checked, "no answer to the ICE check from {remote}");
-    Ok(Joined { socket, answer, ufrag, location: location.transpose()?, offer_sent })
+    let edge_url = final_url.origin().ascii_serialization();
+    Ok(Joined { socket, answer, ufrag, location: location.transpose()?, offer_sent, edge_url })
 }
 
 /// The DTLS handshake as client through the pipe, pumping the socket meanwhile; the
@@ -329,6 +336,7 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
     let j = join(&offer, shared).await?;
     let srtp = handshake(&j, shared).await?;
     Ok(Connected {
+        edge_url: j.edge_url,
         socket: j.socket,
         srtp,
         answer: j.answer,
@@ -345,6 +353,7 @@ async fn session(
     report: &mut ClientReport,
 ) -> anyhow::Result<()> {
     let mut c = connect(spec, shared).await?;
+    report.edge_url = Some(c.edge_url.clone());
     let result = match &spec.role {
         Role::Speaker(params) => {
             report.join_time = Some(c.offer_sent.elapsed());

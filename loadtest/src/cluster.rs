@@ -169,6 +169,7 @@ impl LocalCluster {
                     public_url: None,
                     core_ca: None,
                     region: edge_sfu::config::DEFAULT_REGION.to_owned(),
+                    core_url: Some(format!("http://{}", core.node.http_addr)),
                 }),
                 ..Settings::default()
             };

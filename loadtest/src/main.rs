@@ -82,6 +82,8 @@ enum Node {
         #[arg(long)]
         core: String,
         #[arg(long)]
+        core_url: String,
+        #[arg(long)]
         cluster_secret: String,
         #[arg(long)]
         token_secret: String,
@@ -146,6 +148,9 @@ struct LoadArgs {
     /// Attack packets, requests or connections a second (default: per attack).
     #[arg(long)]
     attack_rate: Option<u32>,
+    /// Join every client through the core's placement (it redirects each to an edge).
+    #[arg(long)]
+    via_core: bool,
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -175,6 +180,7 @@ impl LoadArgs {
             tokens,
             progress: !self.quiet,
             attack: None,
+            via_core: None,
         }
     }
 
@@ -242,6 +248,8 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
             "edge",
             "--core",
             &core.other.to_string(),
+            "--core-url",
+            &format!("http://{}", core.http),
             "--cluster-secret",
             &cluster_secret,
             "--token-secret",
@@ -262,6 +270,7 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     // Give every edge its core link before the first offer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut scenario = load.scenario(urls, Tokens::Secret(token_secret.clone()));
+    scenario.via_core = load.via_core.then(|| format!("http://{}", core.http));
     scenario.attack = load.attack.map(|kind| loadtest::attack::AttackPlan {
         kind,
         rate: load.attack_rate.unwrap_or(kind.default_rate()),
@@ -285,6 +294,7 @@ async fn run(
     admin_token: Option<String>,
     load: LoadArgs,
 ) -> anyhow::Result<()> {
+    let core_url = core.clone();
     let edges = match core {
         Some(core) => {
             let url = format!("{}/edges", core.trim_end_matches('/'));
@@ -299,7 +309,11 @@ async fn run(
     anyhow::ensure!(!edges.is_empty(), "the deployment lists no edges");
     let tokens = token_secret.map_or(Tokens::Demo, Tokens::Secret);
     anyhow::ensure!(load.attack.is_none(), "--attack runs against a local cluster (loadtest local)");
-    let report = scenario::run(load.scenario(edges, tokens), None).await?;
+    let mut scenario = load.scenario(edges, tokens);
+    if load.via_core {
+        scenario.via_core = Some(core_url.context("--via-core needs --core")?);
+    }
+    let report = scenario::run(scenario, None).await?;
     load.finish(&report)
 }
 
@@ -314,7 +328,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             procs::announce_ready(core.http_addr, "quic", core.handle.quic_addr);
             let _ = core.quic_task.await;
         }
-        Node::Edge { core, cluster_secret, token_secret, max_listeners, slots, id } => {
+        Node::Edge { core, core_url, cluster_secret, token_secret, max_listeners, slots, id } => {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
@@ -326,6 +340,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                     public_url: None,
                     core_ca: None,
                     region: edge_sfu::config::DEFAULT_REGION.to_owned(),
+                    core_url: Some(core_url),
                 }),
                 ..edge_sfu::Settings::default()
             };

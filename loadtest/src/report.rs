@@ -139,7 +139,16 @@ impl Report {
         errors.truncate(10);
         let per_edge = (0..s.edges.len())
             .map(|edge| {
-                let here: Vec<&&ClientReport> = listeners.iter().filter(|c| c.edge == edge).collect();
+                // Placed through the core: by the edge that answered; else as spread.
+                let origin = s.edges[edge].trim_end_matches('/');
+                let on_edge = |c: &ClientReport| {
+                    if s.via_core.is_some() {
+                        c.edge_url.as_deref() == Some(origin)
+                    } else {
+                        c.edge == edge
+                    }
+                };
+                let here: Vec<&&ClientReport> = listeners.iter().filter(|c| on_edge(c)).collect();
                 let mut h = latency_histogram();
                 for c in &here {
                     let _ = h.add(&c.latency);

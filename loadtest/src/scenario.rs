@@ -44,6 +44,9 @@ pub struct Scenario {
     pub progress: bool,
     /// An attack to run through the steady phase.
     pub attack: Option<AttackPlan>,
+    /// Join every client through this core's placement (`POST` there, follow the 307)
+    /// instead of spreading clients over `edges` in turn.
+    pub via_core: Option<String>,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -106,7 +109,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         let spec = ClientSpec {
             name,
             edge,
-            base_url: s.edges[edge].clone(),
+            base_url: s.via_core.clone().unwrap_or_else(|| s.edges[edge].clone()),
             channel: s.channel.clone(),
             token,
             role: Role::Speaker(params),
@@ -151,7 +154,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             let spec = ClientSpec {
                 name,
                 edge,
-                base_url: s.edges[edge].clone(),
+                base_url: s.via_core.clone().unwrap_or_else(|| s.edges[edge].clone()),
                 channel: s.channel.clone(),
                 token,
                 role: Role::Listener { slots: s.slots },
