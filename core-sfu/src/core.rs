@@ -352,7 +352,10 @@ impl Core {
                 self.outputs.push_back(CoreOutput::Close { edge, reason: "goodbye" });
                 self.edge_left(edge, now);
             }
-            Message::Drain { .. } => debug!(edge, "edge is draining"),
+            Message::Drain { .. } => {
+                debug!(edge, "edge is draining");
+                self.directory.set_draining_key(edge, true);
+            }
             _ => self.misbehaved(edge, Refusal::UnexpectedMessage, now),
         }
     }

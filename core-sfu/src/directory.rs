@@ -160,6 +160,13 @@ impl Directory {
         Some(key)
     }
 
+    /// The edge told us it drains (its own SIGTERM).
+    pub fn set_draining_key(&mut self, key: EdgeKey, draining: bool) {
+        if let Some(e) = self.edges.get_mut(&key) {
+            e.draining = draining;
+        }
+    }
+
     pub fn is_draining(&self, key: EdgeKey) -> bool {
         self.edges.get(&key).is_some_and(|e| e.draining)
     }

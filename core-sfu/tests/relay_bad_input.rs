@@ -227,17 +227,21 @@ async fn a_frame_longer_than_the_limit_ends_the_link() {
     assert!(core.handle.channels().await.unwrap().is_empty(), "its channel closed with it");
 }
 
-/// A raw HTTP/1.1 GET to the core's operator port; the status code.
-async fn get_status(core: &RunningCore, path: &str, token: Option<&str>) -> u16 {
+/// A raw HTTP/1.1 request to the core's HTTP port: the status code and the whole reply.
+async fn http(core: &RunningCore, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(core.http_addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: core\r\n{auth}Connection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: core\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    (out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+}
+
+async fn get_status(core: &RunningCore, path: &str, token: Option<&str>) -> u16 {
+    http(core, "GET", path, token).await.0
 }
 
 #[tokio::test]
@@ -250,13 +254,44 @@ async fn operator_endpoints_answer_only_to_the_admin_token() {
     s.http = "127.0.0.1:0".parse().unwrap();
     s.admin_token = Some(node_kit::Secret::new("admin token", ADMIN).unwrap());
     let core = core_sfu::start(s).await.unwrap();
-    for path in ["/channels", "/edges", "/channels/lobby"] {
+    for path in ["/channels", "/edges", "/channels/lobby", "/v1/channels", "/v1/edges", "/v1/channels/lobby"] {
         assert_eq!(get_status(&core, path, None).await, 401, "{path}");
         assert_eq!(get_status(&core, path, Some("not-the-admin-token-but-32-bytes-long!")).await, 401, "{path}");
+    }
+    for path in ["/v1/edges/e1/drain", "/v1/edges/e1/undrain"] {
+        assert_eq!(http(&core, "POST", path, None).await.0, 401, "{path}");
+        assert_eq!(http(&core, "POST", path, Some("not-the-admin-token-but-32-bytes-long!")).await.0, 401, "{path}");
     }
     assert_eq!(get_status(&core, "/channels", Some(ADMIN)).await, 200);
     assert_eq!(get_status(&core, "/edges", Some(ADMIN)).await, 200);
     assert_eq!(get_status(&core, "/channels/lobby", Some(ADMIN)).await, 404, "no such channel yet");
     assert_eq!(get_status(&core, "/healthz", None).await, 200);
     assert_eq!(get_status(&core, "/metrics", None).await, 200);
+}
+
+#[tokio::test]
+async fn placement_redirects_to_an_edge_and_drain_stops_it() {
+    const ADMIN: &str = "core-test-admin-token-of-32-bytes-or-more";
+    let mut s = CoreSettings::local(node_kit::Secret::new("cluster secret", SECRET).unwrap());
+    s.quic = "127.0.0.1:0".parse().unwrap();
+    s.http = "127.0.0.1:0".parse().unwrap();
+    s.admin_token = Some(node_kit::Secret::new("admin token", ADMIN).unwrap());
+    let core = core_sfu::start(s).await.unwrap();
+    let (mut edge, _, _) = subscribed(&core).await;
+    // The edge's signalling URL, the same path, and the join token in the URL.
+    let (status, reply) = http(&core, "POST", "/whep/lobby", Some("eyJhbGciOi.eyJzdWIi.c2ln")).await;
+    assert_eq!(status, 307, "{reply}");
+    assert!(reply.contains("location: http://e1/whep/lobby?access_token=eyJhbGciOi.eyJzdWIi.c2ln"), "{reply}");
+    let (status, reply) = http(&core, "POST", "/whip/bad%20name", None).await;
+    assert_eq!(status, 400, "{reply}");
+    // Drained: no placement there, and the edge is told its deadline.
+    let (status, reply) = http(&core, "POST", "/v1/edges/e1/drain?deadline_s=30", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(matches!(reply(&mut edge).await, Some(Message::Drain { deadline_ms: 30_000 })));
+    assert_eq!(http(&core, "POST", "/whep/lobby", None).await.0, 503);
+    assert_eq!(http(&core, "POST", "/v1/edges/nosuch/drain", Some(ADMIN)).await.0, 404);
+    assert_eq!(http(&core, "POST", "/v1/edges/e1/undrain", Some(ADMIN)).await.0, 200);
+    assert_eq!(http(&core, "POST", "/whep/lobby", None).await.0, 307);
+    // A client the edge sent back (it refused it) is not placed there again.
+    assert_eq!(http(&core, "POST", "/whep/lobby?exclude=e1", None).await.0, 503);
 }

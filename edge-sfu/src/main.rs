@@ -63,15 +63,35 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
+    let deadline = settings.drain_deadline;
     let edge = edge_sfu::start(settings).await?;
     println!(
         "Edge SFU running. Open http://{}/ in two browser tabs: Talk in one, Listen in the other.",
         edge.http_addr
     );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = edge.http_task => anyhow::bail!("http server stopped"),
         _ = edge.udp_task => anyhow::bail!("media task stopped"),
+    }
+    // Drain: no new sessions; those left stay until they leave or the deadline ends them.
+    // A second signal exits at once.
+    tracing::info!(deadline_s = deadline.as_secs(), "signal received: draining");
+    edge.handle.drain(deadline).await?;
+    let drained = async {
+        loop {
+            match edge.handle.readiness().await {
+                Ok(r) if r.sessions > 0 => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+                _ => break,
+            }
+        }
+    };
+    tokio::select! {
+        _ = drained => tracing::info!("drained"),
+        _ = tokio::signal::ctrl_c() => tracing::warn!("second signal: exiting before the drain ended"),
+        _ = term.recv() => tracing::warn!("second signal: exiting before the drain ended"),
     }
     Ok(())
 }

@@ -761,3 +761,44 @@ fn a_fragmented_client_hello_reaches_the_dtls_library_only_whole_and_checked() {
     let released: Vec<&[u8]> = net.dtls.iter().map(|(_, d)| &d[..]).collect();
     assert_eq!(released, vec![&b[..], &a[..]]);
 }
+
+#[test]
+fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(1);
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 }, net.now);
+    net.relay.clear();
+    assert!(net.edge.is_ready());
+    net.edge.drain(net.now + Duration::from_secs(5), net.now);
+    net.drain();
+    assert!(!net.edge.is_ready() && net.edge.is_draining());
+    assert!(
+        net.relay.iter().any(|m| matches!(m, Message::Drain { deadline_ms: 5000 })),
+        "the core is told: {:?}",
+        net.relay
+    );
+    assert_eq!(net.try_join("lobby", "carol", false, 3).err(), Some(AdmitError::Draining));
+    // Until the deadline the sessions go on: alice is uplinked, bob hears the core.
+    net.edge.handle_relay_control(
+        Message::Selection {
+            channel_id: 7,
+            slots: vec![Some(SlotHolder { speaker: 9 << 20, participant: "zoe".into() })],
+        },
+        net.now,
+    );
+    for seq in 0..100 {
+        net.speak(&mut alice, LOUD);
+        net.edge.handle_relay_datagram(&core_datagram(7, 9 << 20, seq), net.now);
+        net.advance(Duration::from_millis(20));
+    }
+    assert_eq!(net.received(&mut bob).0.len(), 100, "every packet until the deadline");
+    assert!(!net.uplink.is_empty());
+    assert_eq!(net.edge.session_count(), 2);
+    // Then they end, each with a BYE.
+    net.advance(Duration::from_secs(4));
+    assert_eq!(net.edge.session_count(), 0);
+    let (_, rtcp) = net.received(&mut bob);
+    assert!(rtcp.contains(&Feedback::Bye(bob.slots[0])), "{rtcp:?}");
+}
