@@ -285,8 +285,8 @@ async fn placement_redirects_to_an_edge_and_drain_stops_it() {
     let (status, reply) = http(&core, "POST", "/whip/bad%20name", None).await;
     assert_eq!(status, 400, "{reply}");
     // Drained: no placement there, and the edge is told its deadline.
-    let (status, reply) = http(&core, "POST", "/v1/edges/e1/drain?deadline_s=30", Some(ADMIN)).await;
-    assert_eq!(status, 200, "{reply}");
+    let (status, body) = http(&core, "POST", "/v1/edges/e1/drain?deadline_s=30", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
     assert!(matches!(reply(&mut edge).await, Some(Message::Drain { deadline_ms: 30_000 })));
     assert_eq!(http(&core, "POST", "/whep/lobby", None).await.0, 503);
     assert_eq!(http(&core, "POST", "/v1/edges/nosuch/drain", Some(ADMIN)).await.0, 404);
