@@ -279,11 +279,11 @@ async fn placement_redirects_to_an_edge_and_drain_stops_it() {
     let core = core_sfu::start(s).await.unwrap();
     let (mut edge, _, _) = subscribed(&core).await;
     // The edge's signalling URL, the same path, and the join token in the URL.
-    let (status, reply) = http(&core, "POST", "/whep/lobby", Some("eyJhbGciOi.eyJzdWIi.c2ln")).await;
-    assert_eq!(status, 307, "{reply}");
-    assert!(reply.contains("location: http://e1/whep/lobby?access_token=eyJhbGciOi.eyJzdWIi.c2ln"), "{reply}");
-    let (status, reply) = http(&core, "POST", "/whip/bad%20name", None).await;
-    assert_eq!(status, 400, "{reply}");
+    let (status, body) = http(&core, "POST", "/whep/lobby", Some("eyJhbGciOi.eyJzdWIi.c2ln")).await;
+    assert_eq!(status, 307, "{body}");
+    assert!(body.contains("location: http://e1/whep/lobby?access_token=eyJhbGciOi.eyJzdWIi.c2ln"), "{body}");
+    let (status, body) = http(&core, "POST", "/whip/bad%20name", None).await;
+    assert_eq!(status, 400, "{body}");
     // Drained: no placement there, and the edge is told its deadline.
     let (status, body) = http(&core, "POST", "/v1/edges/e1/drain?deadline_s=30", Some(ADMIN)).await;
     assert_eq!(status, 200, "{body}");
