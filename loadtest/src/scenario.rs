@@ -68,6 +68,9 @@ async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: Toke
     }
 }
 
+/// How long after the last join starts the run waits for stragglers before its steady phase.
+const JOIN_GRACE: Duration = Duration::from_secs(60);
+
 struct Running {
     spec: ClientSpec,
     stop: watch::Sender<bool>,
@@ -120,11 +123,14 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let started = Instant::now();
     let gap = Duration::from_secs_f64(1.0 / s.ramp.max(0.001));
     let ramp_end = started + gap * s.listeners as u32;
-    let end = ramp_end + s.duration;
+    // The steady phase starts when every client has joined (heard audio) or failed, or
+    // when the stragglers have had JOIN_GRACE after the ramp.
+    let mut end = ramp_end + JOIN_GRACE + s.duration;
+    let mut steady = false;
     let mut next_join = started;
     let mut joins = 0usize;
     let churn_gap = (s.churn > 0.0).then(|| Duration::from_secs_f64(1.0 / s.churn));
-    let mut next_churn = ramp_end + churn_gap.unwrap_or_default();
+    let mut next_churn = end;
     let mut next_tick = started + Duration::from_secs(1);
     let mut last_packets = 0u64;
     let mut timeline = Vec::new();
@@ -137,7 +143,16 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         if now >= end {
             break;
         }
-        if joins == s.listeners && attack_task.is_none() {
+        if !steady && joins == s.listeners {
+            let settled = shared.live.joined.load(std::sync::atomic::Ordering::Relaxed)
+                + shared.live.failed.load(std::sync::atomic::Ordering::Relaxed);
+            if settled >= (s.speakers + s.listeners) as u64 || now >= ramp_end + JOIN_GRACE {
+                steady = true;
+                end = now + s.duration;
+                next_churn = now + churn_gap.unwrap_or_default();
+            }
+        }
+        if steady && attack_task.is_none() {
             if let Some(plan) = s.attack.clone() {
                 // SFU memory as the attack starts, to compare with its end.
                 if let Some(sampler) = sampler.as_mut() {
@@ -165,7 +180,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             continue;
         }
         if let Some(churn_gap) = churn_gap {
-            if now >= next_churn && joins == s.listeners {
+            if steady && now >= next_churn {
                 next_churn += churn_gap;
                 // A random listener leaves (DELETE) and joins again as a new session.
                 let listeners: Vec<usize> = running
@@ -211,6 +226,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         }
         let wake = [
             next_tick,
+            if steady { end } else { now + Duration::from_millis(50) },
             end,
             if joins < s.listeners { next_join } else { end },
             if churn_gap.is_some() { next_churn } else { end },

@@ -68,3 +68,35 @@ fn missed_thresholds_fail_the_run() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("threshold missed: p99 latency"), "{stderr}");
 }
+
+#[test]
+fn five_hundred_joins_at_once_through_the_core_fill_edges_to_their_cap() {
+    // 500 listeners ask the core at once; placement counts its own recent redirects, so
+    // no edge goes over its 25 for the channel and nobody is refused while room remains.
+    let dir = std::env::temp_dir().join(format!("loadtest-placement-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--edges", "25", "--listeners", "500", "--speakers", "1", "--via-core"])
+        .args(["--ramp", "500", "--duration", "2s", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["failed"], 0, "nobody refused: {report}");
+    assert_eq!(report["listeners_joined"], 500, "every listener heard the speaker: {report}");
+    let per_edge: Vec<u64> =
+        report["per_edge"].as_array().unwrap().iter().map(|e| e["listeners"].as_u64().unwrap()).collect();
+    assert_eq!(per_edge.len(), 25, "{report}");
+    assert!(per_edge.iter().all(|&n| n <= 25), "an edge over its cap: {per_edge:?}");
+    assert_eq!(per_edge.iter().sum::<u64>(), 500, "{per_edge:?}");
+    // Packed: an edge serving the channel fills before another is opened.
+    assert_eq!(per_edge.iter().filter(|&&n| n == 25).count(), 20, "{per_edge:?}");
+    // Audio, not only joins: a stamped packet stream measured at every listener.
+    assert!(report["latency"]["count"].as_u64().unwrap() >= 500 * 50, "{report}");
+    assert!(report["loss_percent"].as_f64().unwrap() < 5.0, "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
