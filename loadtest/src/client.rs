@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use media::dtls::{self, DatagramSink, DtlsIdentity};
 use media::ice::{binding_request, parse_binding_success, random_credentials};
+use media::rtcp_report::{parse_feedback, Feedback};
 use media::rtp_header::{AudioLevel, OutHeader, RtpView};
 use media::sdp_offer::{build_offer, Answer, OfferParams, OFFER_AUDIO_LEVEL_EXT, OFFER_OPUS_PT};
 use media::srtp::SrtpSession;
@@ -125,6 +126,10 @@ pub struct ClientReport {
     pub packets_sent: u64,
     /// The edge the client ended up on (placement through the core chooses it).
     pub edge_url: Option<String>,
+    /// The edge ended the session (RTCP BYE for every slot), e.g. at a drain deadline.
+    pub ended_by_edge: bool,
+    /// When the last audio packet arrived (listeners).
+    pub last_packet_at: Option<Instant>,
 }
 
 impl ClientReport {
@@ -140,6 +145,8 @@ impl ClientReport {
             switch_times: Vec::new(),
             packets_sent: 0,
             edge_url: None,
+            ended_by_edge: false,
+            last_packet_at: None,
         }
     }
 }
@@ -458,6 +465,7 @@ async fn listen(
     let answer = c.answer.clone();
     let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
     let mut speaker_on_slot: Vec<Option<Ssrc>> = vec![None; streams.len()];
+    let mut said_bye = vec![false; streams.len()];
     let mut interval = latency_histogram();
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     let mut next_consent = Instant::now() + CONSENT_INTERVAL;
@@ -474,6 +482,21 @@ async fn listen(
             _ = &mut timer => 0,
         };
         let now = Instant::now();
+        if n > 0 && classify(&buf[..n]) == PacketKind::Rtcp {
+            if let Ok(plain) = c.srtp.unprotect_rtcp(&buf[..n]) {
+                for fb in parse_feedback(&plain).unwrap_or_default() {
+                    if let Feedback::Bye(ssrc) = fb {
+                        if let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == ssrc) {
+                            said_bye[slot] = true;
+                        }
+                    }
+                }
+                if said_bye.iter().all(|&b| b) {
+                    report.ended_by_edge = true;
+                    break;
+                }
+            }
+        }
         if n > 0 && classify(&buf[..n]) == PacketKind::Rtp {
             if let Ok(plain) = c.srtp.unprotect_rtp(&buf[..n]) {
                 if let Ok(v) = RtpView::parse(&plain) {
@@ -484,6 +507,7 @@ async fn listen(
                         }
                         streams[slot].on_packet(v.sequence, v.timestamp, now);
                         packets += 1;
+                        report.last_packet_at = Some(now);
                         let arrival_us = micros_since(shared.epoch, now);
                         let receiving_since = *receiving_since.get_or_insert(arrival_us);
                         if let Some(sent) = read_stamp(v.payload()) {
