@@ -54,6 +54,27 @@ pub struct CoreArgs {
     /// Access-Control-Allow-Origin for placement (default *).
     #[arg(long, env = "SFU_CORS_ALLOW_ORIGIN")]
     pub cors_allow_origin: Option<String>,
+    /// The edges' join-token secret, so operators can mint tokens (`POST /v1/tokens`).
+    #[arg(long, env = "SFU_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<SecretText>,
+    /// Share channels with other cores through leases in this Redis (e.g.
+    /// redis://10.0.0.5:6379/0); without it this core owns every channel it is asked for.
+    #[arg(long, env = "SFU_REDIS", hide_env_values = true)]
+    pub redis: Option<SecretText>,
+    /// Prefix of this fleet's keys in Redis (default "sfu").
+    #[arg(long, env = "SFU_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// host:port edges reach this core's QUIC endpoint at (default: the --quic address,
+    /// which must then be a specific IP).
+    #[arg(long, env = "SFU_RELAY_ADDR")]
+    pub relay_addr: Option<String>,
+    /// URL clients reach this core's HTTP at, for placement redirects between cores
+    /// (default http://<--http address>).
+    #[arg(long, env = "SFU_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Lease lifetime in Redis (default 3s); renewed every third of it.
+    #[arg(long, env = "SFU_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -72,6 +93,13 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     drain_deadline: Option<std::time::Duration>,
     cors_allow_origin: Option<String>,
+    token_secret: Option<SecretText>,
+    redis: Option<SecretText>,
+    redis_prefix: Option<String>,
+    relay_addr: Option<String>,
+    public_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    lease_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +115,37 @@ pub struct CoreSettings {
     pub offers_per_sec_per_ip: u32,
     pub drain_deadline: std::time::Duration,
     pub cors_allow_origin: String,
+    pub token_secret: Option<Secret>,
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Several cores sharing channels through Redis.
+#[derive(Clone, Debug)]
+pub struct FleetSettings {
+    /// The Redis URL (may carry a password, so it is kept as a secret).
+    pub redis: Secret,
+    pub redis_prefix: String,
+    /// Where edges reach this core; `None`: the bound QUIC address.
+    pub relay_addr: Option<String>,
+    /// Where clients reach this core; `None`: the bound HTTP address.
+    pub public_url: Option<String>,
+    pub lease_ttl: std::time::Duration,
+}
+
+/// Lease lifetime by default: three renewals of a second each. A dead core's channels
+/// move after at most this (plus the edges' 1 s link timeout, which overlaps it).
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl FleetSettings {
+    pub fn new(redis: Secret) -> Self {
+        FleetSettings {
+            redis,
+            redis_prefix: "sfu".to_owned(),
+            relay_addr: None,
+            public_url: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
 }
 
 /// How long a drained edge's sessions may stay by default.
@@ -107,6 +166,8 @@ impl CoreSettings {
             offers_per_sec_per_ip: 5,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
             cors_allow_origin: "*".to_owned(),
+            token_secret: None,
+            fleet: None,
         }
     }
 
@@ -146,6 +207,25 @@ impl CoreSettings {
             args.offers_per_sec_per_ip.or(file.offers_per_sec_per_ip).unwrap_or(s.offers_per_sec_per_ip);
         s.drain_deadline = args.drain_deadline.or(file.drain_deadline).unwrap_or(s.drain_deadline);
         s.cors_allow_origin = args.cors_allow_origin.clone().or(file.cors_allow_origin).unwrap_or(s.cors_allow_origin);
+        s.token_secret = args
+            .token_secret
+            .clone()
+            .or(file.token_secret)
+            .map(|t| Secret::new("the token secret (SFU_TOKEN_SECRET)", t))
+            .transpose()?;
+        if let Some(redis) = args.redis.clone().or(file.redis) {
+            let redis = Secret::new_any("the Redis URL (SFU_REDIS)", redis)?;
+            let mut fleet = FleetSettings::new(redis);
+            fleet.redis_prefix = args.redis_prefix.clone().or(file.redis_prefix).unwrap_or(fleet.redis_prefix);
+            fleet.relay_addr = args.relay_addr.clone().or(file.relay_addr);
+            fleet.public_url = args.public_url.clone().or(file.public_url);
+            fleet.lease_ttl = args.lease_ttl.or(file.lease_ttl).unwrap_or(fleet.lease_ttl);
+            anyhow::ensure!(
+                fleet.lease_ttl >= std::time::Duration::from_millis(600),
+                "lease_ttl must be 600ms or more"
+            );
+            s.fleet = Some(fleet);
+        }
         Ok(s)
     }
 }

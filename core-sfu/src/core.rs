@@ -32,6 +32,30 @@ pub struct CoreConfig {
     pub speaker_timeout: Duration,
     /// Where clients that name no region are placed first.
     pub region: String,
+    /// Channel ownership shared with other cores through leases; `None`: this core owns
+    /// every channel it is asked for (one core, the embedded default).
+    pub fleet: Option<FleetConfig>,
+    /// The epoch of channels owned without a fleet: the shell's start time in ms, so a
+    /// restarted core's epochs are higher than those of its previous run.
+    pub local_epoch: u64,
+}
+
+/// How this core shares channel ownership with other cores.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// `host:port` edges reach this core's relay endpoint at (sent in redirects).
+    pub relay_addr: String,
+    /// Lease lifetime in the store; renewals every `renew_every` keep it.
+    pub lease_ttl: Duration,
+    pub renew_every: Duration,
+}
+
+impl FleetConfig {
+    /// How long an owned channel is served after a renewal was sent: short of the lease's
+    /// expiry in the store by a margin for clock rate differences and the round trip.
+    pub fn serve_for(&self) -> Duration {
+        self.lease_ttl.saturating_sub(self.renew_every.min(self.lease_ttl / 3))
+    }
 }
 
 impl Default for CoreConfig {
@@ -43,16 +67,64 @@ impl Default for CoreConfig {
             max_speakers_per_channel: 256,
             speaker_timeout: Duration::from_secs(10),
             region: "local".to_owned(),
+            fleet: None,
+            local_epoch: 1,
         }
     }
 }
 
 #[derive(Debug)]
 pub enum CoreOutput {
-    Control { edge: EdgeKey, message: Message },
-    Datagram { edge: EdgeKey, data: Bytes },
-    Close { edge: EdgeKey, reason: &'static str },
+    Control {
+        edge: EdgeKey,
+        message: Message,
+    },
+    Datagram {
+        edge: EdgeKey,
+        data: Bytes,
+    },
+    Close {
+        edge: EdgeKey,
+        reason: &'static str,
+    },
+    /// Work for the lease store (fleet mode); answers come back through
+    /// [`Core::lease_answer`] and [`Core::leases_renewed`].
+    Lease(LeaseCommand),
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseCommand {
+    /// Take the channel's lease if nobody holds it (a new epoch), or learn who does.
+    Acquire {
+        channel: Arc<str>,
+    },
+    /// Extend every lease this core holds; `sent_at` is when the request left.
+    Renew {
+        channels: Vec<Arc<str>>,
+        sent_at: Instant,
+    },
+    Release {
+        channel: Arc<str>,
+    },
+}
+
+/// What the lease store said to an acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// This core holds the lease at `epoch` (new, or its own still valid).
+    Ours { epoch: u64, sent_at: Instant },
+    /// Another core holds it; edges subscribe at `relay_addr`, clients go to `http_url`.
+    Elsewhere { relay_addr: String, http_url: String },
+    /// The store cannot be reached.
+    Unreachable,
+}
+
+/// How long an edge waits before asking again for a channel nobody can serve yet.
+const RETRY_UNOWNED_MS: u32 = 250;
+const RETRY_UNREACHABLE_MS: u32 = 1000;
+/// An owned channel without subscribers keeps its lease this long (clients placed here
+/// are on their way to their edges), then it is released.
+const EMPTY_CHANNEL_GRACE: Duration = Duration::from_secs(20);
 
 /// Reasons an edge's input was refused; counted, exported as metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,10 +142,12 @@ pub enum Refusal {
     QueueFull,
     ControlFlood,
     Panic,
+    /// Media for a channel whose lease this core can no longer confirm.
+    NotOwner,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::MalformedDatagram,
         Refusal::UnknownChannel,
         Refusal::NotSubscribed,
@@ -87,6 +161,7 @@ impl Refusal {
         Refusal::QueueFull,
         Refusal::ControlFlood,
         Refusal::Panic,
+        Refusal::NotOwner,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +179,7 @@ impl Refusal {
             Refusal::QueueFull => "queue_full",
             Refusal::ControlFlood => "control_flood",
             Refusal::Panic => "panic",
+            Refusal::NotOwner => "not_owner",
         }
     }
 }
@@ -118,6 +194,12 @@ pub struct CoreCounters {
     pub selection_changes: u64,
     /// Edge links closed because the edge kept sending malformed input.
     pub links_closed_misbehaving: u64,
+    /// Leases taken (new or re-taken after the store lost them), and channels given up
+    /// because the lease was lost or could not be confirmed in time.
+    pub leases_acquired: u64,
+    pub leases_lost: u64,
+    /// Edges sent to the owning core.
+    pub redirects: u64,
 }
 
 impl CoreCounters {
@@ -148,6 +230,12 @@ struct Speaker {
 
 struct Channel {
     name: Arc<str>,
+    /// The lease epoch this core holds the channel at (the edges' fencing token).
+    epoch: u64,
+    /// Served until then unless a renewal confirms the lease (fleet mode).
+    serve_until: Option<Instant>,
+    /// Since when the channel has had no subscriber (fleet mode: released after a grace).
+    empty_since: Option<Instant>,
     /// Subscribed edges and their listener counts.
     subscribers: HashMap<EdgeKey, u32>,
     speakers: HashMap<u32, Speaker>,
@@ -164,6 +252,8 @@ pub struct ChannelSummary {
     pub listeners: u64,
     pub speakers: usize,
     pub selected: Vec<Option<u32>>,
+    /// The lease epoch this core holds the channel at.
+    pub epoch: u64,
 }
 
 /// A speaker as operators see it: the SFU's id for it (the CSRC listeners get).
@@ -196,6 +286,13 @@ pub struct Core {
     next_tick: Instant,
     counters: CoreCounters,
     directory: Directory,
+    /// Channels being acquired (fleet mode), with the edges waiting to subscribe.
+    acquiring: HashMap<Arc<str>, Vec<(EdgeKey, u32)>>,
+    next_renew: Instant,
+    renew_in_flight: bool,
+    last_renew_sent: Option<Instant>,
+    /// The last renewal could not reach the store (an outage, not a lost lease).
+    store_unreachable: bool,
 }
 
 impl Core {
@@ -210,6 +307,11 @@ impl Core {
             next_tick: now + TICK,
             counters: CoreCounters::default(),
             directory: Directory::new(config.region.clone()),
+            acquiring: HashMap::new(),
+            next_renew: now,
+            renew_in_flight: false,
+            last_renew_sent: None,
+            store_unreachable: false,
         }
     }
 
@@ -248,9 +350,185 @@ impl Core {
         Some(number)
     }
 
-    /// Where the next client of a channel goes (see [`Directory::place`]).
+    /// Where the next client of a channel goes (see [`Directory::place`]). In a fleet,
+    /// only the channel's owner places: an unowned channel is acquired first
+    /// ([`PlaceError::Pending`]; the shell asks again with the store's answer).
     pub fn place(&mut self, req: &PlaceRequest, now: Instant) -> Result<Placed, PlaceError> {
+        if self.config.fleet.is_some() {
+            match self.by_name.get(req.channel.as_str()) {
+                Some(id) if self.serving(*id, now) => {}
+                Some(_) => return Err(PlaceError::Unavailable),
+                None => {
+                    self.acquire(req.channel.as_str().into(), None);
+                    return Err(PlaceError::Pending);
+                }
+            }
+        }
         self.directory.place(req, now)
+    }
+
+    /// Starts acquiring a channel's lease (once), with an edge waiting to subscribe.
+    fn acquire(&mut self, channel: Arc<str>, waiter: Option<(EdgeKey, u32)>) {
+        let waiting = match self.acquiring.entry(channel.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.outputs.push_back(CoreOutput::Lease(LeaseCommand::Acquire { channel }));
+                e.insert(Vec::new())
+            }
+        };
+        if let Some((edge, listeners)) = waiter {
+            match waiting.iter_mut().find(|(e, _)| *e == edge) {
+                Some(w) => w.1 = listeners,
+                None => waiting.push((edge, listeners)),
+            }
+        }
+    }
+
+    /// Whether this core may serve the channel now: a lease confirmed on its own clock, or
+    /// (fleet) a store outage this core rides out while its renewals keep their schedule:
+    /// nobody can take a lease from an unreachable store either.
+    fn serving(&self, channel_id: u32, now: Instant) -> bool {
+        let Some(ch) = self.channels.get(&channel_id) else { return false };
+        match ch.serve_until {
+            None => true,
+            Some(until) if now < until => true,
+            Some(_) => self.riding_out_store_outage(now),
+        }
+    }
+
+    fn riding_out_store_outage(&self, now: Instant) -> bool {
+        let Some(fleet) = &self.config.fleet else { return true };
+        self.store_unreachable
+            && self.last_renew_sent.is_some_and(|t| now.saturating_duration_since(t) <= 2 * fleet.renew_every)
+    }
+
+    /// The store's answer to an acquire (see [`LeaseCommand::Acquire`]).
+    pub fn lease_answer(&mut self, channel: &str, answer: LeaseAnswer, now: Instant) {
+        let waiting = self.acquiring.remove(channel).unwrap_or_default();
+        let name: Arc<str> = channel.into();
+        match answer {
+            LeaseAnswer::Ours { epoch, sent_at } => {
+                let serve_until = self.config.fleet.as_ref().map(|f| sent_at + f.serve_for());
+                let id = match self.by_name.get(channel).copied() {
+                    Some(id) => {
+                        self.confirm(id, epoch, serve_until);
+                        id
+                    }
+                    None => {
+                        self.counters.leases_acquired += 1;
+                        info!(channel = %name, epoch, "channel lease acquired");
+                        self.create_channel(name, epoch, serve_until, now)
+                    }
+                };
+                for (edge, listeners) in waiting {
+                    self.subscribe_owned(edge, id, listeners, now);
+                }
+            }
+            LeaseAnswer::Elsewhere { relay_addr, .. } => {
+                if let Some(id) = self.by_name.get(channel).copied() {
+                    self.lose_channel(id, Some(&relay_addr), "another core holds the lease");
+                }
+                let own = self.config.fleet.as_ref().is_some_and(|f| f.relay_addr == relay_addr);
+                for (edge, _) in waiting {
+                    // Our own address: a previous run of this core still holds the lease
+                    // until it expires.
+                    let message = if own {
+                        Message::Unavailable { channel: channel.to_owned(), retry_ms: RETRY_UNOWNED_MS }
+                    } else {
+                        self.counters.redirects += 1;
+                        Message::Redirect { channel: channel.to_owned(), core: relay_addr.clone() }
+                    };
+                    self.outputs.push_back(CoreOutput::Control { edge, message });
+                }
+            }
+            LeaseAnswer::Unreachable => {
+                for (edge, _) in waiting {
+                    let message = Message::Unavailable { channel: channel.to_owned(), retry_ms: RETRY_UNREACHABLE_MS };
+                    self.outputs.push_back(CoreOutput::Control { edge, message });
+                }
+            }
+        }
+    }
+
+    /// A lease (re)confirmed at `epoch`: a new epoch (the store had lost the lease and it
+    /// was taken again) is announced to the channel's edges, which take the higher one.
+    fn confirm(&mut self, id: u32, epoch: u64, serve_until: Option<Instant>) {
+        let Some(ch) = self.channels.get_mut(&id) else { return };
+        ch.serve_until = match (ch.serve_until, serve_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (_, b) => b,
+        };
+        if epoch != ch.epoch {
+            info!(channel = %ch.name, from = ch.epoch, to = epoch, "channel lease taken again at a new epoch");
+            self.counters.leases_acquired += 1;
+            ch.epoch = epoch;
+            for &edge in ch.subscribers.keys() {
+                let message = Message::Subscribed { channel: ch.name.to_string(), channel_id: id, epoch };
+                self.outputs.push_back(CoreOutput::Control { edge, message });
+            }
+        }
+    }
+
+    /// The store's answer to a renewal sent at `sent_at`: per channel the epoch it is
+    /// held at now, or `None` where another core holds it; `None` in all when the store
+    /// could not be reached.
+    pub fn leases_renewed(&mut self, sent_at: Instant, result: Option<Vec<(Arc<str>, Option<u64>)>>, now: Instant) {
+        self.renew_in_flight = false;
+        let Some(result) = result else {
+            if !self.store_unreachable {
+                warn!("lease store unreachable: serving the channels this core has, taking no new ones");
+            }
+            self.store_unreachable = true;
+            return;
+        };
+        if self.store_unreachable {
+            info!("lease store reachable again");
+        }
+        self.store_unreachable = false;
+        let serve_until = self.config.fleet.as_ref().map(|f| sent_at + f.serve_for());
+        for (name, held) in result {
+            let Some(id) = self.by_name.get(&name).copied() else { continue };
+            match held {
+                Some(epoch) => self.confirm(id, epoch, serve_until),
+                None => self.lose_channel(id, None, "lease lost"),
+            }
+        }
+        let _ = now;
+    }
+
+    /// Stops serving a channel this core no longer owns: its edges are sent to the new
+    /// owner (or told to ask again), and its state goes.
+    fn lose_channel(&mut self, id: u32, owner: Option<&str>, why: &'static str) {
+        let Some(ch) = self.channels.remove(&id) else { return };
+        self.by_name.remove(&ch.name);
+        self.counters.leases_lost += 1;
+        warn!(channel = %ch.name, epoch = ch.epoch, edges = ch.subscribers.len(), why, "stopped serving a channel");
+        for &edge in ch.subscribers.keys() {
+            if let Some(state) = self.edges.get_mut(&edge) {
+                state.channels.retain(|&c| c != id);
+            }
+            self.directory.channel_left(edge, &ch.name);
+            let message = match owner {
+                Some(core) => {
+                    self.counters.redirects += 1;
+                    Message::Redirect { channel: ch.name.to_string(), core: core.to_owned() }
+                }
+                None => Message::Unavailable { channel: ch.name.to_string(), retry_ms: RETRY_UNOWNED_MS },
+            };
+            self.outputs.push_back(CoreOutput::Control { edge, message });
+        }
+    }
+
+    /// Ends the sessions of `participant` in `channel` on every edge serving it here;
+    /// false if this core does not serve the channel.
+    pub fn kick(&mut self, channel: &str, participant: &str) -> bool {
+        let Some(ch) = self.by_name.get(channel).and_then(|id| self.channels.get(id)) else { return false };
+        info!(channel, participant = ?participant, edges = ch.subscribers.len(), "kick");
+        for &edge in ch.subscribers.keys() {
+            let message = Message::Kick { channel: channel.to_owned(), participant: participant.to_owned() };
+            self.outputs.push_back(CoreOutput::Control { edge, message });
+        }
+        true
     }
 
     /// Stops (or resumes) placing clients on an edge; a drain also tells the edge to end
@@ -364,40 +642,60 @@ impl Core {
         if !relay_proto::valid_channel_name(name) {
             return self.misbehaved(edge, Refusal::MalformedControl, now);
         }
-        let Some(state) = self.edges.get_mut(&edge) else { return };
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = self.next_channel_id;
-                self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
-                let name: Arc<str> = name.into();
-                debug!(channel = %name, id, "channel created");
-                self.by_name.insert(name.clone(), id);
-                self.channels.insert(
-                    id,
-                    Channel {
-                        name,
-                        subscribers: HashMap::new(),
-                        speakers: HashMap::new(),
-                        selector: ActiveSpeakers::new(self.config.selector.clone()),
-                        holders: vec![None; self.config.selector.slots],
-                    },
-                );
-                id
+        if !self.edges.contains_key(&edge) {
+            return;
+        }
+        if let Some(&id) = self.by_name.get(name) {
+            if self.serving(id, now) {
+                return self.subscribe_owned(edge, id, listeners, now);
             }
-        };
+            // The lease lapsed; the next tick gives the channel up.
+            let message = Message::Unavailable { channel: name.to_owned(), retry_ms: RETRY_UNOWNED_MS };
+            return self.outputs.push_back(CoreOutput::Control { edge, message });
+        }
+        if self.config.fleet.is_none() {
+            let id = self.create_channel(name.into(), self.config.local_epoch, None, now);
+            return self.subscribe_owned(edge, id, listeners, now);
+        }
+        self.acquire(name.into(), Some((edge, listeners)));
+    }
+
+    fn create_channel(&mut self, name: Arc<str>, epoch: u64, serve_until: Option<Instant>, now: Instant) -> u32 {
+        let id = self.next_channel_id;
+        self.next_channel_id = self.next_channel_id.wrapping_add(1).max(1);
+        debug!(channel = %name, id, epoch, "channel created");
+        self.by_name.insert(name.clone(), id);
+        self.channels.insert(
+            id,
+            Channel {
+                name,
+                epoch,
+                serve_until,
+                empty_since: Some(now),
+                subscribers: HashMap::new(),
+                speakers: HashMap::new(),
+                selector: ActiveSpeakers::new(self.config.selector.clone()),
+                holders: vec![None; self.config.selector.slots],
+            },
+        );
+        id
+    }
+
+    fn subscribe_owned(&mut self, edge: EdgeKey, id: u32, listeners: u32, _now: Instant) {
+        let Some(state) = self.edges.get_mut(&edge) else { return };
         if !state.channels.contains(&id) {
             if state.channels.len() >= self.config.max_channels_per_edge {
                 return self.refuse(Refusal::TooManyChannels);
             }
             state.channels.push(id);
         }
-        let ch = self.channels.get_mut(&id).expect("channel just found or made");
+        let Some(ch) = self.channels.get_mut(&id) else { return };
         ch.subscribers.insert(edge, listeners);
+        ch.empty_since = None;
         self.directory.listeners(edge, &ch.name, listeners);
         self.outputs.push_back(CoreOutput::Control {
             edge,
-            message: Message::Subscribed { channel: name.to_owned(), channel_id: id },
+            message: Message::Subscribed { channel: ch.name.to_string(), channel_id: id, epoch: ch.epoch },
         });
         self.outputs.push_back(CoreOutput::Control { edge, message: selection_message(id, ch) });
     }
@@ -414,12 +712,22 @@ impl Core {
             ch.speakers.remove(&ssrc);
             ch.selector.remove(&ssrc);
         }
-        if ch.subscribers.is_empty() {
-            let ch = self.channels.remove(&channel_id).expect("present above");
-            self.by_name.remove(&ch.name);
-            debug!(channel = %ch.name, "channel closed");
-        } else {
+        if !ch.subscribers.is_empty() {
             self.reselect(channel_id, now);
+        } else if self.config.fleet.is_some() {
+            // The lease is kept a while: an edge may resubscribe, clients may be on their way.
+            ch.empty_since = Some(now);
+        } else {
+            self.close_channel(channel_id);
+        }
+    }
+
+    fn close_channel(&mut self, channel_id: u32) {
+        let Some(ch) = self.channels.remove(&channel_id) else { return };
+        self.by_name.remove(&ch.name);
+        debug!(channel = %ch.name, "channel closed");
+        if self.config.fleet.is_some() {
+            self.outputs.push_back(CoreOutput::Lease(LeaseCommand::Release { channel: ch.name }));
         }
     }
 
@@ -431,9 +739,11 @@ impl Core {
         if !self.owns(edge, header.speaker) {
             return self.misbehaved(edge, Refusal::SpeakerNotOwned, now);
         }
-        let Some(ch) = self.channels.get_mut(&header.channel_id) else {
-            return self.refuse(Refusal::UnknownChannel);
-        };
+        if !self.serving(header.channel_id, now) {
+            let known = self.channels.contains_key(&header.channel_id);
+            return self.refuse(if known { Refusal::NotOwner } else { Refusal::UnknownChannel });
+        }
+        let Some(ch) = self.channels.get_mut(&header.channel_id) else { return };
         if !ch.subscribers.contains_key(&edge) {
             return self.refuse(Refusal::NotSubscribed);
         }
@@ -494,6 +804,7 @@ impl Core {
             return;
         }
         self.next_tick = now + TICK;
+        self.keep_leases(now);
         let timeout = self.config.speaker_timeout;
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {
@@ -513,6 +824,44 @@ impl Core {
         }
     }
 
+    /// Fleet mode: renews the leases on schedule, gives up channels whose lease could not
+    /// be confirmed in time (this core's own clock decides, before the store's expiry),
+    /// and releases channels left empty past their grace.
+    fn keep_leases(&mut self, now: Instant) {
+        let Some(fleet) = self.config.fleet.clone() else { return };
+        let stuck = self.last_renew_sent.is_some_and(|t| now.saturating_duration_since(t) > fleet.lease_ttl);
+        if now >= self.next_renew && (!self.renew_in_flight || stuck) {
+            self.next_renew = now + fleet.renew_every;
+            self.renew_in_flight = true;
+            self.last_renew_sent = Some(now);
+            let channels = self.by_name.keys().cloned().collect();
+            self.outputs.push_back(CoreOutput::Lease(LeaseCommand::Renew { channels, sent_at: now }));
+        }
+        let lapsed: Vec<u32> = self.channels.keys().copied().filter(|&id| !self.serving(id, now)).collect();
+        for id in lapsed {
+            self.lose_channel(id, None, "lease not confirmed in time");
+        }
+        let empty: Vec<u32> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.empty_since.is_some_and(|t| now.saturating_duration_since(t) > EMPTY_CHANNEL_GRACE))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in empty {
+            self.close_channel(id);
+        }
+    }
+
+    /// Whether `addr` is this core's own relay address (fleet mode).
+    pub fn is_own_relay_addr(&self, addr: &str) -> bool {
+        self.config.fleet.as_ref().is_some_and(|f| f.relay_addr == addr)
+    }
+
+    /// Whether the lease store answered the last renewal (fleet mode; always true alone).
+    pub fn store_reachable(&self) -> bool {
+        !self.store_unreachable
+    }
+
     pub fn channels(&self) -> Vec<ChannelSummary> {
         let mut out: Vec<ChannelSummary> = self
             .channels
@@ -524,6 +873,7 @@ impl Core {
                 listeners: ch.subscribers.values().map(|&l| u64::from(l)).sum(),
                 speakers: ch.speakers.len(),
                 selected: ch.holders.clone(),
+                epoch: ch.epoch,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -86,6 +86,14 @@ pub struct Placed {
 pub enum PlaceError {
     #[error("no edge has room for this client")]
     NoRoom,
+    /// The channel's lease is being acquired; ask again with the store's answer.
+    #[error("the channel's owner is being settled")]
+    Pending,
+    /// The channel's lease could not be confirmed; it is being given up.
+    #[error("the channel is moving to another core")]
+    Unavailable,
+    #[error("the channel directory (Redis) cannot be reached")]
+    StoreUnreachable,
 }
 
 /// An edge as operators see it.

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::core::{self, PlaceError, PlaceRequest};
-use crate::server;
+use crate::server::{self, PlaceOutcome};
+use node_kit::token::{unix_now, Claims, Role, TokenKeys};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -30,6 +31,8 @@ pub struct HttpState {
     pub placement_limiter: Arc<node_kit::per_ip::PerIpLimiter>,
     /// A drain's deadline when the operator names none.
     pub drain_deadline: Duration,
+    /// Signs join tokens for operators (`POST /v1/tokens`); the edges' token secret.
+    pub token_keys: Option<TokenKeys>,
 }
 
 /// What a client of a channel is placed for.
@@ -75,6 +78,8 @@ pub fn router(state: HttpState, cors_allow_origin: &str) -> Router {
         .route("/v1/edges", get(edges))
         .route("/v1/edges/{id}/drain", post(drain))
         .route("/v1/edges/{id}/undrain", post(undrain))
+        .route("/v1/channels/{channel}/participants/{participant}/kick", post(kick))
+        .route("/v1/tokens", post(mint_token))
         .layer(cors)
         .with_state(state)
 }
@@ -86,11 +91,21 @@ struct PlaceQuery {
     exclude: Option<String>,
     /// The join token, when it comes in the URL (RFC 6750 2.3) rather than a header.
     access_token: Option<String>,
+    /// How many cores have sent this client on already (a fleet's owner redirect).
+    core_hops: Option<u8>,
 }
+
+/// Most times one placement is sent from core to core (the owner moved meanwhile).
+const MAX_CORE_HOPS: u8 = 2;
 
 /// The join token of a request: `Authorization: Bearer`, else `?access_token=`.
 fn join_token<'a>(headers: &'a HeaderMap, query: &'a PlaceQuery) -> Option<&'a str> {
     node_kit::http::bearer(headers).or(query.access_token.as_deref())
+}
+
+/// An edge id: 1-128 of `A-Z a-z 0-9 - _ . :` (it travels in URLs and logs).
+pub fn valid_edge_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Most edges a client can have come back from before placement gives up on it.
@@ -126,29 +141,123 @@ async fn place(
         .map(str::to_owned);
     let region = q.region.filter(|r| relay_proto::valid_channel_name(r));
     let exclude: Vec<String> =
-        q.exclude.iter().flat_map(|e| e.split(',')).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+        q.exclude.iter().flat_map(|e| e.split(',')).filter(|e| valid_edge_id(e)).map(str::to_owned).collect();
     if exclude.len() > MAX_EXCLUDED {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no edge could take this client");
     }
-    let request = PlaceRequest { channel: channel.clone(), listens: endpoint != Endpoint::Publish, region, exclude };
-    match state.handle.place(request).await {
-        Some(Ok(placed)) => {
+    let hops = q.core_hops.unwrap_or(0);
+    let request = PlaceRequest {
+        channel: channel.clone(),
+        listens: endpoint != Endpoint::Publish,
+        region,
+        exclude: exclude.clone(),
+    };
+    let retry = |status: StatusCode, message: &str, secs: &'static str| {
+        let mut r = text(status, message);
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        r
+    };
+    let location = match state.handle.place(request.clone()).await {
+        Some(PlaceOutcome::Edge(placed)) => {
             let mut location = format!("{}/{}/{channel}", placed.signalling_url.trim_end_matches('/'), endpoint.path());
             if let Some(token) = &token {
                 location += &format!("?access_token={token}");
             }
-            match HeaderValue::from_str(&location) {
-                Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the chosen edge has no usable URL"),
+            location
+        }
+        Some(PlaceOutcome::OtherCore(url)) if hops < MAX_CORE_HOPS => {
+            // The channel's owner places it; the client asks there with what it asked here.
+            let mut location =
+                format!("{}/{}/{channel}?core_hops={}", url.trim_end_matches('/'), endpoint.path(), hops + 1);
+            if let Some(region) = &request.region {
+                location += &format!("&region={region}");
             }
+            if !exclude.is_empty() {
+                location += &format!("&exclude={}", exclude.join(","));
+            }
+            if let Some(token) = &token {
+                location += &format!("&access_token={token}");
+            }
+            location
         }
-        Some(Err(PlaceError::NoRoom)) => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "no edge has room for this client");
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
+        Some(PlaceOutcome::OtherCore(_))
+        | Some(PlaceOutcome::Failed(PlaceError::Pending | PlaceError::Unavailable)) => {
+            return retry(StatusCode::SERVICE_UNAVAILABLE, "the channel is moving between cores; try again", "1");
         }
+        Some(PlaceOutcome::Failed(PlaceError::NoRoom)) => {
+            return retry(StatusCode::SERVICE_UNAVAILABLE, "no edge has room for this client", "5");
+        }
+        Some(PlaceOutcome::Failed(PlaceError::StoreUnreachable)) => {
+            return retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the channel directory (Redis) cannot be reached: new channels cannot start; channels already running go on",
+                "2",
+            );
+        }
+        None => return text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+    };
+    // Edge ids and region names are checked above; URLs come from edges' checked hellos or
+    // the store: still, never send a header that does not parse.
+    match HeaderValue::from_str(&location) {
+        Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the chosen node has no usable URL"),
+    }
+}
+
+/// Ends a participant's sessions in a channel on every edge that serves it.
+async fn kick(
+    State(state): State<HttpState>,
+    Path((channel, participant)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    if !relay_proto::valid_channel_name(&channel) || !node_kit::token::valid_participant(&participant) {
+        return text(StatusCode::BAD_REQUEST, "bad channel or participant name");
+    }
+    match state.handle.kick(channel, participant).await {
+        Some(true) => Json(serde_json::json!({ "kicked": true })).into_response(),
+        Some(false) => text(StatusCode::NOT_FOUND, "this core does not serve that channel"),
         None => text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    channel: String,
+    participant: String,
+    role: Role,
+    /// Lifetime in seconds (default one hour, at most a day).
+    ttl_s: Option<u64>,
+}
+
+/// The longest lifetime of a minted join token.
+const MAX_TOKEN_TTL_S: u64 = 24 * 3600;
+
+/// Mints a join token (what the application's backend does for its users).
+async fn mint_token(State(state): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(r) = admin_only(&state, &headers) {
+        return r;
+    }
+    let Some(keys) = &state.token_keys else {
+        return text(StatusCode::NOT_FOUND, "this core has no token secret (SFU_TOKEN_SECRET)");
+    };
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("expected {{channel, participant, role, ttl_s}}: {e}")),
+    };
+    if !relay_proto::valid_channel_name(&req.channel) || !node_kit::token::valid_participant(&req.participant) {
+        return text(StatusCode::BAD_REQUEST, "bad channel or participant name");
+    }
+    let ttl = req.ttl_s.unwrap_or(3600);
+    if !(1..=MAX_TOKEN_TTL_S).contains(&ttl) {
+        return text(StatusCode::BAD_REQUEST, format!("ttl_s must be 1..={MAX_TOKEN_TTL_S}"));
+    }
+    let exp = unix_now() + ttl;
+    let token = keys.sign(&Claims { sub: req.participant, channel: req.channel, role: req.role, exp });
+    Json(serde_json::json!({ "token": token, "expires_at": exp })).into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -12,12 +12,25 @@ use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
 use relay_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::{
-    ChannelDetail, ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeInfo, EdgeKey, EdgeView, PlaceError,
-    PlaceRequest, Placed, Refusal,
+    ChannelDetail, ChannelSummary, Core, CoreConfig, CoreCounters, CoreOutput, EdgeInfo, EdgeKey, EdgeView,
+    LeaseAnswer, LeaseCommand, PlaceError, PlaceRequest, Placed, Refusal,
 };
+use crate::lease_store::{Holder, LeaseStore};
+
+/// Placement requests waiting for a channel's lease to be settled, at most.
+const MAX_PLACEMENTS_WAITING: usize = 4096;
+
+/// Where a client goes.
+#[derive(Debug)]
+pub enum PlaceOutcome {
+    Edge(Placed),
+    /// Another core owns the channel: the client asks there (its public URL).
+    OtherCore(String),
+    Failed(PlaceError),
+}
 
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Control messages queued per edge before the edge is dropped as too slow.
@@ -70,7 +83,20 @@ enum Command {
     },
     Place {
         request: PlaceRequest,
-        reply: oneshot::Sender<Result<Placed, PlaceError>>,
+        reply: oneshot::Sender<PlaceOutcome>,
+    },
+    Kick {
+        channel: String,
+        participant: String,
+        reply: oneshot::Sender<bool>,
+    },
+    LeaseAnswer {
+        channel: Arc<str>,
+        answer: LeaseAnswer,
+    },
+    Renewed {
+        sent_at: Instant,
+        result: Option<Vec<(Arc<str>, Option<u64>)>>,
     },
     /// `deadline`: drain (stop placing, end sessions by then); `None`: undrain.
     Drain {
@@ -99,9 +125,16 @@ impl CoreHandle {
         rx.await.ok()
     }
 
-    pub async fn place(&self, request: PlaceRequest) -> Option<Result<Placed, PlaceError>> {
+    pub async fn place(&self, request: PlaceRequest) -> Option<PlaceOutcome> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Place { request, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Ends a participant's sessions in a channel this core serves; false if it does not.
+    pub async fn kick(&self, channel: String, participant: String) -> Option<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Kick { channel, participant, reply }).await.ok()?;
         rx.await.ok()
     }
 
@@ -128,17 +161,19 @@ impl CoreHandle {
 /// Binds the QUIC endpoint and starts accepting edges.
 pub fn start(
     config: CoreConfig,
-    quic: SocketAddr,
+    quic: std::net::UdpSocket,
     identity: TlsIdentity,
     cluster_secret: Vec<u8>,
+    store: Option<Arc<LeaseStore>>,
 ) -> anyhow::Result<(CoreHandle, JoinHandle<()>)> {
-    let endpoint = relay_proto::endpoint::server(quic, identity)?;
+    let endpoint = relay_proto::endpoint::server_on(quic, identity)?;
     let quic_addr = endpoint.local_addr()?;
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let core_id = config.core_id.clone();
     let slots = config.selector.slots as u8;
+    anyhow::ensure!(config.fleet.is_some() == store.is_some(), "a fleet core needs its lease store, and only it");
     let core = Core::new(config, Instant::now());
-    let core_task = tokio::spawn(run_core(core, rx));
+    let core_task = tokio::spawn(run_core(core, rx, commands.clone(), store));
     let accept_commands = commands.clone();
     let secret = Arc::new(cluster_secret);
     let accept_task = tokio::spawn(async move {
@@ -301,8 +336,8 @@ async fn serve_edge(
 /// id, an http(s) URL without whitespace (it goes into `Location` headers), a region name.
 fn check_edge_info(info: &EdgeInfo) -> Result<(), &'static str> {
     let printable = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic());
-    if !printable(&info.id) {
-        return Err("edge id must be 1-128 printable ASCII characters");
+    if !crate::http::valid_edge_id(&info.id) {
+        return Err("edge id must be 1-128 characters of A-Z a-z 0-9 - _ . :");
     }
     let url = &info.signalling_url;
     if !printable(url) || !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -327,8 +362,53 @@ struct EdgeLink {
     control: mpsc::Sender<Message>,
 }
 
-async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
+type PlacementWaiters = std::collections::HashMap<Arc<str>, Vec<(PlaceRequest, oneshot::Sender<PlaceOutcome>)>>;
+
+/// Runs one lease-store operation off the core task; its answer comes back as a command.
+fn run_lease_command(store: &Arc<LeaseStore>, command: LeaseCommand, to_core: &mpsc::Sender<Command>) {
+    let (store, to_core) = (store.clone(), to_core.clone());
+    tokio::spawn(async move {
+        match command {
+            LeaseCommand::Acquire { channel } => {
+                let sent_at = Instant::now();
+                let answer = match store.acquire(&channel).await {
+                    Ok(Holder::Us { epoch }) => LeaseAnswer::Ours { epoch, sent_at },
+                    Ok(Holder::Other { relay_addr, http_url }) => LeaseAnswer::Elsewhere { relay_addr, http_url },
+                    Err(e) => {
+                        debug!(channel = %channel, error = %e, "lease acquire failed");
+                        LeaseAnswer::Unreachable
+                    }
+                };
+                let _ = to_core.send(Command::LeaseAnswer { channel, answer }).await;
+            }
+            LeaseCommand::Renew { channels, sent_at } => {
+                let result = match store.renew(&channels).await {
+                    Ok(epochs) => Some(channels.into_iter().zip(epochs).collect()),
+                    Err(e) => {
+                        debug!(error = %e, "lease renewal failed");
+                        None
+                    }
+                };
+                let _ = to_core.send(Command::Renewed { sent_at, result }).await;
+            }
+            LeaseCommand::Release { channel } => {
+                if let Err(e) = store.release(&channel).await {
+                    debug!(channel = %channel, error = %e, "lease release failed; it expires");
+                }
+            }
+        }
+    });
+}
+
+async fn run_core(
+    mut core: Core,
+    mut commands: mpsc::Receiver<Command>,
+    to_core: mpsc::Sender<Command>,
+    store: Option<Arc<LeaseStore>>,
+) {
     let mut links: std::collections::HashMap<EdgeKey, EdgeLink> = std::collections::HashMap::new();
+    let mut placing: PlacementWaiters = Default::default();
+    let mut waiting = 0usize;
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
         tokio::select! {
@@ -355,7 +435,40 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                     Command::Channel { name, reply } => { let _ = reply.send(core.channel_detail(&name)); }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
                     Command::Edges { reply } => { let _ = reply.send(core.edges()); }
-                    Command::Place { request, reply } => { let _ = reply.send(core.place(&request, now)); }
+                    Command::Place { request, reply } => match core.place(&request, now) {
+                        Ok(placed) => { let _ = reply.send(PlaceOutcome::Edge(placed)); }
+                        Err(PlaceError::Pending) if waiting < MAX_PLACEMENTS_WAITING => {
+                            waiting += 1;
+                            placing.entry(request.channel.as_str().into()).or_default().push((request, reply));
+                        }
+                        Err(PlaceError::Pending) => { let _ = reply.send(PlaceOutcome::Failed(PlaceError::Unavailable)); }
+                        Err(e) => { let _ = reply.send(PlaceOutcome::Failed(e)); }
+                    },
+                    Command::Kick { channel, participant, reply } => { let _ = reply.send(core.kick(&channel, &participant)); }
+                    Command::LeaseAnswer { channel, answer } => {
+                        let elsewhere = match &answer {
+                            LeaseAnswer::Elsewhere { relay_addr, http_url } => Some((relay_addr.clone(), http_url.clone())),
+                            _ => None,
+                        };
+                        let unreachable = answer == LeaseAnswer::Unreachable;
+                        core.lease_answer(&channel, answer, now);
+                        for (request, reply) in placing.remove(&channel).unwrap_or_default() {
+                            waiting -= 1;
+                            let outcome = match &elsewhere {
+                                // A previous run of this core holds it until it expires.
+                                Some((relay, _)) if core.is_own_relay_addr(relay) => PlaceOutcome::Failed(PlaceError::Unavailable),
+                                Some((_, url)) => PlaceOutcome::OtherCore(url.clone()),
+                                None if unreachable => PlaceOutcome::Failed(PlaceError::StoreUnreachable),
+                                None => match core.place(&request, now) {
+                                    Ok(placed) => PlaceOutcome::Edge(placed),
+                                    Err(PlaceError::Pending) => PlaceOutcome::Failed(PlaceError::Unavailable),
+                                    Err(e) => PlaceOutcome::Failed(e),
+                                },
+                            };
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Command::Renewed { sent_at, result } => core.leases_renewed(sent_at, result, now),
                     Command::Drain { edge_id, deadline, reply } => { let _ = reply.send(core.set_draining(&edge_id, deadline)); }
                 }
             }
@@ -389,6 +502,10 @@ async fn run_core(mut core: Core, mut commands: mpsc::Receiver<Command>) {
                         link.conn.close(0u32.into(), reason.as_bytes());
                     }
                 }
+                CoreOutput::Lease(command) => match &store {
+                    Some(store) => run_lease_command(store, command, &to_core),
+                    None => error!(?command, "lease command without a lease store"),
+                },
             }
         }
     }

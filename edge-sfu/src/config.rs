@@ -68,7 +68,9 @@ pub struct RunArgs {
     /// PEM file with the DTLS private key and certificate (default: generated at start).
     #[arg(long, env = "SFU_DTLS_CERT")]
     pub dtls_cert: Option<PathBuf>,
-    /// The core's QUIC address, HOST:PORT: run in cascade mode (default: standalone).
+    /// The core's QUIC address, HOST:PORT: run in cascade mode (default: standalone). A
+    /// fleet's cores, comma-separated: the edge links to each and asks the first that is
+    /// up for a new channel, which sends it to the channel's owner.
     #[arg(long, env = "SFU_CORE")]
     pub core: Option<String>,
     /// Shared secret of the cluster, proven to the core (required with --core).
@@ -231,7 +233,10 @@ impl Settings {
                 let cluster_secret = args.cluster_secret.clone().or(file.cluster_secret).context(
                     "cascade mode (--core) needs the cluster secret: set SFU_CLUSTER_SECRET or --cluster-secret",
                 )?;
-                anyhow::ensure!(core.contains(':'), "--core must be HOST:PORT, got {core:?}");
+                anyhow::ensure!(
+                    !core.is_empty() && core.split(',').all(|c| c.trim().contains(':')),
+                    "--core must be HOST:PORT, or several comma-separated, got {core:?}"
+                );
                 let region = args.region.clone().or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
                 anyhow::ensure!(
                     relay_proto::valid_channel_name(&region),

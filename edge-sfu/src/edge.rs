@@ -21,7 +21,7 @@ use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
 use relay_proto::speaker;
-use tracing::{debug, error, info, trace};
+use tracing::{debug, error, info, trace, warn};
 
 use crate::budget::{SessionBudget, SessionLimits};
 
@@ -162,6 +162,8 @@ pub struct Counters {
     pub sessions_closed: u64,
     /// Panics contained while handling one input or one handshake.
     pub panics: u64,
+    /// Subscriptions refused because a higher lease epoch was seen for the channel.
+    pub stale_epoch: u64,
 }
 
 impl Counters {
@@ -231,11 +233,68 @@ pub enum Output {
         session: SessionId,
         reason: &'static str,
     },
-    /// A control message for the core.
-    Relay(Message),
-    /// A media datagram for the core.
-    Uplink(Bytes),
+    /// A control message for the core on `link`.
+    Relay {
+        link: LinkId,
+        message: Message,
+    },
+    /// A media datagram for the core on `link`.
+    Uplink {
+        link: LinkId,
+        data: Bytes,
+    },
+    /// Open (and keep) a link to the core at `addr` (`host:port`), which a core sent a
+    /// channel to; report it with [`Edge::relay_connected`].
+    OpenLink {
+        link: LinkId,
+        addr: String,
+    },
 }
+
+/// The shell's name for one core link.
+pub type LinkId = u32;
+
+/// One core this edge links to.
+#[derive(Debug)]
+struct CoreLink {
+    addr: String,
+    up: bool,
+    /// This edge's number at that core: the high bits of the speaker ids of channels
+    /// served there.
+    edge_number: u16,
+    /// Configured (tried first for new channels) rather than learnt from a redirect.
+    seed: bool,
+}
+
+/// Where a channel's media comes from: a core link and that core's id for the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChannelRelay {
+    link: LinkId,
+    channel_id: u32,
+}
+
+/// Where an unserved channel stands in finding its owning core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ask {
+    /// Asks when a core link comes up.
+    Idle,
+    /// A Subscribe went out on `link`.
+    Waiting { link: LinkId, since: Instant },
+    /// Waits for a new link to the owning core to come up.
+    AwaitLink { link: LinkId, since: Instant },
+    /// Asks again then.
+    RetryAt(Instant),
+}
+
+/// How long an edge waits for an answer to a Subscribe, or for a redirect's link to come
+/// up, before asking again.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// When the owning core is not reachable from here: ask again after this.
+const RETRY_UNREACHABLE_OWNER: Duration = Duration::from_millis(250);
+/// Redirects in a row for one channel before the edge backs off.
+const MAX_REDIRECTS: u8 = 4;
+/// Core links at most (configured and learnt from redirects).
+const MAX_CORE_LINKS: usize = 64;
 
 /// What the quality of a session's link looks like from RTCP.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -302,8 +361,12 @@ struct Channel {
     selector: ActiveSpeakers<u32>,
     /// Speaker ids holding each slot: from `selector` standalone, from the core in cascade.
     holders: Vec<Option<u32>>,
-    /// The core's id for this channel, once subscribed.
-    relay_id: Option<u32>,
+    /// The core link and id of this channel's media, once subscribed.
+    relay: Option<ChannelRelay>,
+    /// The highest lease epoch seen for this channel: media of a lower one is refused.
+    epoch: u64,
+    ask: Ask,
+    redirects: u8,
     /// Participant ids of the core's selected speakers, by speaker id.
     holder_names: HashMap<u32, String>,
     /// Sessions of this channel on this edge, connected or not.
@@ -317,7 +380,10 @@ impl Channel {
             publishers: HashMap::new(),
             selector: ActiveSpeakers::new(SelectorConfig { slots, ..Default::default() }),
             holders: vec![None; slots],
-            relay_id: None,
+            relay: None,
+            epoch: 0,
+            ask: Ask::Idle,
+            redirects: 0,
             holder_names: HashMap::new(),
             members: 0,
         }
@@ -378,8 +444,9 @@ pub struct Edge {
     scratch: Vec<u8>,
     /// Decrypted input, reused for every packet.
     plain: Vec<u8>,
-    relay_up: bool,
-    by_relay_id: HashMap<u32, Arc<str>>,
+    links: HashMap<LinkId, CoreLink>,
+    next_link: LinkId,
+    by_relay_id: HashMap<(LinkId, u32), Arc<str>>,
     /// Sessions that have not finished ICE and DTLS, in all and by client address.
     pending: usize,
     pending_by_address: HashMap<IpAddr, usize>,
@@ -388,8 +455,6 @@ pub struct Edge {
     /// Publishing sessions by local speaker number, and the next number to try.
     speakers: HashMap<u32, SessionId>,
     next_speaker: u32,
-    /// This edge's number at its core (0 standalone): the high bits of its speaker ids.
-    edge_number: u16,
     /// Draining: no new sessions; those left end at this deadline.
     drain_deadline: Option<Instant>,
 }
@@ -410,14 +475,14 @@ impl Edge {
             counters: Counters::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             plain: Vec::with_capacity(MAX_DATAGRAM),
-            relay_up: false,
+            links: HashMap::new(),
+            next_link: 1,
             by_relay_id: HashMap::new(),
             pending: 0,
             pending_by_address: HashMap::new(),
             by_participant: HashMap::new(),
             speakers: HashMap::new(),
             next_speaker: 1,
-            edge_number: 0,
             drain_deadline: None,
         }
     }
@@ -494,9 +559,9 @@ impl Edge {
         }
     }
 
-    /// The speaker id listeners and the core know a local speaker by.
-    fn speaker_id(&self, local: u32) -> u32 {
-        speaker::id(self.edge_number, local)
+    /// This edge's number at the core serving `channel` (0 standalone or unserved).
+    fn edge_number_for(links: &HashMap<LinkId, CoreLink>, channel: &Channel) -> u16 {
+        channel.relay.and_then(|r| links.get(&r.link)).map_or(0, |l| l.edge_number)
     }
 
     /// Adds a session if the edge, the channel and the pending set have room. A participant
@@ -547,15 +612,14 @@ impl Edge {
         if listens {
             channel.listeners.push(id);
         }
-        if self.config.cascade && self.relay_up {
+        if self.config.cascade {
             let listeners = channel.listeners.len() as u32;
-            match (is_new, channel.relay_id) {
-                (true, _) => self
-                    .outputs
-                    .push_back(Output::Relay(Message::Subscribe { channel: new.channel.to_string(), listeners })),
-                (false, Some(channel_id)) if listens => {
+            match (is_new, channel.relay) {
+                (true, _) => self.ask(&new.channel, None, now),
+                (false, Some(r)) if listens => {
                     let speakers = channel.publishers.len() as u32;
-                    self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
+                    let message = Message::Load { channel_id: r.channel_id, listeners, speakers };
+                    self.outputs.push_back(Output::Relay { link: r.link, message });
                 }
                 _ => {}
             }
@@ -614,17 +678,18 @@ impl Edge {
             channel.members -= 1;
             let (listeners, speakers) = (channel.listeners.len() as u32, channel.publishers.len() as u32);
             let empty = channel.members == 0;
-            if let Some(channel_id) = channel.relay_id.filter(|_| self.relay_up) {
-                let m = if empty {
+            if let Some(r) = channel.relay {
+                let channel_id = r.channel_id;
+                let message = if empty {
                     Message::Unsubscribe { channel_id }
                 } else {
                     Message::Load { channel_id, listeners, speakers }
                 };
-                self.outputs.push_back(Output::Relay(m));
+                self.outputs.push_back(Output::Relay { link: r.link, message });
             }
             if empty {
-                if let Some(id) = channel.relay_id {
-                    self.by_relay_id.remove(&id);
+                if let Some(r) = channel.relay {
+                    self.by_relay_id.remove(&(r.link, r.channel_id));
                 }
                 self.channels.remove(&s.channel);
             }
@@ -809,8 +874,9 @@ impl Edge {
         self.counters.rtp_in += 1;
         let ssrc = view.ssrc;
         let local = publish.local;
-        let speaker_id = speaker::id(self.edge_number, local);
         let Some(channel) = self.channels.get_mut(&s.channel) else { return };
+        let edge_number = Self::edge_number_for(&self.links, channel);
+        let speaker_id = speaker::id(edge_number, local);
         if publish.ssrc != Some(ssrc) {
             // The client's SSRC is only its stream's name inside this session: a new one
             // restarts the statistics, never the speaker's identity.
@@ -819,13 +885,10 @@ impl Edge {
         }
         if channel.publishers.insert(local, id).is_none() {
             debug!(session = id, %ssrc, speaker = speaker_id, "publishing");
-            if let (Some(channel_id), true) = (channel.relay_id, self.relay_up) {
+            if let Some(r) = channel.relay {
                 let participant = s.participant.to_string();
-                self.outputs.push_back(Output::Relay(Message::SpeakerInfo {
-                    channel_id,
-                    speaker: speaker_id,
-                    participant,
-                }));
+                let message = Message::SpeakerInfo { channel_id: r.channel_id, speaker: speaker_id, participant };
+                self.outputs.push_back(Output::Relay { link: r.link, message });
             }
         }
         if let Some(stats) = publish.stats.as_mut() {
@@ -845,8 +908,8 @@ impl Edge {
         };
         if self.config.cascade {
             // Only the edge's own top N can be in the channel's top N: uplink those.
-            if let (Some(channel_id), true, Some(_)) =
-                (channel.relay_id, self.relay_up, channel.selector.slot_of(&local))
+            if let (Some(ChannelRelay { link, channel_id }), Some(_)) =
+                (channel.relay, channel.selector.slot_of(&local))
             {
                 if packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
                     // The core would refuse it and count it against this edge's link.
@@ -864,12 +927,12 @@ impl Edge {
                 }
                 .encode(packet.payload, &mut out);
                 self.counters.uplink_out += 1;
-                self.outputs.push_back(Output::Uplink(out.freeze()));
+                self.outputs.push_back(Output::Uplink { link, data: out.freeze() });
             }
             return;
         }
         if changed {
-            let holders = local_holders(channel, self.edge_number);
+            let holders = local_holders(channel, edge_number);
             Self::set_holders(channel, holders, &mut self.sessions, &channel_name);
         }
         let Some(slot) = channel.holders.iter().position(|h| *h == Some(speaker_id)) else { return };
@@ -944,9 +1007,11 @@ impl Edge {
             info!(sessions = self.sessions.len(), in_s = deadline.saturating_duration_since(now).as_secs(), "draining");
         }
         self.drain_deadline = Some(deadline);
-        if self.relay_up {
-            let deadline_ms = deadline.saturating_duration_since(now).as_millis().min(u128::from(u32::MAX)) as u32;
-            self.outputs.push_back(Output::Relay(Message::Drain { deadline_ms }));
+        let deadline_ms = deadline.saturating_duration_since(now).as_millis().min(u128::from(u32::MAX)) as u32;
+        for (&link, l) in &self.links {
+            if l.up {
+                self.outputs.push_back(Output::Relay { link, message: Message::Drain { deadline_ms } });
+            }
         }
     }
 
@@ -957,69 +1022,209 @@ impl Edge {
 
     /// Takes new sessions: not draining, and (in cascade mode) linked to a core.
     pub fn is_ready(&self) -> bool {
-        self.drain_deadline.is_none() && (!self.config.cascade || self.relay_up)
+        self.drain_deadline.is_none() && (!self.config.cascade || self.links.values().any(|l| l.up))
     }
 
-    /// The link to the core is up, and the core numbered this edge `edge_number` (the
-    /// high bits of its speaker ids): subscribe to every channel this edge serves.
-    pub fn relay_connected(&mut self, edge_number: u16) {
-        self.relay_up = true;
-        self.edge_number = edge_number;
-        self.by_relay_id.clear();
-        for (name, ch) in &mut self.channels {
-            ch.relay_id = None;
-            let listeners = ch.listeners.len() as u32;
-            self.outputs.push_back(Output::Relay(Message::Subscribe { channel: name.to_string(), listeners }));
+    /// A configured core: links to it are tried first for new channels. The shell opens
+    /// and keeps the link and reports it with [`Edge::relay_connected`].
+    pub fn add_core(&mut self, addr: String) -> LinkId {
+        let link = self.next_link;
+        self.next_link += 1;
+        self.links.insert(link, CoreLink { addr, up: false, edge_number: 0, seed: true });
+        link
+    }
+
+    /// The link to a core is up, and that core numbered this edge `edge_number` (the high
+    /// bits of the speaker ids of channels it serves): channels without a core ask now.
+    pub fn relay_connected(&mut self, link: LinkId, edge_number: u16, now: Instant) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        l.up = true;
+        l.edge_number = edge_number;
+        info!(link, core = %l.addr, edge_number, "core link up");
+        let waiting: Vec<(Arc<str>, Option<LinkId>)> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.relay.is_none())
+            .filter_map(|(name, ch)| match ch.ask {
+                Ask::Idle => Some((name.clone(), None)),
+                Ask::AwaitLink { link: l, .. } if l == link => Some((name.clone(), Some(link))),
+                _ => None,
+            })
+            .collect();
+        for (name, prefer) in waiting {
+            self.ask(&name, prefer, now);
         }
-        info!(channels = self.channels.len(), "core link up");
     }
 
-    /// The link is down: listeners stay; selection resumes when the core is back.
-    pub fn relay_disconnected(&mut self) {
-        if !self.relay_up {
+    /// The link is down: listeners stay; channels served there find their core again.
+    pub fn relay_disconnected(&mut self, link: LinkId, now: Instant) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        if !l.up {
             return;
         }
-        self.relay_up = false;
-        self.by_relay_id.clear();
-        let slots = self.config.slots;
-        // No media flows without the core: vacate the slots, so that when selection
-        // resumes every slot starts a new mapping and stays continuous.
-        for (name, ch) in self.channels.iter_mut() {
-            ch.relay_id = None;
-            Self::set_holders(ch, vec![None; slots], &mut self.sessions, name);
+        l.up = false;
+        info!(link, core = %l.addr, "core link down");
+        let affected: Vec<Arc<str>> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| {
+                ch.relay.is_some_and(|r| r.link == link) || matches!(ch.ask, Ask::Waiting { link: l, .. } if l == link)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in affected {
+            self.detach(&name);
+            self.ask(&name, None, now);
         }
-        info!("core link down");
     }
 
-    pub fn handle_relay_control(&mut self, message: Message, now: Instant) {
+    /// The link new channels ask first: the first configured core that is up, else any.
+    fn home_link(&self) -> Option<LinkId> {
+        let up = |seed: bool| self.links.iter().filter(|(_, l)| l.up && (l.seed || !seed)).map(|(&k, _)| k).min();
+        up(true).or_else(|| up(false))
+    }
+
+    /// Sends a Subscribe for `name` on `prefer` if it is up, else on the home link.
+    fn ask(&mut self, name: &Arc<str>, prefer: Option<LinkId>, now: Instant) {
+        let link = prefer.filter(|l| self.links.get(l).is_some_and(|l| l.up)).or_else(|| self.home_link());
+        let Some(ch) = self.channels.get_mut(name) else { return };
+        match link {
+            Some(link) => {
+                ch.ask = Ask::Waiting { link, since: now };
+                let message = Message::Subscribe { channel: name.to_string(), listeners: ch.listeners.len() as u32 };
+                self.outputs.push_back(Output::Relay { link, message });
+            }
+            None => ch.ask = Ask::Idle,
+        }
+    }
+
+    /// The channel's media no longer comes from where it came: slots are vacated so the
+    /// next selection starts new mappings and every slot stays continuous.
+    fn detach(&mut self, name: &Arc<str>) {
+        let slots = self.config.slots;
+        let Some(ch) = self.channels.get_mut(name) else { return };
+        if let Some(r) = ch.relay.take() {
+            self.by_relay_id.remove(&(r.link, r.channel_id));
+            Self::set_holders(ch, vec![None; slots], &mut self.sessions, name);
+        }
+    }
+
+    /// A link to `addr`, made (and asked of the shell) if there is none yet: `None` when
+    /// the address is unusable or there are too many links.
+    fn link_to(&mut self, addr: &str) -> Option<(LinkId, bool)> {
+        if let Some((&id, _)) = self.links.iter().find(|(_, l)| l.addr == addr) {
+            return Some((id, false));
+        }
+        let usable = !addr.is_empty() && addr.len() <= 255 && addr.chars().all(|c| c.is_ascii_graphic());
+        if !usable || self.links.len() >= MAX_CORE_LINKS {
+            return None;
+        }
+        let link = self.next_link;
+        self.next_link += 1;
+        self.links.insert(link, CoreLink { addr: addr.to_owned(), up: false, edge_number: 0, seed: false });
+        self.outputs.push_back(Output::OpenLink { link, addr: addr.to_owned() });
+        Some((link, true))
+    }
+
+    /// Whether a core's answer about `name` on `link` is one this edge waits for: the
+    /// channel is served there, or was asked there.
+    fn answers_for(&self, name: &str, link: LinkId) -> bool {
+        self.channels.get(name).is_some_and(|ch| {
+            ch.relay.is_some_and(|r| r.link == link) || matches!(ch.ask, Ask::Waiting { link: l, .. } if l == link)
+        })
+    }
+
+    pub fn handle_relay_control(&mut self, link: LinkId, message: Message, now: Instant) {
         match message {
-            Message::Subscribed { channel, channel_id } => {
+            Message::Subscribed { channel, channel_id, epoch } => {
                 let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone());
-                let Some((name, ch)) = name.and_then(|n| self.channels.get_mut(&n).map(|ch| (n, ch))) else {
+                let Some(name) = name else {
                     // Gone while the subscription was under way.
-                    self.outputs.push_back(Output::Relay(Message::Unsubscribe { channel_id }));
+                    self.outputs.push_back(Output::Relay { link, message: Message::Unsubscribe { channel_id } });
                     return;
                 };
-                ch.relay_id = Some(channel_id);
-                self.by_relay_id.insert(channel_id, name);
+                let ch = self.channels.get_mut(&name).expect("found above");
+                if epoch < ch.epoch {
+                    // An owner older than one already seen: fenced off.
+                    self.counters.stale_epoch += 1;
+                    warn!(%channel, epoch, seen = ch.epoch, link, "subscription from a stale channel owner refused");
+                    self.outputs.push_back(Output::Relay { link, message: Message::Unsubscribe { channel_id } });
+                    if ch.relay.is_none() {
+                        ch.ask = Ask::RetryAt(now + RETRY_UNREACHABLE_OWNER);
+                    }
+                    return;
+                }
+                let new = ChannelRelay { link, channel_id };
+                if let Some(old) = ch.relay.filter(|&old| old != new) {
+                    if old.link != link {
+                        let message = Message::Unsubscribe { channel_id: old.channel_id };
+                        self.outputs.push_back(Output::Relay { link: old.link, message });
+                    }
+                    self.detach(&name);
+                }
+                let ch = self.channels.get_mut(&name).expect("found above");
+                ch.relay = Some(new);
+                ch.epoch = epoch;
+                ch.ask = Ask::Idle;
+                ch.redirects = 0;
+                self.by_relay_id.insert((link, channel_id), name.clone());
                 // Counts may have moved while the subscription was under way.
                 let (listeners, speakers) = (ch.listeners.len() as u32, ch.publishers.len() as u32);
-                self.outputs.push_back(Output::Relay(Message::Load { channel_id, listeners, speakers }));
+                self.outputs
+                    .push_back(Output::Relay { link, message: Message::Load { channel_id, listeners, speakers } });
+                let edge_number = self.links.get(&link).map_or(0, |l| l.edge_number);
                 for (&local, sid) in &ch.publishers {
                     if let Some(s) = self.sessions.get(sid) {
                         let participant = s.participant.to_string();
-                        let speaker = speaker::id(self.edge_number, local);
-                        self.outputs.push_back(Output::Relay(Message::SpeakerInfo {
-                            channel_id,
-                            speaker,
-                            participant,
-                        }));
+                        let speaker = speaker::id(edge_number, local);
+                        let message = Message::SpeakerInfo { channel_id, speaker, participant };
+                        self.outputs.push_back(Output::Relay { link, message });
                     }
                 }
-                debug!(%channel, channel_id, "subscribed");
+                debug!(%channel, channel_id, epoch, link, "subscribed");
+            }
+            Message::Redirect { channel, core } => {
+                if !self.answers_for(&channel, link) {
+                    return;
+                }
+                let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone()).expect("checked");
+                self.detach(&name);
+                let redirects = {
+                    let ch = self.channels.get_mut(&name).expect("checked");
+                    ch.redirects = ch.redirects.saturating_add(1);
+                    ch.redirects
+                };
+                debug!(%channel, to = ?core, link, "redirected to the owning core");
+                let target = if redirects > MAX_REDIRECTS { None } else { self.link_to(&core) };
+                let ch = self.channels.get_mut(&name).expect("checked");
+                match target {
+                    Some((target, _)) if self.links.get(&target).is_some_and(|l| l.up) => {
+                        self.ask(&name, Some(target), now)
+                    }
+                    Some((target, true)) => ch.ask = Ask::AwaitLink { link: target, since: now },
+                    // The owner is known and unreachable from here (it may have died and
+                    // its lease not expired yet): ask again shortly.
+                    _ => {
+                        if redirects > MAX_REDIRECTS {
+                            ch.redirects = 0;
+                        }
+                        ch.ask = Ask::RetryAt(now + RETRY_UNREACHABLE_OWNER);
+                    }
+                }
+            }
+            Message::Unavailable { channel, retry_ms } => {
+                if !self.answers_for(&channel, link) {
+                    return;
+                }
+                let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone()).expect("checked");
+                self.detach(&name);
+                let wait = Duration::from_millis(u64::from(retry_ms).clamp(50, 10_000));
+                if let Some(ch) = self.channels.get_mut(&name) {
+                    ch.ask = Ask::RetryAt(now + wait);
+                }
             }
             Message::Selection { channel_id, slots } => {
-                let Some(name) = self.by_relay_id.get(&channel_id).cloned() else {
+                let Some(name) = self.by_relay_id.get(&(link, channel_id)).cloned() else {
                     return self.drop_packet(DropReason::RelayUnknownChannel);
                 };
                 let Some(ch) = self.channels.get_mut(&name) else { return };
@@ -1033,22 +1238,56 @@ impl Edge {
                 }
                 Self::set_holders(ch, holders, &mut self.sessions, &name);
             }
+            Message::Kick { channel, participant } => {
+                // Only from the core serving the channel.
+                let served_there = |ch: &Channel| ch.relay.is_some_and(|r| r.link == link);
+                if !self.channels.get(channel.as_str()).is_some_and(served_there) {
+                    return;
+                }
+                let key: (Arc<str>, Arc<str>) = (channel.as_str().into(), participant.as_str().into());
+                let ids = self.by_participant.get(&key).cloned().unwrap_or_default();
+                info!(%channel, participant = ?participant, sessions = ids.len(), "kicked by the core");
+                for id in ids {
+                    self.remove_session(id, "kicked");
+                }
+            }
             Message::Drain { deadline_ms } => {
-                info!(deadline_ms, "core asks this edge to drain");
+                info!(deadline_ms, link, "core asks this edge to drain");
                 self.drain(now + Duration::from_millis(u64::from(deadline_ms)), now);
             }
-            Message::Goodbye { reason } => info!(reason = ?reason, "core says goodbye"),
+            Message::Goodbye { reason } => info!(reason = ?reason, link, "core says goodbye"),
             other => debug!(?other, "unexpected message from the core"),
         }
     }
 
+    /// Channels whose ask timed out or whose retry is due ask again.
+    fn ask_again(&mut self, now: Instant) {
+        let due: Vec<Arc<str>> = self
+            .channels
+            .iter()
+            .filter(|(_, ch)| ch.relay.is_none())
+            .filter(|(_, ch)| match ch.ask {
+                Ask::Idle => false,
+                Ask::Waiting { since, .. } | Ask::AwaitLink { since, .. } => {
+                    now.saturating_duration_since(since) >= ASK_TIMEOUT
+                }
+                Ask::RetryAt(at) => now >= at,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.ask(&name, None, now);
+        }
+    }
+
     /// A datagram from the core: a selected speaker's packet for this edge's listeners.
-    pub fn handle_relay_datagram(&mut self, data: &Bytes, now: Instant) {
+    pub fn handle_relay_datagram(&mut self, link: LinkId, data: &Bytes, now: Instant) {
         let (header, payload) = match MediaHeader::decode(data) {
             Ok(h) => h,
             Err(_) => return self.drop_packet(DropReason::RelayMalformed),
         };
-        let Some(name) = self.by_relay_id.get(&header.channel_id).cloned() else {
+        // Only the channel's current owner link maps: an old owner's media is dropped here.
+        let Some(name) = self.by_relay_id.get(&(link, header.channel_id)).cloned() else {
             return self.drop_packet(DropReason::RelayUnknownChannel);
         };
         let Some(ch) = self.channels.get(&name) else { return };
@@ -1057,7 +1296,8 @@ impl Edge {
         };
         self.counters.relay_in += 1;
         // A local speaker's own session never gets its voice back.
-        let from = if speaker::edge_of(header.speaker) == self.edge_number {
+        let edge_number = self.links.get(&link).map_or(0, |l| l.edge_number);
+        let from = if speaker::edge_of(header.speaker) == edge_number {
             ch.publishers.get(&speaker::local_of(header.speaker)).copied().unwrap_or(0)
         } else {
             0
@@ -1127,7 +1367,7 @@ impl Edge {
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.selector.remove(&local);
                 if !self.config.cascade {
-                    let holders = local_holders(ch, self.edge_number);
+                    let holders = local_holders(ch, 0);
                     Self::set_holders(ch, holders, &mut self.sessions, &channel);
                 }
             }
@@ -1178,9 +1418,12 @@ impl Edge {
                 self.remove_session(id, "drained");
             }
         }
+        if self.config.cascade {
+            self.ask_again(now);
+        }
         for (name, channel) in self.channels.iter_mut() {
             if channel.selector.update(now) && !self.config.cascade {
-                let holders = local_holders(channel, self.edge_number);
+                let holders = local_holders(channel, 0);
                 Self::set_holders(channel, holders, &mut self.sessions, name);
             }
         }
@@ -1259,7 +1502,7 @@ impl Edge {
             .iter()
             .filter_map(|(local, id)| {
                 let s = self.sessions.get(id)?;
-                let speaker = self.speaker_id(*local);
+                let speaker = speaker::id(Self::edge_number_for(&self.links, ch), *local);
                 Some(SpeakerView {
                     participant: s.participant.to_string(),
                     id: speaker,

@@ -106,7 +106,7 @@ fn relay_config(
         None => Trust::ClusterSecretOnly,
     };
     Ok(server::RelayConfig {
-        core: c.core.clone(),
+        cores: c.core.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         cluster_secret: c.cluster_secret.expose().to_vec(),
         edge_id: c.edge_id.clone().unwrap_or_else(|| format!("edge-{udp_addr}")),
         signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),

@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::edge::{AdmitError, ChannelView, Counters, DropReason, Edge, EdgeConfig, NewSession, Output, SessionId};
+use crate::edge::{
+    AdmitError, ChannelView, Counters, DropReason, Edge, EdgeConfig, LinkId, NewSession, Output, SessionId,
+};
 
 const COMMAND_QUEUE: usize = 4096;
 /// Datagrams read per wake-up before outputs are flushed.
@@ -66,21 +68,30 @@ enum Command {
         reply: oneshot::Sender<Readiness>,
     },
     RelayUp {
-        link: RelayLink,
+        link: LinkId,
+        relay: RelayLink,
         edge_number: u16,
     },
-    RelayDown,
-    RelayControl(Message),
-    RelayDatagram(Bytes),
+    RelayDown {
+        link: LinkId,
+    },
+    RelayControl {
+        link: LinkId,
+        message: Message,
+    },
+    RelayDatagram {
+        link: LinkId,
+        data: Bytes,
+    },
     /// A control message from the core that did not decode.
     RelayMalformed,
 }
 
-/// How an edge reaches its core.
+/// How an edge reaches its cores.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// `host:port` of the core's QUIC endpoint, resolved at every connect.
-    pub core: String,
+    /// `host:port` of each configured core's QUIC endpoint, resolved at every connect.
+    pub cores: Vec<String>,
     pub cluster_secret: Vec<u8>,
     pub edge_id: String,
     pub signalling_url: String,
@@ -184,7 +195,8 @@ struct Shell {
     resource_of: HashMap<SessionId, String>,
     send_errors: u64,
     last_send_warning: Option<Instant>,
-    relay: Option<RelayLink>,
+    relays: HashMap<LinkId, RelayLink>,
+    relay_config: Option<Arc<RelayConfig>>,
     uplink_drops: u64,
 }
 
@@ -208,8 +220,15 @@ pub fn start(
         candidate: candidate_for(udp_addr),
         config: Arc::new(config.clone()),
     };
+    let mut edge = Edge::new(config, now, unix);
+    let relay_config = relay.map(Arc::new);
+    let seeds: Vec<(LinkId, String)> = relay_config
+        .iter()
+        .flat_map(|r| r.cores.iter())
+        .map(|addr| (edge.add_core(addr.clone()), addr.clone()))
+        .collect();
     let shell = Shell {
-        edge: Edge::new(config, now, unix),
+        edge,
         socket,
         identity,
         handshake_timeout,
@@ -219,13 +238,15 @@ pub fn start(
         resource_of: HashMap::new(),
         send_errors: 0,
         last_send_warning: None,
-        relay: None,
+        relays: HashMap::new(),
+        relay_config: relay_config.clone(),
         uplink_drops: 0,
     };
     let task = tokio::spawn(shell.run(rx));
-    if let Some(relay) = relay {
-        let link_commands = handle.commands.clone();
-        tokio::spawn(relay_link(relay, link_commands));
+    if let Some(config) = relay_config {
+        for (link, addr) in seeds {
+            tokio::spawn(relay_link(config.clone(), addr, link, handle.commands.clone()));
+        }
     }
     Ok((handle, task))
 }
@@ -302,20 +323,20 @@ impl Shell {
             Command::Stats { reply } => {
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));
             }
-            Command::RelayUp { link, edge_number } => {
-                self.relay = Some(link);
-                self.edge.relay_connected(edge_number);
+            Command::RelayUp { link, relay, edge_number } => {
+                self.relays.insert(link, relay);
+                self.edge.relay_connected(link, edge_number, now);
             }
-            Command::RelayDown => {
-                self.relay = None;
-                self.edge.relay_disconnected();
+            Command::RelayDown { link } => {
+                self.relays.remove(&link);
+                self.edge.relay_disconnected(link, now);
             }
             Command::RelayMalformed => self.edge.count_drop(DropReason::RelayMalformed),
-            Command::RelayControl(message) => {
-                self.edge.contain(None, "relay control", |e| e.handle_relay_control(message, now))
+            Command::RelayControl { link, message } => {
+                self.edge.contain(None, "relay control", |e| e.handle_relay_control(link, message, now))
             }
-            Command::RelayDatagram(data) => {
-                self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(&data, now))
+            Command::RelayDatagram { link, data } => {
+                self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(link, &data, now))
             }
         }
     }
@@ -369,18 +390,24 @@ impl Shell {
                         }
                     }
                 }
-                Output::Relay(message) => {
-                    if let Some(link) = &self.relay {
-                        if link.control.try_send(message).is_err() {
-                            warn!("core link backlog: reconnecting");
-                            link.conn.close(1u32.into(), b"control backlog");
+                Output::Relay { link, message } => {
+                    if let Some(relay) = self.relays.get(&link) {
+                        if relay.control.try_send(message).is_err() {
+                            warn!(link, "core link backlog: reconnecting");
+                            relay.conn.close(1u32.into(), b"control backlog");
                         }
                     }
                 }
-                Output::Uplink(data) => {
-                    let sent = self.relay.as_ref().is_some_and(|l| l.conn.send_datagram(data).is_ok());
+                Output::Uplink { link, data } => {
+                    let sent = self.relays.get(&link).is_some_and(|l| l.conn.send_datagram(data).is_ok());
                     if !sent {
                         self.uplink_drops += 1;
+                    }
+                }
+                Output::OpenLink { link, addr } => {
+                    if let Some(config) = &self.relay_config {
+                        info!(link, core = %addr, "linking to a channel's owning core");
+                        tokio::spawn(relay_link(config.clone(), addr, link, self.commands.clone()));
                     }
                 }
                 Output::Closed { session, .. } => {
@@ -398,17 +425,17 @@ impl Shell {
 
 /// Keeps a link to the core: connect, authenticate both ways, relay, and on loss retry
 /// with backoff. Listeners stay connected to the edge throughout.
-async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
+async fn relay_link(config: Arc<RelayConfig>, core: String, link: LinkId, commands: mpsc::Sender<Command>) {
     let mut backoff = RELAY_MIN_BACKOFF;
     let mut endpoint: Option<quinn::Endpoint> = None;
     let mut last_warning: Option<Instant> = None;
     while !commands.is_closed() {
-        match connect_core(&config, &mut endpoint).await {
+        match connect_core(&config, &core, &mut endpoint).await {
             Ok((conn, send, recv, reader, core_id, edge_number)) => {
-                info!(core = %config.core, core_id = ?core_id, "connected to core");
+                info!(%core, core_id = ?core_id, "connected to core");
                 backoff = RELAY_MIN_BACKOFF;
-                pump(conn, send, recv, reader, edge_number, &commands).await;
-                if commands.send(Command::RelayDown).await.is_err() {
+                pump(conn, send, recv, reader, link, edge_number, &commands).await;
+                if commands.send(Command::RelayDown { link }).await.is_err() {
                     break;
                 }
             }
@@ -416,7 +443,7 @@ async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
                 let now = Instant::now();
                 if last_warning.is_none_or(|t| now - t > Duration::from_secs(10)) {
                     last_warning = Some(now);
-                    warn!(core = %config.core, error = %e, "cannot reach the core; retrying");
+                    warn!(%core, error = %e, "cannot reach the core; retrying");
                 }
             }
         }
@@ -429,17 +456,19 @@ async fn relay_link(config: RelayConfig, commands: mpsc::Sender<Command>) {
 /// A link to the core: connection, control stream, the core's id and this edge's number.
 type Connected = (quinn::Connection, quinn::SendStream, quinn::RecvStream, FrameReader, String, u16);
 
-async fn connect_core(config: &RelayConfig, endpoint: &mut Option<quinn::Endpoint>) -> anyhow::Result<Connected> {
-    let addr = tokio::net::lookup_host(&config.core)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{} resolves to no address", config.core))?;
+async fn connect_core(
+    config: &RelayConfig,
+    core: &str,
+    endpoint: &mut Option<quinn::Endpoint>,
+) -> anyhow::Result<Connected> {
+    let addr =
+        tokio::net::lookup_host(core).await?.next().ok_or_else(|| anyhow::anyhow!("{core} resolves to no address"))?;
     if endpoint.is_none() {
         let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         *endpoint = Some(relay_proto::endpoint::client(bind, config.trust.clone())?);
     }
     let endpoint = endpoint.as_ref().expect("set above");
-    let host = config.core.rsplit_once(':').map_or(config.core.as_str(), |(h, _)| h);
+    let host = core.rsplit_once(':').map_or(core, |(h, _)| h);
     let server_name = host.trim_start_matches('[').trim_end_matches(']');
     let conn = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, endpoint.connect(addr, server_name)?)
         .await
@@ -484,6 +513,7 @@ async fn pump(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut reader: FrameReader,
+    link: LinkId,
     edge_number: u16,
     commands: &mpsc::Sender<Command>,
 ) {
@@ -495,7 +525,8 @@ async fn pump(
             }
         }
     });
-    if commands.send(Command::RelayUp { link: RelayLink { conn: conn.clone(), control }, edge_number }).await.is_err() {
+    let relay = RelayLink { conn: conn.clone(), control };
+    if commands.send(Command::RelayUp { link, relay, edge_number }).await.is_err() {
         writer.abort();
         return;
     }
@@ -503,7 +534,7 @@ async fn pump(
         tokio::select! {
             m = read_message(&mut recv, &mut reader) => match m {
                 Ok(Some(message)) => {
-                    if commands.send(Command::RelayControl(message)).await.is_err() { break; }
+                    if commands.send(Command::RelayControl { link, message }).await.is_err() { break; }
                 }
                 Ok(None) => break,
                 Err(ReadError::Decode(e)) if !e.is_fatal() => {
@@ -519,7 +550,7 @@ async fn pump(
             },
             d = conn.read_datagram() => match d {
                 // Media never waits: a full queue drops the datagram.
-                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram(data)); }
+                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram { link, data }); }
                 Err(e) => {
                     debug!(error = %e, "core link closed");
                     break;

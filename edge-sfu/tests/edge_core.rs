@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edge_sfu::edge::{
-    AdmitError, DropReason, Edge, EdgeConfig, NewSession, Output, PublishParams, SessionId, SlotParams,
+    AdmitError, DropReason, Edge, EdgeConfig, LinkId, NewSession, Output, PublishParams, SessionId, SlotParams,
 };
 use media::ice::{binding_request, parse_binding_success};
 use media::rtcp_report::{self, Feedback, ReceiveStats};
@@ -52,14 +52,25 @@ struct Net {
     closed: Vec<SessionId>,
     dtls: Vec<(SessionId, Bytes)>,
     relay: Vec<Message>,
+    /// Control messages with the core link they went to.
+    relay_on: Vec<(LinkId, Message)>,
     uplink: Vec<Bytes>,
+    /// Links the edge asked the shell to open (redirects to owning cores).
+    opened: Vec<(LinkId, String)>,
+    /// The configured core.
+    core: LinkId,
 }
 
 impl Net {
     fn new(config: EdgeConfig) -> Net {
         let now = Instant::now();
+        let mut edge = Edge::new(config, now, Duration::from_secs(1_800_000_000));
+        let core = edge.add_core("core-a:4433".into());
         Net {
-            edge: Edge::new(config, now, Duration::from_secs(1_800_000_000)),
+            edge,
+            relay_on: Vec::new(),
+            opened: Vec::new(),
+            core,
             now,
             port: 10_000,
             inbox: Vec::new(),
@@ -76,8 +87,12 @@ impl Net {
                 Output::Transmit { to, data } => self.inbox.push((to, data)),
                 Output::Closed { session, .. } => self.closed.push(session),
                 Output::Dtls { session, data } => self.dtls.push((session, data)),
-                Output::Relay(m) => self.relay.push(m),
-                Output::Uplink(d) => self.uplink.push(d),
+                Output::Relay { link, message } => {
+                    self.relay.push(message.clone());
+                    self.relay_on.push((link, message));
+                }
+                Output::Uplink { data, .. } => self.uplink.push(data),
+                Output::OpenLink { link, addr } => self.opened.push((link, addr)),
             }
         }
     }
@@ -453,11 +468,15 @@ fn core_datagram(channel_id: u32, speaker: u32, sequence: u16) -> Bytes {
 #[test]
 fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
-    net.edge.relay_connected(5);
+    net.edge.relay_connected(net.core, 5, net.now);
     let mut alice = net.join("lobby", "alice", true, 3);
     let mut bob = net.join("lobby", "bob", false, 3);
     assert!(matches!(&net.relay[0], Message::Subscribe { channel, .. } if channel == "lobby"), "{:?}", net.relay);
-    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 }, net.now);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
     net.drain();
     assert!(net.relay.contains(&Message::Load { channel_id: 7, listeners: 2, speakers: 0 }), "{:?}", net.relay);
 
@@ -476,12 +495,13 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let remote = 555u32;
     let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
     net.edge.handle_relay_control(
+        net.core,
         Message::Selection { channel_id: 7, slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None] },
         net.now,
     );
     for seq in 0..20 {
-        net.edge.handle_relay_datagram(&core_datagram(7, remote, seq), net.now);
-        net.edge.handle_relay_datagram(&core_datagram(7, alice_id.0, seq), net.now);
+        net.edge.handle_relay_datagram(net.core, &core_datagram(7, remote, seq), net.now);
+        net.edge.handle_relay_datagram(net.core, &core_datagram(7, alice_id.0, seq), net.now);
         net.advance(Duration::from_millis(20));
     }
     let (rtp, _) = net.received(&mut bob);
@@ -498,17 +518,17 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     assert!(view.speakers.iter().any(|s| s.participant == "zoe" && s.slot == Some(0)), "{view:?}");
 
     // Bad datagrams from the core are counted and dropped.
-    net.edge.handle_relay_datagram(&Bytes::from_static(b"\x40junk"), net.now);
-    net.edge.handle_relay_datagram(&core_datagram(99, remote, 1), net.now);
-    net.edge.handle_relay_datagram(&core_datagram(7, 4242, 1), net.now);
+    net.edge.handle_relay_datagram(net.core, &Bytes::from_static(b"\x40junk"), net.now);
+    net.edge.handle_relay_datagram(net.core, &core_datagram(99, remote, 1), net.now);
+    net.edge.handle_relay_datagram(net.core, &core_datagram(7, 4242, 1), net.now);
     assert_eq!(net.edge.counters().dropped(DropReason::RelayMalformed), 1);
     assert_eq!(net.edge.counters().dropped(DropReason::RelayUnknownChannel), 1);
     assert_eq!(net.edge.counters().dropped(DropReason::RelayNotSelected), 1);
 
     // The link drops and returns: the edge subscribes again; listeners were never touched.
     net.relay.clear();
-    net.edge.relay_disconnected();
-    net.edge.relay_connected(6);
+    net.edge.relay_disconnected(net.core, net.now);
+    net.edge.relay_connected(net.core, 6, net.now);
     net.drain();
     assert!(
         matches!(&net.relay[..], [Message::Subscribe { channel, listeners: 2 }] if channel == "lobby"),
@@ -517,9 +537,17 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     );
     assert_eq!(net.edge.session_count(), 2);
     // The new core already selected the same speaker: bob's slot still continues at +1.
-    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 8 }, net.now);
-    net.edge.handle_relay_control(Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] }, net.now);
-    net.edge.handle_relay_datagram(&core_datagram(8, remote, 500), net.now);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 8, epoch: 1 },
+        net.now,
+    );
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] },
+        net.now,
+    );
+    net.edge.handle_relay_datagram(net.core, &core_datagram(8, remote, 500), net.now);
     net.drain();
     let (rtp, _) = net.received(&mut bob);
     assert_eq!(rtp.len(), 1);
@@ -765,10 +793,14 @@ fn a_fragmented_client_hello_reaches_the_dtls_library_only_whole_and_checked() {
 #[test]
 fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
     let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
-    net.edge.relay_connected(1);
+    net.edge.relay_connected(net.core, 1, net.now);
     let mut alice = net.join("lobby", "alice", true, 0);
     let mut bob = net.join("lobby", "bob", false, 3);
-    net.edge.handle_relay_control(Message::Subscribed { channel: "lobby".into(), channel_id: 7 }, net.now);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
     net.relay.clear();
     assert!(net.edge.is_ready());
     net.edge.drain(net.now + Duration::from_secs(5), net.now);
@@ -782,6 +814,7 @@ fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
     assert_eq!(net.try_join("lobby", "carol", false, 3).err(), Some(AdmitError::Draining));
     // Until the deadline the sessions go on: alice is uplinked, bob hears the core.
     net.edge.handle_relay_control(
+        net.core,
         Message::Selection {
             channel_id: 7,
             slots: vec![Some(SlotHolder { speaker: 9 << 20, participant: "zoe".into() })],
@@ -790,7 +823,7 @@ fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
     );
     for seq in 0..100 {
         net.speak(&mut alice, LOUD);
-        net.edge.handle_relay_datagram(&core_datagram(7, 9 << 20, seq), net.now);
+        net.edge.handle_relay_datagram(net.core, &core_datagram(7, 9 << 20, seq), net.now);
         net.advance(Duration::from_millis(20));
     }
     assert_eq!(net.received(&mut bob).0.len(), 100, "every packet until the deadline");

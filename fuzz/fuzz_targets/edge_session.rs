@@ -140,10 +140,10 @@ fuzz_target!(|input: Input| {
                 let mut reader = FrameReader::default();
                 reader.push(&bytes);
                 while let Ok(Some(m)) = reader.next_message() {
-                    h.edge.handle_relay_control(m, h.now);
+                    h.edge.handle_relay_control(h.core, m, h.now);
                 }
             }
-            Op::RelayDatagram(bytes) => h.edge.handle_relay_datagram(&bytes::Bytes::from(bytes), h.now),
+            Op::RelayDatagram(bytes) => h.edge.handle_relay_datagram(h.core, &bytes::Bytes::from(bytes), h.now),
             Op::Remove(client) => {
                 let id = h.clients[usize::from(client) % n].id;
                 h.edge.remove_session(id, "fuzz");

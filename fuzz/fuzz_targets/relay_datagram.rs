@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         let d = Bytes::from(d);
         let _ = MediaHeader::decode(&d);
         core.handle_datagram(1 + (i as u64 % 2), d.clone(), now);
-        edge.edge.handle_relay_datagram(&d, edge.now);
+        edge.edge.handle_relay_datagram(edge.core, &d, edge.now);
     }
     while core.poll_output().is_some() {}
     edge.drain();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_sfu::edge::{Edge, EdgeConfig, NewSession, PublishParams, SessionId, SlotParams};
+use edge_sfu::edge::{Edge, EdgeConfig, LinkId, NewSession, PublishParams, SessionId, SlotParams};
 use media::srtp::{ProtectionProfile, SrtpKeys, SrtpSession};
 use media::Ssrc;
 
@@ -28,6 +28,8 @@ pub struct EdgeHarness {
     pub now: Instant,
     /// A publisher that also listens, a listener, and a pending session (ICE done, no DTLS).
     pub clients: Vec<Client>,
+    /// The core link (cascade mode), subscribed to the channel as id 7.
+    pub core: LinkId,
 }
 
 pub fn keys(profile: ProtectionProfile, is_client: bool) -> SrtpKeys {
@@ -39,17 +41,24 @@ impl EdgeHarness {
     pub fn new(profile: ProtectionProfile, cascade: bool) -> Self {
         let now = Instant::now();
         let config = EdgeConfig { cascade, ..Default::default() };
-        let mut h = EdgeHarness { edge: Edge::new(config, now, Duration::from_secs(1_800_000_000)), now, clients: vec![] };
+        let mut edge = Edge::new(config, now, Duration::from_secs(1_800_000_000));
+        let core = edge.add_core("core:4433".into());
+        let mut h = EdgeHarness { edge, now, clients: vec![], core };
         if cascade {
-            h.edge.relay_connected(3);
-            h.edge.handle_relay_control(
-                relay_proto::control::Message::Subscribed { channel: "lobby".into(), channel_id: 7 },
-                now,
-            );
+            h.edge.relay_connected(core, 3, now);
         }
-        for (i, (publish, slots, connect)) in [(true, 2, true), (false, 3, true), (true, 1, false)].into_iter().enumerate() {
+        for (i, (publish, slots, connect)) in
+            [(true, 2, true), (false, 3, true), (true, 1, false)].into_iter().enumerate()
+        {
             let c = h.join(i as u16, publish, slots, connect, profile);
             h.clients.push(c);
+        }
+        if cascade {
+            h.edge.handle_relay_control(
+                core,
+                relay_proto::control::Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+                now,
+            );
         }
         h.drain();
         h

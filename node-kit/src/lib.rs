@@ -10,5 +10,6 @@ pub mod panics;
 pub mod per_ip;
 pub mod secret;
 pub mod throttle;
+pub mod token;
 
 pub use secret::{Secret, SecretError, SecretText, MIN_SECRET_LEN};

@@ -26,6 +26,16 @@ impl Secret {
         Ok(Secret(value.into()))
     }
 
+    /// A value kept out of logs that is not a key (a URL with a password in it): any
+    /// non-empty length.
+    pub fn new_any(name: &'static str, value: impl AsRef<[u8]>) -> Result<Secret, SecretError> {
+        let value = value.as_ref();
+        if value.is_empty() {
+            return Err(SecretError { name, len: 0 });
+        }
+        Ok(Secret(value.into()))
+    }
+
     /// A random secret, for development runs only.
     pub fn random() -> Secret {
         Secret(rand::random::<[u8; MIN_SECRET_LEN]>().to_vec().into())

@@ -46,10 +46,30 @@ pub enum Message {
         channel: String,
         listeners: u32,
     },
-    /// Core -> edge: the id media datagrams of `channel` carry.
+    /// Core -> edge: the id media datagrams of `channel` carry, and the epoch of the
+    /// core's lease on it. An edge takes a channel's media only from the highest epoch
+    /// it has seen, so an old owner is fenced off.
     Subscribed {
         channel: String,
         channel_id: u32,
+        epoch: u64,
+    },
+    /// Core -> edge: another core owns `channel`; subscribe there (`host:port` of its
+    /// relay endpoint). Also sent for a subscribed channel this core no longer owns.
+    Redirect {
+        channel: String,
+        core: String,
+    },
+    /// Core -> edge: no core can serve `channel` now (its owner is being replaced, or
+    /// the directory is unreachable); ask again after `retry_ms`.
+    Unavailable {
+        channel: String,
+        retry_ms: u32,
+    },
+    /// Core -> edge: end the sessions of `participant` in `channel` (an operator's kick).
+    Kick {
+        channel: String,
+        participant: String,
     },
     Unsubscribe {
         channel_id: u32,
@@ -119,6 +139,9 @@ mod tag {
     pub const SELECTION: u8 = 9;
     pub const DRAIN: u8 = 10;
     pub const GOODBYE: u8 = 11;
+    pub const REDIRECT: u8 = 12;
+    pub const UNAVAILABLE: u8 = 13;
+    pub const KICK: u8 = 14;
 }
 
 /// Writes a string, truncated to at most `MAX_STRING` bytes at a character boundary so
@@ -153,6 +176,10 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.0.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
     }
     fn bytes32(&mut self) -> Result<[u8; 32], DecodeError> {
         self.need(32)?;
@@ -205,10 +232,26 @@ impl Message {
                 put_str(out, channel);
                 out.put_u32(*listeners);
             }
-            Message::Subscribed { channel, channel_id } => {
+            Message::Subscribed { channel, channel_id, epoch } => {
                 out.put_u8(tag::SUBSCRIBED);
                 put_str(out, channel);
                 out.put_u32(*channel_id);
+                out.put_u64(*epoch);
+            }
+            Message::Redirect { channel, core } => {
+                out.put_u8(tag::REDIRECT);
+                put_str(out, channel);
+                put_str(out, core);
+            }
+            Message::Unavailable { channel, retry_ms } => {
+                out.put_u8(tag::UNAVAILABLE);
+                put_str(out, channel);
+                out.put_u32(*retry_ms);
+            }
+            Message::Kick { channel, participant } => {
+                out.put_u8(tag::KICK);
+                put_str(out, channel);
+                put_str(out, participant);
             }
             Message::Unsubscribe { channel_id } => {
                 out.put_u8(tag::UNSUBSCRIBE);
@@ -273,7 +316,10 @@ impl Message {
             }
             tag::REJECT => Message::Reject { reason: r.string()? },
             tag::SUBSCRIBE => Message::Subscribe { channel: r.string()?, listeners: r.u32()? },
-            tag::SUBSCRIBED => Message::Subscribed { channel: r.string()?, channel_id: r.u32()? },
+            tag::SUBSCRIBED => Message::Subscribed { channel: r.string()?, channel_id: r.u32()?, epoch: r.u64()? },
+            tag::REDIRECT => Message::Redirect { channel: r.string()?, core: r.string()? },
+            tag::UNAVAILABLE => Message::Unavailable { channel: r.string()?, retry_ms: r.u32()? },
+            tag::KICK => Message::Kick { channel: r.string()?, participant: r.string()? },
             tag::UNSUBSCRIBE => Message::Unsubscribe { channel_id: r.u32()? },
             tag::LOAD => Message::Load { channel_id: r.u32()?, listeners: r.u32()?, speakers: r.u32()? },
             tag::SPEAKER_INFO => {
@@ -381,7 +427,14 @@ mod tests {
             ),
             arb_string().prop_map(|reason| Message::Reject { reason }),
             (arb_string(), any::<u32>()).prop_map(|(channel, listeners)| Message::Subscribe { channel, listeners }),
-            (arb_string(), any::<u32>()).prop_map(|(channel, channel_id)| Message::Subscribed { channel, channel_id }),
+            (arb_string(), any::<u32>(), any::<u64>()).prop_map(|(channel, channel_id, epoch)| Message::Subscribed {
+                channel,
+                channel_id,
+                epoch
+            }),
+            (arb_string(), arb_string()).prop_map(|(channel, core)| Message::Redirect { channel, core }),
+            (arb_string(), any::<u32>()).prop_map(|(channel, retry_ms)| Message::Unavailable { channel, retry_ms }),
+            (arb_string(), arb_string()).prop_map(|(channel, participant)| Message::Kick { channel, participant }),
             any::<u32>().prop_map(|channel_id| Message::Unsubscribe { channel_id }),
             (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(channel_id, listeners, speakers)| Message::Load {
                 channel_id,

@@ -84,6 +84,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 /// A server endpoint for the core.
 pub fn server(addr: SocketAddr, identity: TlsIdentity) -> Result<quinn::Endpoint, EndpointError> {
+    server_on(std::net::UdpSocket::bind(addr)?, identity)
+}
+
+/// A server endpoint for the core on a socket bound already.
+pub fn server_on(socket: std::net::UdpSocket, identity: TlsIdentity) -> Result<quinn::Endpoint, EndpointError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -92,7 +97,8 @@ pub fn server(addr: SocketAddr, identity: TlsIdentity) -> Result<quinn::Endpoint
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    Ok(quinn::Endpoint::server(config, addr)?)
+    let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Quic("no async runtime".into()))?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?)
 }
 
 /// How an edge checks the core's certificate.

@@ -11,8 +11,9 @@ pub mod endpoint;
 pub mod speaker;
 
 /// The protocol version this build speaks (2: SFU-assigned speaker ids; 3: the edge's
-/// region and session capacity in its hello).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// region and session capacity in its hello; 4: lease epochs in `Subscribed`, redirects
+/// to the owning core, kicks).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A channel name: 1-64 characters of `A-Z a-z 0-9 - _ .` (what clients put in URLs and
 /// what nodes log).
