@@ -130,6 +130,9 @@ pub struct ClientReport {
     pub ended_by_edge: bool,
     /// When the last audio packet arrived (listeners).
     pub last_packet_at: Option<Instant>,
+    /// The longest time between two audio packets once audio arrived (listeners): how
+    /// long a core failover kept this listener without sound.
+    pub max_gap: Duration,
 }
 
 impl ClientReport {
@@ -147,6 +150,7 @@ impl ClientReport {
             edge_url: None,
             ended_by_edge: false,
             last_packet_at: None,
+            max_gap: Duration::ZERO,
         }
     }
 }
@@ -507,6 +511,9 @@ async fn listen(
                         }
                         streams[slot].on_packet(v.sequence, v.timestamp, now);
                         packets += 1;
+                        if let Some(previous) = report.last_packet_at {
+                            report.max_gap = report.max_gap.max(now - previous);
+                        }
                         report.last_packet_at = Some(now);
                         let arrival_us = micros_since(shared.epoch, now);
                         let receiving_since = *receiving_since.get_or_insert(arrival_us);
@@ -554,4 +561,50 @@ async fn listen(
         })
         .collect();
     Ok(())
+}
+
+/// A client on its own task, as tests drive them: started, then stopped for its report.
+pub struct RunningClient {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<ClientReport>,
+}
+
+impl RunningClient {
+    pub fn spawn(spec: ClientSpec, shared: &Arc<Shared>) -> RunningClient {
+        let (stop, rx) = watch::channel(false);
+        RunningClient { stop, task: tokio::spawn(run(spec, shared.clone(), rx)) }
+    }
+
+    /// Stops the client (it leaves with DELETE) and returns its report.
+    pub async fn stop(self) -> ClientReport {
+        let _ = self.stop.send(true);
+        self.finished().await
+    }
+
+    /// The report once the client ended by itself (the edge ended its session).
+    pub async fn finished(self) -> ClientReport {
+        self.task.await.expect("client tasks do not panic")
+    }
+}
+
+/// A speaker that talks all the time, alone in its channel's turn-taking.
+pub fn steady_speaker() -> Role {
+    Role::Speaker(SpeakerParams {
+        index: 0,
+        speakers: 1,
+        pattern: TalkPattern::Steady,
+        turn: Duration::from_secs(3),
+        payload_size: 80,
+    })
+}
+
+impl Shared {
+    /// Waits until `n` clients have joined (listeners: heard audio); an error if one fails.
+    pub async fn wait_joined(&self, n: u64) -> anyhow::Result<()> {
+        while self.live.joined.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(self.live.failed.load(Ordering::Relaxed) == 0, "a client failed to join");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
 }

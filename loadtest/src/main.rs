@@ -77,6 +77,17 @@ enum Node {
         cluster_secret: String,
         #[arg(long)]
         slots: usize,
+        /// Share channels with other cores through this Redis.
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long)]
+        admin_token: Option<String>,
+        #[arg(long)]
+        token_secret: Option<String>,
+        #[arg(long)]
+        core_id: Option<String>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease_ttl: Option<Duration>,
     },
     Edge {
         #[arg(long)]
@@ -319,11 +330,21 @@ async fn run(
 
 async fn node_main(node: Node) -> anyhow::Result<()> {
     match node {
-        Node::Core { cluster_secret, slots } => {
+        Node::Core { cluster_secret, slots, redis, admin_token, token_secret, core_id, lease_ttl } => {
             let mut s = core_sfu::CoreSettings::local(node_kit::Secret::new("cluster secret", cluster_secret)?);
             s.quic = "127.0.0.1:0".parse()?;
             s.http = "127.0.0.1:0".parse()?;
             s.core.selector.slots = slots;
+            s.admin_token = admin_token.map(|t| node_kit::Secret::new("admin token", t)).transpose()?;
+            s.token_secret = token_secret.map(|t| node_kit::Secret::new("token secret", t)).transpose()?;
+            if let Some(id) = core_id {
+                s.core.core_id = id;
+            }
+            if let Some(redis) = redis {
+                let mut fleet = core_sfu::config::FleetSettings::new(node_kit::Secret::new_any("redis", redis)?);
+                fleet.lease_ttl = lease_ttl.unwrap_or(fleet.lease_ttl);
+                s.fleet = Some(fleet);
+            }
             let core = core_sfu::start(s).await?;
             procs::announce_ready(core.http_addr, "quic", core.handle.quic_addr);
             let _ = core.quic_task.await;

@@ -27,6 +27,11 @@ impl NodeProcess {
 /// Starts `loadtest node <args>` and waits for its `READY http=... <kind>=...` line.
 pub async fn spawn(name: &str, args: &[String]) -> anyhow::Result<NodeProcess> {
     let exe = std::env::current_exe().context("finding the loadtest binary")?;
+    spawn_exe(&exe, name, args).await
+}
+
+/// [`spawn`] with the loadtest binary at `exe` (tests name it by `CARGO_BIN_EXE_loadtest`).
+pub async fn spawn_exe(exe: &std::path::Path, name: &str, args: &[String]) -> anyhow::Result<NodeProcess> {
     let mut child = Command::new(exe)
         .arg("node")
         .args(args)

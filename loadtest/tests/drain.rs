@@ -6,47 +6,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
-use loadtest::client::{self, ClientReport, ClientSpec, Role, Shared, SpeakerParams, TalkPattern};
+use loadtest::client::{self, ClientSpec, Role, RunningClient, Shared};
 use loadtest::cluster::{ClusterSpec, LocalCluster};
 use media::dtls::DtlsIdentity;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-struct Client {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<ClientReport>,
-}
-
-fn start(shared: &Arc<Shared>, cluster: &LocalCluster, base_url: String, name: &str, speaker: bool) -> Client {
+fn start(shared: &Arc<Shared>, cluster: &LocalCluster, base_url: String, name: &str, speaker: bool) -> RunningClient {
     let token = TokenKeys::new(cluster.spec.token_secret.as_bytes()).sign(&Claims {
         sub: name.into(),
         channel: "lobby".into(),
         role: if speaker { TokenRole::Speaker } else { TokenRole::Listener },
         exp: unix_now() + 600,
     });
-    let role = if speaker {
-        Role::Speaker(SpeakerParams {
-            index: 0,
-            speakers: 1,
-            pattern: TalkPattern::Steady,
-            turn: Duration::from_secs(3),
-            payload_size: 80,
-        })
-    } else {
-        Role::Listener { slots: cluster.spec.slots }
-    };
+    let role = if speaker { client::steady_speaker() } else { Role::Listener { slots: cluster.spec.slots } };
     let spec = ClientSpec { name: name.into(), edge: 0, base_url, channel: "lobby".into(), token, role };
-    let (stop, rx) = watch::channel(false);
-    Client { stop, task: tokio::spawn(client::run(spec, shared.clone(), rx)) }
+    RunningClient::spawn(spec, shared)
 }
 
-/// Waits until `n` clients have joined (listeners: heard audio); a failure ends the test.
 async fn joined(shared: &Shared, n: u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    while shared.live.joined.load(Relaxed) < n {
-        assert_eq!(shared.live.failed.load(Relaxed), 0, "a client failed to join");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shared.wait_joined(n).await.expect("every client joins");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +34,7 @@ async fn a_drained_edge_takes_nobody_new_and_its_listeners_hear_until_the_deadli
     let edge = |i: usize| format!("http://{}", cluster.edges[i].http_addr);
     let shared = Arc::new(Shared::new(DtlsIdentity::generate().unwrap(), true).unwrap());
     let speaker = start(&shared, &cluster, edge(1), "speaker", true);
-    let on_edge_1: Vec<Client> =
+    let on_edge_1: Vec<RunningClient> =
         (0..3).map(|i| start(&shared, &cluster, edge(0), &format!("listener-{i}"), false)).collect();
     tokio::time::timeout(Duration::from_secs(60), joined(&shared, 4)).await.expect("everyone joined");
 
@@ -85,7 +62,7 @@ async fn a_drained_edge_takes_nobody_new_and_its_listeners_hear_until_the_deadli
 
     // The drained edge's listeners hear on until the deadline, then the edge says BYE.
     for c in on_edge_1 {
-        let r = tokio::time::timeout(Duration::from_secs(60), c.task).await.expect("ended by the edge").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(60), c.finished()).await.expect("ended by the edge");
         assert!(r.error.is_none(), "{}: {:?}", r.name, r.error);
         assert!(r.ended_by_edge, "{}: the session was not ended with BYE", r.name);
         let last = r.last_packet_at.expect("heard audio");
@@ -97,11 +74,9 @@ async fn a_drained_edge_takes_nobody_new_and_its_listeners_hear_until_the_deadli
     let readiness = cluster.edges[0].handle.readiness().await.unwrap();
     assert!(readiness.draining && readiness.sessions == 0, "{readiness:?}");
 
-    let _ = newcomer.stop.send(true);
-    let _ = speaker.stop.send(true);
-    let newcomer = newcomer.task.await.unwrap();
+    let newcomer = newcomer.stop().await;
     assert!(newcomer.error.is_none(), "{:?}", newcomer.error);
     assert_eq!(newcomer.edge_url.as_deref(), Some(edge(1).as_str()), "placed on the drained edge");
     assert!(newcomer.join_time.is_some() && !newcomer.ended_by_edge);
-    assert!(speaker.task.await.unwrap().error.is_none());
+    assert!(speaker.stop().await.error.is_none());
 }
