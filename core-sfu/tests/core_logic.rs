@@ -239,3 +239,159 @@ fn channel_names_from_edges_are_checked() {
     assert_eq!(sim.core.counters().refused(Refusal::MalformedControl), 4);
     assert_eq!(sim.core.channels().len(), 1, "only lobby");
 }
+
+mod fleet {
+    use super::*;
+    use core_sfu::core::{FleetConfig, LeaseAnswer, LeaseCommand};
+    use std::sync::Arc;
+
+    /// How a test's lease store answers renewals.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Store {
+        Keeps,
+        Silent,
+        Unreachable,
+        Lost,
+    }
+
+    struct FleetSim {
+        core: Core,
+        now: Instant,
+        store: Store,
+        control: Vec<(EdgeKey, Message)>,
+        leases: Vec<LeaseCommand>,
+    }
+
+    impl FleetSim {
+        fn new() -> Self {
+            let now = Instant::now();
+            let fleet = FleetConfig {
+                relay_addr: "core-a:4433".into(),
+                lease_ttl: Duration::from_secs(3),
+                renew_every: Duration::from_secs(1),
+            };
+            let mut core = Core::new(CoreConfig { fleet: Some(fleet), ..Default::default() }, now);
+            for edge in [1, 2] {
+                core.edge_joined(edge, info(edge), now);
+            }
+            FleetSim { core, now, store: Store::Keeps, control: vec![], leases: vec![] }
+        }
+
+        fn drain(&mut self) {
+            while let Some(o) = self.core.poll_output() {
+                match o {
+                    CoreOutput::Control { edge, message } => self.control.push((edge, message)),
+                    CoreOutput::Lease(LeaseCommand::Renew { channels, sent_at }) => {
+                        let now = self.now;
+                        let answer = |held: Option<u64>| Some(channels.iter().map(|c| (c.clone(), held)).collect());
+                        match self.store {
+                            Store::Keeps => self.core.leases_renewed(sent_at, answer(Some(42)), now),
+                            Store::Lost => self.core.leases_renewed(sent_at, answer(None), now),
+                            Store::Unreachable => self.core.leases_renewed(sent_at, None, now),
+                            Store::Silent => {}
+                        }
+                    }
+                    CoreOutput::Lease(other) => self.leases.push(other),
+                    _ => {}
+                }
+            }
+        }
+
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now += Duration::from_millis(50);
+                self.core.handle_timeout(self.now);
+                self.drain();
+            }
+        }
+
+        fn subscribe(&mut self, edge: EdgeKey, channel: &str) {
+            self.core.handle_control(edge, Message::Subscribe { channel: channel.into(), listeners: 3 }, self.now);
+            self.drain();
+        }
+
+        fn serves(&self, channel: &str) -> bool {
+            self.core.channels().iter().any(|c| c.name == channel)
+        }
+
+        fn uplink(&mut self, edge: EdgeKey) {
+            let mut out = BytesMut::new();
+            let header = MediaHeader {
+                channel_id: 1,
+                speaker: speaker::id(edge as u16, 1),
+                sequence: 1,
+                timestamp: 960,
+                level: LOUD,
+                voice: true,
+                marker: false,
+            };
+            header.encode(b"opus", &mut out);
+            self.core.handle_datagram(edge, out.freeze(), self.now);
+        }
+    }
+
+    #[test]
+    fn a_channel_is_served_once_acquired_and_edges_of_others_are_redirected() {
+        let mut sim = FleetSim::new();
+        sim.subscribe(1, "lobby");
+        sim.subscribe(2, "lobby");
+        assert_eq!(sim.leases, vec![LeaseCommand::Acquire { channel: Arc::from("lobby") }], "one acquire");
+        assert!(sim.control.is_empty(), "nothing before the store answers: {:?}", sim.control);
+        sim.core.lease_answer("lobby", LeaseAnswer::Ours { epoch: 42, sent_at: sim.now }, sim.now);
+        sim.drain();
+        for edge in [1, 2] {
+            assert!(sim.control.iter().any(|(e, m)| *e == edge
+                && matches!(m, Message::Subscribed { epoch: 42, channel, .. } if channel == "lobby")));
+        }
+        sim.subscribe(1, "other");
+        let elsewhere = LeaseAnswer::Elsewhere { relay_addr: "core-b:4433".into(), http_url: "http://core-b".into() };
+        sim.core.lease_answer("other", elsewhere, sim.now);
+        sim.drain();
+        assert_eq!(
+            sim.control.last().unwrap(),
+            &(1, Message::Redirect { channel: "other".into(), core: "core-b:4433".into() })
+        );
+        assert!(!sim.serves("other"));
+        // The store does not answer: on its own clock the core stops before the lease
+        // could expire in the store (3 s), tells its edges to ask again, refuses media.
+        sim.advance(Duration::from_secs(5));
+        assert!(sim.serves("lobby"), "renewed leases keep the channel");
+        sim.store = Store::Silent;
+        sim.control.clear();
+        // The last renewal was answered at most 1 s ago and confirms 2 s from when it left.
+        sim.advance(Duration::from_millis(900));
+        assert!(sim.serves("lobby"), "within its confirmed time");
+        sim.advance(Duration::from_millis(1200));
+        assert!(!sim.serves("lobby"), "past its confirmed time");
+        let asked_again = |e: EdgeKey| (e, Message::Unavailable { channel: "lobby".into(), retry_ms: 250 });
+        assert!(sim.control.contains(&asked_again(1)) && sim.control.contains(&asked_again(2)), "{:?}", sim.control);
+        sim.uplink(1);
+        assert_eq!(sim.core.counters().datagrams_in, 0);
+    }
+
+    #[test]
+    fn a_store_outage_keeps_channels_and_takes_no_new_ones() {
+        let mut sim = FleetSim::new();
+        sim.subscribe(1, "lobby");
+        sim.core.lease_answer("lobby", LeaseAnswer::Ours { epoch: 42, sent_at: sim.now }, sim.now);
+        sim.drain();
+        sim.store = Store::Unreachable;
+        sim.advance(Duration::from_secs(10));
+        assert!(sim.serves("lobby"), "nobody can take the lease from an unreachable store either");
+        assert!(!sim.core.store_reachable());
+        sim.uplink(1);
+        assert_eq!(sim.core.counters().datagrams_in, 1, "media flows");
+        sim.subscribe(2, "new");
+        sim.core.lease_answer("new", LeaseAnswer::Unreachable, sim.now);
+        sim.drain();
+        assert_eq!(sim.control.last().unwrap(), &(2, Message::Unavailable { channel: "new".into(), retry_ms: 1000 }));
+        // The store is back and another core holds the lease: the channel is given up.
+        sim.store = Store::Lost;
+        sim.control.clear();
+        sim.advance(Duration::from_secs(2));
+        assert!(!sim.serves("lobby"));
+        assert!(sim.control.contains(&(1, Message::Unavailable { channel: "lobby".into(), retry_ms: 250 })));
+        assert_eq!(sim.core.counters().leases_lost, 1);
+    }
+}

@@ -229,11 +229,17 @@ async fn a_frame_longer_than_the_limit_ends_the_link() {
 
 /// A raw HTTP/1.1 request to the core's HTTP port: the status code and the whole reply.
 async fn http(core: &RunningCore, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_body(core, method, path, token, "").await
+}
+
+async fn http_body(core: &RunningCore, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(core.http_addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: core\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let length = body.len();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: core\r\n{auth}Content-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+    );
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
@@ -258,7 +264,9 @@ async fn operator_endpoints_answer_only_to_the_admin_token() {
         assert_eq!(get_status(&core, path, None).await, 401, "{path}");
         assert_eq!(get_status(&core, path, Some("not-the-admin-token-but-32-bytes-long!")).await, 401, "{path}");
     }
-    for path in ["/v1/edges/e1/drain", "/v1/edges/e1/undrain"] {
+    for path in
+        ["/v1/edges/e1/drain", "/v1/edges/e1/undrain", "/v1/channels/lobby/participants/alice/kick", "/v1/tokens"]
+    {
         assert_eq!(http(&core, "POST", path, None).await.0, 401, "{path}");
         assert_eq!(http(&core, "POST", path, Some("not-the-admin-token-but-32-bytes-long!")).await.0, 401, "{path}");
     }
@@ -294,4 +302,37 @@ async fn placement_redirects_to_an_edge_and_drain_stops_it() {
     assert_eq!(http(&core, "POST", "/whep/lobby", None).await.0, 307);
     // A client the edge sent back (it refused it) is not placed there again.
     assert_eq!(http(&core, "POST", "/whep/lobby?exclude=e1", None).await.0, 503);
+}
+
+#[tokio::test]
+async fn operators_mint_join_tokens_and_kick_participants() {
+    const ADMIN: &str = "core-test-admin-token-of-32-bytes-or-more";
+    const TOKENS: &str = "core-test-token-secret-of-32-bytes-or-more";
+    let mut s = CoreSettings::local(node_kit::Secret::new("cluster secret", SECRET).unwrap());
+    s.quic = "127.0.0.1:0".parse().unwrap();
+    s.http = "127.0.0.1:0".parse().unwrap();
+    s.admin_token = Some(node_kit::Secret::new("admin token", ADMIN).unwrap());
+    s.token_secret = Some(node_kit::Secret::new("token secret", TOKENS).unwrap());
+    let core = core_sfu::start(s).await.unwrap();
+    let request = r#"{"channel":"lobby","participant":"alice","role":"speaker","ttl_s":600}"#;
+    let (status, answer) = http_body(&core, "POST", "/v1/tokens", Some(ADMIN), request).await;
+    assert_eq!(status, 200, "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let claims = node_kit::token::TokenKeys::new(TOKENS.as_bytes()).verify(body["token"].as_str().unwrap()).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.channel.as_str()), ("alice", "lobby"));
+    assert_eq!(claims.role, node_kit::token::Role::Speaker);
+    for bad in [
+        r#"{"channel":"../x","participant":"alice","role":"speaker"}"#,
+        r#"{"channel":"lobby","participant":"alice","role":"admin"}"#,
+        r#"{"channel":"lobby","participant":"alice","role":"listener","ttl_s":999999}"#,
+        "not json",
+    ] {
+        assert_eq!(http_body(&core, "POST", "/v1/tokens", Some(ADMIN), bad).await.0, 400, "{bad}");
+    }
+    // A kick goes to every edge serving the channel; the edges end those sessions.
+    let (mut edge, _, _) = subscribed(&core).await;
+    let (status, answer) = http(&core, "POST", "/v1/channels/lobby/participants/alice/kick", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(reply(&mut edge).await, Some(Message::Kick { channel: "lobby".into(), participant: "alice".into() }));
+    assert_eq!(http(&core, "POST", "/v1/channels/nosuch/participants/alice/kick", Some(ADMIN)).await.0, 404);
 }

@@ -835,3 +835,106 @@ fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
     let (_, rtcp) = net.received(&mut bob);
     assert!(rtcp.contains(&Feedback::Bye(bob.slots[0])), "{rtcp:?}");
 }
+
+#[test]
+fn a_channel_follows_its_owning_core_and_older_owners_are_fenced_by_epoch() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 1, net.now);
+    let mut alice = net.join("lobby", "alice", true, 0);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == net.core), "{:?}", net.relay_on);
+
+    // The first core sends the edge to the owner: a new link, then the Subscribe there.
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Redirect { channel: "lobby".into(), core: "core-b:4433".into() },
+        net.now,
+    );
+    net.drain();
+    let [(owner, addr)] = &net.opened[..] else { panic!("one link opened: {:?}", net.opened) };
+    let (owner, addr) = (*owner, addr.clone());
+    assert_eq!(addr, "core-b:4433");
+    net.relay_on.clear();
+    net.edge.relay_connected(owner, 7, net.now);
+    net.drain();
+    assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == owner), "{:?}", net.relay_on);
+    net.edge.handle_relay_control(
+        owner,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 3, epoch: 10 },
+        net.now,
+    );
+    net.drain();
+    // alice's speaker id carries this edge's number at the owner, and goes up to it.
+    net.talk(&mut [&mut alice], &[LOUD], 5);
+    let h = MediaHeader::parse(net.uplink.last().expect("uplinked")).unwrap();
+    assert_eq!((h.channel_id, relay_proto::speaker::edge_of(h.speaker)), (3, 7));
+
+    // An older owner (a paused core that woke up) is refused, and its media dropped.
+    net.relay_on.clear();
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 9, epoch: 5 },
+        net.now,
+    );
+    net.drain();
+    assert_eq!(net.edge.counters().stale_epoch, 1);
+    assert!(net.relay_on.contains(&(net.core, Message::Unsubscribe { channel_id: 9 })), "{:?}", net.relay_on);
+    let zoe = 9 << 20 | 1;
+    let holder = |speaker: u32| vec![Some(SlotHolder { speaker, participant: "zoe".into() })];
+    net.edge.handle_relay_control(net.core, Message::Selection { channel_id: 9, slots: holder(zoe) }, net.now);
+    net.edge.handle_relay_datagram(net.core, &core_datagram(9, zoe, 1), net.now);
+    net.drain();
+    assert!(net.received(&mut bob).0.is_empty(), "the fenced owner reached a listener");
+    assert_eq!(net.edge.counters().dropped(DropReason::RelayUnknownChannel), 2);
+    // The owner's media plays.
+    net.edge.handle_relay_control(owner, Message::Selection { channel_id: 3, slots: holder(zoe) }, net.now);
+    for seq in 0..5 {
+        net.edge.handle_relay_datagram(owner, &core_datagram(3, zoe, seq), net.now);
+    }
+    net.drain();
+    assert_eq!(net.received(&mut bob).0.len(), 5);
+    // The owner takes its lease again at a higher epoch (its store lost it): same stream.
+    net.edge.handle_relay_control(
+        owner,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 3, epoch: 11 },
+        net.now,
+    );
+    net.edge.handle_relay_datagram(owner, &core_datagram(3, zoe, 5), net.now);
+    net.drain();
+    assert_eq!(net.received(&mut bob).0.len(), 1, "no gap when the epoch rises on the same link");
+
+    // A kick counts only from the channel's core; it ends bob's session with BYE.
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Kick { channel: "lobby".into(), participant: "bob".into() },
+        net.now,
+    );
+    assert_eq!(net.edge.session_count(), 2);
+    net.edge.handle_relay_control(owner, Message::Kick { channel: "lobby".into(), participant: "bob".into() }, net.now);
+    net.drain();
+    assert_eq!(net.edge.session_count(), 1);
+    assert!(net.received(&mut bob).1.iter().any(|f| matches!(f, Feedback::Bye(_))));
+
+    // The owner's link drops: the edge asks its first core again, which has nobody yet
+    // (the dead owner's lease has not expired) and says when to ask again.
+    net.relay_on.clear();
+    net.edge.relay_disconnected(owner, net.now);
+    net.drain();
+    assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == net.core), "{:?}", net.relay_on);
+    net.relay_on.clear();
+    net.edge.handle_relay_control(net.core, Message::Unavailable { channel: "lobby".into(), retry_ms: 200 }, net.now);
+    net.advance(Duration::from_millis(150));
+    assert!(net.relay_on.is_empty(), "{:?}", net.relay_on);
+    net.advance(Duration::from_millis(150));
+    assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == net.core), "{:?}", net.relay_on);
+    // A redirect to the owner whose link is down: ask again shortly, not wait for it.
+    net.relay_on.clear();
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Redirect { channel: "lobby".into(), core: "core-b:4433".into() },
+        net.now,
+    );
+    net.advance(Duration::from_millis(300));
+    assert!(net.opened.len() == 1, "the link exists already: {:?}", net.opened);
+    assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == net.core), "{:?}", net.relay_on);
+}
