@@ -65,7 +65,7 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::LOCATION, header::RETRY_AFTER]);
     Router::new()
-        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/", get(demo_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -396,6 +396,22 @@ struct DemoTokenQuery {
     channel: String,
     name: String,
     role: Role,
+}
+
+/// The demo page; with a core, it joins through the core's placement.
+async fn demo_page(State(state): State<Arc<AppState>>) -> Html<String> {
+    let core = state.core_url.as_deref().unwrap_or("");
+    let escaped: String = core
+        .chars()
+        .map(|c| match c {
+            '"' => "&quot;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect();
+    Html(DEMO_PAGE.replace("{{CORE_URL}}", &escaped))
 }
 
 async fn demo_token(

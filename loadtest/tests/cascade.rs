@@ -231,8 +231,9 @@ async fn listeners_hear_again_after_the_core_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_talks_on_edge_one_and_chromium_listens_on_edge_three() {
-    // As the README's main job runs it: demo tokens from each edge's own page.
+async fn chromium_pages_on_two_edges_join_through_the_core_and_hear_each_other() {
+    // As the README's main job runs it: demo tokens from each edge's own page, and the
+    // page's offers placed by the core, which sends both to the edge serving the channel.
     let cluster = LocalCluster::start(ClusterSpec { edges: 3, ..Default::default() }).unwrap();
     let spec = json!({"base": base(&cluster, 0), "listen_base": base(&cluster, 2), "channel": "lobby", "duration": 4});
     let report = run_python("chromium_demo.py", spec, Duration::from_secs(120)).await;
@@ -247,6 +248,14 @@ async fn chromium_talks_on_edge_one_and_chromium_listens_on_edge_three() {
     let csrcs: Vec<u64> = listener["csrcs"].as_array().unwrap().iter().map(|c| c["source"].as_u64().unwrap()).collect();
     assert_eq!(csrcs.len(), 1, "{report}");
     assert_ne!(csrcs[0], talker_ssrc, "the SFU names speakers, not their clients: {report}");
-    // Edge 3's page names the speaker on edge 1, learnt from the core's selection.
+    // The page names the speaker, learnt from the edge the core placed it on.
     assert_eq!(listener["hearing"], json!(["alice"]), "{report}");
+    let edges = cluster.edge_urls();
+    for who in [talker, listener] {
+        let edge = format!("{}/", who["edge"].as_str().unwrap());
+        assert!(edges.contains(&edge), "placed on an edge of the cluster: {report}");
+        assert!(who["session"].as_str().unwrap().starts_with(&edge), "its session URL is on that edge: {report}");
+    }
+    // Placement packs a channel: the listener went where the talker is, not to edge 3.
+    assert_eq!(talker["edge"], listener["edge"], "{report}");
 }

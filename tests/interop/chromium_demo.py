@@ -82,6 +82,8 @@ STATS_JS = """(async () => {
   out.hearing = [...document.querySelectorAll("#hearing li")].map((li) => li.textContent);
   out.speakers = [...document.querySelectorAll("#speakers li")].map((li) => ({ text: li.textContent, speaking: li.className === "speaking" }));
   out.status = document.getElementById("status").textContent;
+  out.edge = window.sfu.edge;
+  out.session = window.sfu.location;
   return out;
 })()"""
 
