@@ -118,6 +118,12 @@ pub struct ClusterSpec {
     pub cluster_secret: String,
     /// Bearer token for the core's operator endpoints.
     pub admin_token: String,
+    /// Cores; more than one share channels through `redis`.
+    pub cores: usize,
+    /// The Redis URL cores lease channels in (needed for several cores).
+    pub redis: Option<String>,
+    /// First core's HTTP port (the others follow); 0 picks free ones.
+    pub core_http_port: u16,
 }
 
 impl Default for ClusterSpec {
@@ -133,13 +139,19 @@ impl Default for ClusterSpec {
             demo_tokens: true,
             cluster_secret: format!("{:032x}", rand::random::<u128>()),
             admin_token: format!("{:032x}", rand::random::<u128>()),
+            cores: 1,
+            redis: None,
+            core_http_port: 0,
         }
     }
 }
 
 pub struct LocalCluster {
     pub spec: ClusterSpec,
+    /// The first core.
     pub core: Option<CoreNode>,
+    /// The other cores of a fleet.
+    pub more_cores: Vec<CoreNode>,
     pub edges: Vec<Node<EdgeHandle>>,
 }
 
@@ -153,17 +165,28 @@ fn port(first: u16, i: usize) -> u16 {
 
 impl LocalCluster {
     pub fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
-        let core = start_core(Self::core_settings(&spec, spec.core_quic_port)?)?;
-        let core_addr = core.quic_addr;
+        anyhow::ensure!(spec.cores >= 1, "at least one core");
+        anyhow::ensure!(spec.cores == 1 || spec.redis.is_some(), "several cores share channels through Redis");
+        let mut cores = Vec::with_capacity(spec.cores);
+        for i in 0..spec.cores {
+            let mut settings = Self::core_settings(&spec, port(spec.core_quic_port, i))?;
+            settings.http = SocketAddr::from(([127, 0, 0, 1], port(spec.core_http_port, i)));
+            settings.core.core_id = format!("core-{}", i + 1);
+            cores.push(start_core(settings)?);
+        }
+        let quic: Vec<String> = cores.iter().map(|c| c.quic_addr.to_string()).collect();
         let mut edges = Vec::with_capacity(spec.edges);
         for i in 0..spec.edges {
+            // Each edge links to every core, asking a different one first.
+            let list: Vec<&str> = (0..quic.len()).map(|k| quic[(i + k) % quic.len()].as_str()).collect();
+            let core = &cores[i % cores.len()];
             let mut s = Settings {
                 http: SocketAddr::from(([127, 0, 0, 1], port(spec.first_http_port, i))),
                 udp: SocketAddr::from(([127, 0, 0, 1], port(spec.first_udp_port, i))),
                 token_secret: Some(Secret::new("token secret", &spec.token_secret)?),
                 dev: spec.demo_tokens,
                 cascade: Some(CascadeSettings {
-                    core: core_addr.to_string(),
+                    core: list.join(","),
                     cluster_secret: Secret::new("cluster secret", &spec.cluster_secret)?,
                     edge_id: Some(format!("edge-{}", i + 1)),
                     public_url: None,
@@ -178,7 +201,9 @@ impl LocalCluster {
             s.edge.max_listeners_per_channel = spec.max_listeners_per_channel;
             edges.push(start_edge(format!("edge-{}", i + 1), s)?);
         }
-        Ok(LocalCluster { spec, core: Some(core), edges })
+        let mut cores = cores.into_iter();
+        let core = cores.next();
+        Ok(LocalCluster { spec, core, more_cores: cores.collect(), edges })
     }
 
     fn core_settings(spec: &ClusterSpec, quic_port: u16) -> anyhow::Result<CoreSettings> {
@@ -187,7 +212,16 @@ impl LocalCluster {
         s.quic = SocketAddr::from(([127, 0, 0, 1], quic_port));
         s.http = SocketAddr::from(([127, 0, 0, 1], 0));
         s.core.selector.slots = spec.slots;
+        s.token_secret = Some(Secret::new("token secret", &spec.token_secret)?);
+        if let Some(redis) = &spec.redis {
+            s.fleet = Some(core_sfu::config::FleetSettings::new(Secret::new_any("redis", redis)?));
+        }
         Ok(s)
+    }
+
+    /// Every core's HTTP URL (placement and the operator API).
+    pub fn core_urls(&self) -> Vec<String> {
+        self.core.iter().chain(&self.more_cores).map(|c| format!("http://{}", c.node.http_addr)).collect()
     }
 
     pub fn core_quic_addr(&self) -> Option<SocketAddr> {

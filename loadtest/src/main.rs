@@ -33,9 +33,19 @@ enum Command {
         /// First edge's UDP media port; the others follow.
         #[arg(long, default_value_t = 3479)]
         udp_port: u16,
-        /// The core's QUIC port.
+        /// The first core's QUIC port; the others follow.
         #[arg(long, default_value_t = 4433)]
         quic_port: u16,
+        /// The first core's HTTP port (placement, operator API); the others follow.
+        #[arg(long, default_value_t = 8070)]
+        core_http_port: u16,
+        /// Number of cores; more than one needs --redis.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Share channels between the cores through leases in Redis: a URL, or nothing to
+        /// start a local redis-server on a free loopback port.
+        #[arg(long, num_args = 0..=1, default_missing_value = "local")]
+        redis: Option<String>,
     },
     /// Start a core and edges as processes on loopback, then load them.
     Local {
@@ -228,9 +238,19 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Cluster { edges, slots, http_port, udp_port, quic_port } => {
-            cluster(edges, slots, http_port, udp_port, quic_port)
-        }
+        Command::Cluster { edges, slots, http_port, udp_port, quic_port, core_http_port, cores, redis } => cluster(
+            ClusterSpec {
+                edges,
+                slots,
+                core_quic_port: quic_port,
+                first_http_port: http_port,
+                first_udp_port: udp_port,
+                core_http_port,
+                cores,
+                ..ClusterSpec::default()
+            },
+            redis,
+        ),
         Command::Local { edges, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, load)),
         Command::Run { core, edge, token_secret, admin_token, load } => {
             tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, admin_token, load))
@@ -377,26 +397,77 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cluster(edges: usize, slots: usize, http_port: u16, udp_port: u16, quic_port: u16) -> anyhow::Result<()> {
-    anyhow::ensure!(edges >= 1, "at least one edge");
-    let cluster = LocalCluster::start(ClusterSpec {
-        edges,
-        slots,
-        core_quic_port: quic_port,
-        first_http_port: http_port,
-        first_udp_port: udp_port,
-        ..ClusterSpec::default()
-    })?;
-    println!("Local cascade: a core on QUIC {} and {edges} edges.", cluster.core_quic_addr().expect("core running"));
+/// A redis-server on a free loopback port for a local fleet; stopped when dropped.
+struct LocalRedis(std::process::Child);
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn local_redis() -> anyhow::Result<(LocalRedis, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server (scripts/run-demo.sh installs it when --redis is given)")?;
+    let redis = LocalRedis(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "redis-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((redis, format!("redis://127.0.0.1:{port}")))
+}
+
+fn cluster(mut spec: ClusterSpec, redis: Option<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(spec.edges >= 1, "at least one edge");
+    let mut _local_redis = None;
+    spec.redis = match redis.as_deref() {
+        Some("local") => {
+            let (child, url) = local_redis()?;
+            _local_redis = Some(child);
+            Some(url)
+        }
+        other => other.map(str::to_owned),
+    };
+    anyhow::ensure!(spec.cores == 1 || spec.redis.is_some(), "several cores share channels through Redis: add --redis");
+    let cluster = LocalCluster::start(spec)?;
+    let edges = cluster.spec.edges;
+    match &cluster.spec.redis {
+        Some(url) => {
+            println!("Local fleet: {} cores sharing channels through {url}, and {edges} edges.", cluster.spec.cores)
+        }
+        None => println!("Local cascade: a core and {edges} edges."),
+    }
+    for (i, url) in cluster.core_urls().iter().enumerate() {
+        println!("  core {}: {url} (placement: POST {url}/whep/CHANNEL)", i + 1);
+    }
     for (i, url) in cluster.edge_urls().iter().enumerate() {
         println!("  edge {}: {url}", i + 1);
     }
-    println!("Talk on one edge's page and listen on another's. Ctrl-C stops the cluster.");
+    println!(
+        "Operator API: curl -H 'Authorization: Bearer {}' {}/v1/channels",
+        cluster.spec.admin_token,
+        cluster.core_urls()[0]
+    );
+    println!("Talk on one edge's page and listen on another's: the core places both. Ctrl-C stops the cluster.");
     let (tx, rx) = std::sync::mpsc::channel();
     let signals = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::spawn(move || {
         signals.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         });
         let _ = tx.send(());
     });
