@@ -200,6 +200,8 @@ pub struct CoreCounters {
     pub leases_lost: u64,
     /// Edges sent to the owning core.
     pub redirects: u64,
+    /// Fleet mode: the lease store answered the last renewal.
+    pub lease_store_reachable: bool,
 }
 
 impl CoreCounters {
@@ -305,13 +307,13 @@ impl Core {
             next_channel_id: 1,
             outputs: VecDeque::new(),
             next_tick: now + TICK,
-            counters: CoreCounters::default(),
             directory: Directory::new(config.region.clone()),
             acquiring: HashMap::new(),
             next_renew: now,
             renew_in_flight: false,
             last_renew_sent: None,
             store_unreachable: false,
+            counters: CoreCounters { lease_store_reachable: true, ..Default::default() },
         }
     }
 
@@ -479,12 +481,14 @@ impl Core {
                 warn!("lease store unreachable: serving the channels this core has, taking no new ones");
             }
             self.store_unreachable = true;
+            self.counters.lease_store_reachable = false;
             return;
         };
         if self.store_unreachable {
             info!("lease store reachable again");
         }
         self.store_unreachable = false;
+        self.counters.lease_store_reachable = true;
         let serve_until = self.config.fleet.as_ref().map(|f| sent_at + f.serve_for());
         for (name, held) in result {
             let Some(id) = self.by_name.get(&name).copied() else { continue };

@@ -354,6 +354,10 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         metrics::counter!("sfu_core_datagrams_dropped_total", &labels).absolute(c.datagrams_dropped);
         metrics::counter!("sfu_core_selection_changes_total", &labels).absolute(c.selection_changes);
         metrics::counter!("sfu_core_links_closed_misbehaving_total", &labels).absolute(c.links_closed_misbehaving);
+        metrics::counter!("sfu_core_leases_acquired_total", &labels).absolute(c.leases_acquired);
+        metrics::counter!("sfu_core_leases_lost_total", &labels).absolute(c.leases_lost);
+        metrics::counter!("sfu_core_redirects_total", &labels).absolute(c.redirects);
+        metrics::gauge!("sfu_core_lease_store_reachable", &labels).set(if c.lease_store_reachable { 1.0 } else { 0.0 });
         metrics::counter!("sfu_process_panics_total", &labels).absolute(node_kit::panics::total());
         metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
         metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
