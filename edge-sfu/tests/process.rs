@@ -1,0 +1,101 @@
+//! The edge binary's lifecycle: SIGTERM drains (not ready, no new sessions), sessions
+//! end at the drain deadline, then the process exits cleanly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use media::sdp_offer::{build_offer, OfferParams};
+
+/// The `http=` address from the edge's "edge started" log line (ANSI colours stripped).
+fn started_http(line: &str) -> Option<String> {
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    if !plain.contains("edge started") {
+        return None;
+    }
+    plain.split_whitespace().find_map(|f| f.strip_prefix("http=")).map(str::to_owned)
+}
+
+/// One HTTP/1.1 request: the status and the body.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: edge\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+fn offer() -> String {
+    let fingerprint = [7u8; 32];
+    build_offer(&OfferParams {
+        ice_ufrag: "abcd",
+        ice_pwd: "abcdefghijklmnopqrstuvwx",
+        fingerprint: &fingerprint,
+        send_ssrc: None,
+        receive_sections: 1,
+    })
+}
+
+#[test]
+fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-sfu"))
+        .args(["--dev", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--drain-deadline", "2s"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines.by_ref().map_while(Result::ok).find_map(|l| started_http(&l)).expect("the edge starts");
+    // Keep reading its log so it never blocks on a full pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let token = |name: &str| -> String {
+        let (_, body) = http(&addr, "GET", &format!("/demo/token?channel=lobby&name={name}&role=listener"), None, "");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let post = |name: &str| http(&addr, "POST", "/whep/lobby", Some(&token(name)), &offer()).0;
+    let readyz = || {
+        let (status, body) = http(&addr, "GET", "/readyz", None, "");
+        (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
+    };
+    assert_eq!(readyz().0, 200);
+    assert_eq!(post("alice"), 201, "a session before the drain");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let since = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = readyz();
+        if status == 503 || since.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 503, "not ready while draining: {body}");
+    assert_eq!((body["draining"].as_bool(), body["sessions"].as_u64()), (Some(true), Some(1)), "{body}");
+    assert_eq!(post("bob"), 503, "no new session while draining");
+    // The session ends at the deadline and the process exits by itself, cleanly.
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("drained"), "{log}");
+}
