@@ -122,6 +122,7 @@ pub enum LeaseAnswer {
 /// How long an edge waits before asking again for a channel nobody can serve yet.
 const RETRY_UNOWNED_MS: u32 = 250;
 const RETRY_UNREACHABLE_MS: u32 = 1000;
+const RETRY_HANDED_OVER_MS: u32 = 50;
 /// An owned channel without subscribers keeps its lease this long (clients placed here
 /// are on their way to their edges), then it is released.
 const EMPTY_CHANNEL_GRACE: Duration = Duration::from_secs(20);
@@ -295,6 +296,8 @@ pub struct Core {
     last_renew_sent: Option<Instant>,
     /// The last renewal could not reach the store (an outage, not a lost lease).
     store_unreachable: bool,
+    /// Shutting down: no channel is taken any more.
+    handing_over: bool,
 }
 
 impl Core {
@@ -313,6 +316,7 @@ impl Core {
             renew_in_flight: false,
             last_renew_sent: None,
             store_unreachable: false,
+            handing_over: false,
             counters: CoreCounters { lease_store_reachable: true, ..Default::default() },
         }
     }
@@ -360,6 +364,7 @@ impl Core {
             match self.by_name.get(req.channel.as_str()) {
                 Some(id) if self.serving(*id, now) => {}
                 Some(_) => return Err(PlaceError::Unavailable),
+                None if self.handing_over => return Err(PlaceError::Unavailable),
                 None => {
                     self.acquire(req.channel.as_str().into(), None);
                     return Err(PlaceError::Pending);
@@ -523,6 +528,25 @@ impl Core {
         }
     }
 
+    /// Shutting down (fleet): gives every channel up at once, releasing its lease, so
+    /// another core takes it now rather than when the lease expires; edges ask again.
+    pub fn hand_over(&mut self) {
+        self.handing_over = true;
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        for id in ids {
+            let Some(ch) = self.channels.get(&id) else { continue };
+            for &edge in ch.subscribers.keys() {
+                let message = Message::Unavailable { channel: ch.name.to_string(), retry_ms: RETRY_HANDED_OVER_MS };
+                self.outputs.push_back(CoreOutput::Control { edge, message });
+            }
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.subscribers.clear();
+            }
+            self.close_channel(id);
+        }
+        info!("channels handed over");
+    }
+
     /// Ends the sessions of `participant` in `channel` on every edge serving it here;
     /// false if this core does not serve the channel.
     pub fn kick(&mut self, channel: &str, participant: &str) -> bool {
@@ -655,6 +679,10 @@ impl Core {
             }
             // The lease lapsed; the next tick gives the channel up.
             let message = Message::Unavailable { channel: name.to_owned(), retry_ms: RETRY_UNOWNED_MS };
+            return self.outputs.push_back(CoreOutput::Control { edge, message });
+        }
+        if self.handing_over {
+            let message = Message::Unavailable { channel: name.to_owned(), retry_ms: RETRY_HANDED_OVER_MS };
             return self.outputs.push_back(CoreOutput::Control { edge, message });
         }
         if self.config.fleet.is_none() {
@@ -792,6 +820,13 @@ impl Core {
         let message = selection_message(channel_id, ch);
         for &edge in ch.subscribers.keys() {
             self.outputs.push_back(CoreOutput::Control { edge, message: message.clone() });
+        }
+    }
+
+    /// Puts outputs the shell took out back in front (in order).
+    pub fn requeue(&mut self, outputs: VecDeque<CoreOutput>) {
+        for o in outputs.into_iter().rev() {
+            self.outputs.push_front(o);
         }
     }
 

@@ -66,6 +66,7 @@ pub fn router(state: HttpState, cors_allow_origin: &str) -> Router {
         .expose_headers([header::LOCATION, header::RETRY_AFTER]);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/whip/{channel}", post(|s, p, c, q, h| place(s, p, c, q, h, Endpoint::Publish)))
         .route("/whep/{channel}", post(|s, p, c, q, h| place(s, p, c, q, h, Endpoint::Listen)))
@@ -334,6 +335,18 @@ async fn channels(State(state): State<HttpState>, headers: HeaderMap) -> Respons
         return r;
     }
     Json(state.handle.channels().await.unwrap_or_default()).into_response()
+}
+
+/// Whether the core takes requests: its task runs. Redis being unreachable is reported,
+/// not a reason to be taken out of service (channels it serves go on).
+async fn readyz(State(state): State<HttpState>) -> Response {
+    match state.handle.stats().await {
+        Some((c, edges)) => {
+            Json(serde_json::json!({ "ready": true, "edges": edges, "lease_store_reachable": c.lease_store_reachable }))
+                .into_response()
+        }
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+    }
 }
 
 /// Prometheus text: the core's counters, copied from one snapshot at scrape time so the

@@ -23,10 +23,17 @@ async fn main() -> anyhow::Result<()> {
         "Core SFU running: QUIC {} for edges, http://{}/channels for operators.",
         core.handle.quic_addr, core.http_addr
     );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = core.quic_task => anyhow::bail!("core task stopped"),
         _ = core.http_task => anyhow::bail!("http server stopped"),
     }
+    // Other cores of a fleet take this core's channels now, not when the leases expire;
+    // the edges are told to ask again. Give those messages a moment to leave.
+    tracing::info!("stopping: handing channels over");
+    core.handle.hand_over().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
 }

@@ -98,6 +98,10 @@ enum Command {
         sent_at: Instant,
         result: Option<Vec<(Arc<str>, Option<u64>)>>,
     },
+    /// Shutting down: release every lease (awaited) and tell the edges.
+    HandOver {
+        reply: oneshot::Sender<()>,
+    },
     /// `deadline`: drain (stop placing, end sessions by then); `None`: undrain.
     Drain {
         edge_id: String,
@@ -129,6 +133,15 @@ impl CoreHandle {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Place { request, reply }).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Before a graceful exit: releases this core's leases so other cores take its
+    /// channels at once; returns when the store has answered (or timed out).
+    pub async fn hand_over(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::HandOver { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Ends a participant's sessions in a channel this core serves; false if it does not.
@@ -469,6 +482,25 @@ async fn run_core(
                         }
                     }
                     Command::Renewed { sent_at, result } => core.leases_renewed(sent_at, result, now),
+                    Command::HandOver { reply } => {
+                        core.hand_over();
+                        let mut releases = Vec::new();
+                        let mut rest = std::collections::VecDeque::new();
+                        while let Some(out) = core.poll_output() {
+                            match (out, &store) {
+                                (CoreOutput::Lease(LeaseCommand::Release { channel }), Some(store)) => {
+                                    let store = store.clone();
+                                    releases.push(async move { store.release(&channel).await });
+                                }
+                                (other, _) => rest.push_back(other),
+                            }
+                        }
+                        core.requeue(rest);
+                        let released = futures_util::future::join_all(releases).await;
+                        let failed = released.iter().filter(|r| r.is_err()).count();
+                        info!(released = released.len() - failed, failed, "leases released");
+                        let _ = reply.send(());
+                    }
                     Command::Drain { edge_id, deadline, reply } => { let _ = reply.send(core.set_draining(&edge_id, deadline)); }
                 }
             }

@@ -394,4 +394,25 @@ mod fleet {
         assert!(sim.control.contains(&(1, Message::Unavailable { channel: "lobby".into(), retry_ms: 250 })));
         assert_eq!(sim.core.counters().leases_lost, 1);
     }
+
+    #[test]
+    fn a_stopping_core_releases_its_leases_and_sends_its_edges_elsewhere() {
+        let mut sim = FleetSim::new();
+        sim.subscribe(1, "lobby");
+        sim.core.lease_answer("lobby", LeaseAnswer::Ours { epoch: 42, sent_at: sim.now }, sim.now);
+        sim.drain();
+        sim.control.clear();
+        sim.leases.clear();
+        sim.core.hand_over();
+        sim.drain();
+        assert_eq!(sim.leases, vec![LeaseCommand::Release { channel: Arc::from("lobby") }]);
+        assert_eq!(sim.control, vec![(1, Message::Unavailable { channel: "lobby".into(), retry_ms: 50 })]);
+        assert!(!sim.serves("lobby"));
+        // Nothing is taken any more.
+        sim.control.clear();
+        sim.leases.clear();
+        sim.subscribe(2, "lobby");
+        assert!(sim.leases.is_empty());
+        assert_eq!(sim.control, vec![(2, Message::Unavailable { channel: "lobby".into(), retry_ms: 50 })]);
+    }
 }

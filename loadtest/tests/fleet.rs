@@ -318,6 +318,7 @@ async fn audio_flows_on_while_redis_is_down_and_new_channels_wait_for_it() {
     while down.elapsed() < Duration::from_secs(6) {
         for node in fleet.cores.iter().chain(&fleet.edges) {
             assert_eq!(fleet.get(&format!("http://{}/healthz", node.http)).await.0, 200, "{} unhealthy", node.name);
+            assert_eq!(fleet.get(&format!("http://{}/readyz", node.http)).await.0, 200, "{} not ready", node.name);
         }
         let (status, body) = placement(new_channel(1 - owner)).await;
         assert_eq!(status, 503, "{body}");
