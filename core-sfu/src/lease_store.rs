@@ -4,7 +4,7 @@
 //! expiry; a second key per channel holds the last epoch handed out. Every change is a
 //! Lua script, so it is atomic in Redis:
 //! - acquire: if nobody holds the lease, a new epoch (higher than the last, and at least
-//!   Redis' clock in ms, so epochs stay monotonic even if Redis lost its data) and the
+//!   Redis' clock in µs, so epochs keep rising even if Redis lost its data) and the
 //!   lease with its expiry; else who holds it. A holder asking again extends it.
 //! - renew: extends the leases whose value carries this core's token; a lease that
 //!   vanished (Redis restarted) is taken again at a new epoch; one held by another core
@@ -49,9 +49,9 @@ if cur then
   return cur
 end
 local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local e = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
-if e < now_ms then e = now_ms end
+if e < now_us then e = now_us end
 local es = string.format('%.0f', e)
 redis.call('SET', KEYS[2], es)
 local val = ARGV[1] .. '|' .. ARGV[2] .. '|' .. es
@@ -62,7 +62,7 @@ return val
 const RENEW: &str = r#"
 local out = {}
 local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i = 1, #KEYS, 2 do
   local cur = redis.call('GET', KEYS[i])
   if cur then
@@ -74,7 +74,7 @@ for i = 1, #KEYS, 2 do
     end
   else
     local e = tonumber(redis.call('GET', KEYS[i + 1]) or '0') + 1
-    if e < now_ms then e = now_ms end
+    if e < now_us then e = now_us end
     local es = string.format('%.0f', e)
     redis.call('SET', KEYS[i + 1], es)
     redis.call('SET', KEYS[i], ARGV[1] .. '|' .. ARGV[2] .. '|' .. es, 'PX', ARGV[3])

@@ -61,7 +61,7 @@ async fn leases_belong_to_their_token_and_epochs_only_rise() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     let [Some(third)] = b.renew(std::slice::from_ref(&lobby)).await.unwrap()[..] else { panic!("taken again") };
     assert!(third > second, "{second} then {third}");
-    assert!(third >= first.max(1_700_000_000_000), "epochs start at Redis' clock in ms: {third}");
+    assert!(third >= first.max(1_700_000_000_000_000), "epochs start at Redis' clock in µs: {third}");
     // With nothing to renew, a renewal is a round trip that says whether Redis answers.
     assert_eq!(a.renew(&[]).await.unwrap(), Vec::<Option<u64>>::new());
     drop(redis);
