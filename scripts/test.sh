@@ -9,7 +9,10 @@ bash scripts/setup-test-deps.sh
 step "formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-step "unit, integration, interop and abuse tests"
+step "unit, integration, interop, fleet and abuse tests"
+rm -f target/tmp/fleet-report.txt
 cargo test --workspace --locked
+step "measured by the fleet tests"
+cat target/tmp/fleet-report.txt 2>/dev/null || echo "(no fleet report)"
 step "every fuzz target for ${SFU_FUZZ_SECONDS:-5} s (a crash fails the run)"
 scripts/fuzz.sh "${SFU_FUZZ_SECONDS:-5}"

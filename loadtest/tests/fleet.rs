@@ -213,6 +213,17 @@ impl Fleet {
     }
 }
 
+/// Prints a measurement and keeps it in `target/tmp/fleet-report.txt`, which the test
+/// command shows after the tests (cargo hides a passing test's output).
+fn report(line: String) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-report.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 async fn stop_all(listeners: Vec<RunningClient>) -> Vec<ClientReport> {
     let mut out = Vec::new();
     for l in listeners {
@@ -254,12 +265,12 @@ async fn the_owning_core_dies_and_listeners_hear_again_without_rejoining() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let reports = stop_all(listeners).await;
     let gap = assert_heard_through(&reports, killed, Duration::from_secs(3), Duration::from_secs(5));
-    eprintln!(
-        "failover: core-{} killed, core-{} took the channel; longest silence at a listener {} ms (8 listeners on 4 edges)",
+    report(format!(
+        "failover: core-{} SIGKILLed, core-{} took the channel; longest silence at a listener {} ms (8 listeners on 4 edges, lease 3 s)",
         owner + 1,
         new_owner + 1,
         gap.as_millis()
-    );
+    ));
     assert!(speaker.stop().await.error.is_none());
 }
 
@@ -290,7 +301,7 @@ async fn a_paused_owner_never_feeds_listeners_beside_the_new_one() {
     assert_eq!(fleet.owners(None).await, vec![(new_owner, new_epoch)]);
     let reports = stop_all(listeners).await;
     let gap = assert_heard_through(&reports, paused, Duration::from_secs(6), Duration::from_secs(6));
-    eprintln!("paused owner: longest silence at a listener {} ms", gap.as_millis());
+    report(format!("paused owner (SIGSTOP 5 s): longest silence at a listener {} ms", gap.as_millis()));
     assert!(speaker.stop().await.error.is_none());
 }
 
@@ -351,10 +362,10 @@ async fn audio_flows_on_while_redis_is_down_and_new_channels_wait_for_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reports = stop_all(listeners).await;
     let gap = assert_heard_through(&reports, down, Duration::from_secs(7), Duration::from_secs(2));
-    eprintln!(
+    report(format!(
         "redis outage of {} ms: longest silence at a listener {} ms",
         down.elapsed().as_millis(),
         gap.as_millis()
-    );
+    ));
     assert!(speaker.stop().await.error.is_none());
 }
