@@ -42,6 +42,15 @@ async fn app(max_listeners: usize, demo_tokens: bool) -> Router {
 }
 
 async fn app_with(config: edge_sfu::edge::EdgeConfig, demo_tokens: bool, offers_per_sec: u32) -> Router {
+    app_under_core(config, demo_tokens, offers_per_sec, None).await
+}
+
+async fn app_under_core(
+    config: edge_sfu::edge::EdgeConfig,
+    demo_tokens: bool,
+    offers_per_sec: u32,
+    core_url: Option<&str>,
+) -> Router {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let (handle, _task) = edge_sfu::server::start(
         config,
@@ -60,7 +69,7 @@ async fn app_with(config: edge_sfu::edge::EdgeConfig, demo_tokens: bool, offers_
             demo_tokens,
             admin_token: Some(node_kit::Secret::new("admin token", ADMIN).unwrap()),
             offer_limiter: node_kit::per_ip::PerIpLimiter::new(offers_per_sec, 4 * offers_per_sec),
-            core_url: None,
+            core_url: core_url.map(str::to_owned),
             offers_rate_limited: Default::default(),
             http_stats: Default::default(),
             metrics,
@@ -423,4 +432,25 @@ async fn one_address_cannot_reserve_a_channel_with_sessions_that_never_connect()
     assert_eq!(statuses, [&[StatusCode::CREATED; 3][..], &[StatusCode::TOO_MANY_REQUESTS; 2]].concat());
     let other = std::net::SocketAddr::from(([198, 51, 100, 9], 4000));
     assert_eq!(send(&app, offer_from(9, other)).await.0, StatusCode::CREATED, "another address still gets in");
+}
+
+#[tokio::test]
+async fn a_full_edge_sends_clients_back_to_the_core_which_places_them_elsewhere() {
+    let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: 1, ..Default::default() };
+    let app = app_under_core(config, false, 1000, Some("http://core:8070")).await;
+    let exp = unix_now() + 600;
+    let (alice, bob) = (token_of("alice", "lobby", Role::Listener, exp), token_of("bob", "lobby", Role::Listener, exp));
+    assert_eq!(send(&app, post("/whep/lobby", Some(&alice), "application/sdp", offer(&["recvonly"]))).await.0, 201);
+    // Full: back to the core, this edge added to what the client was refused by already,
+    // its region and token kept (the token in the URL: the core is another origin).
+    let full = post("/whep/lobby?exclude=edge-2&region=eu", Some(&bob), "application/sdp", offer(&["recvonly"]));
+    let (status, headers, body) = send(&app, full).await;
+    assert_eq!(status, StatusCode::TEMPORARY_REDIRECT, "{body}");
+    assert_eq!(
+        headers[header::LOCATION].to_str().unwrap(),
+        format!("http://core:8070/whep/lobby?exclude=edge-2%2Cedge-test&region=eu&access_token={bob}")
+    );
+    // Sent back by four edges already: the client gets the edge's own answer.
+    let many = post("/whep/lobby?exclude=e1,e2,e3,e4", Some(&bob), "application/sdp", offer(&["recvonly"]));
+    assert_eq!(send(&app, many).await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
