@@ -20,14 +20,24 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
-/// How long one store operation may take before it counts as unreachable.
+/// How long one Redis round trip (or connection attempt) may take.
 pub const STORE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one store operation may take in all, waiting for a connection included:
+/// during an outage, calls fail in this time rather than queue behind each other.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(800);
+
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, f).await.map_err(|_| StoreError::Timeout)?
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {STORE_TIMEOUT:?}")]
+    #[error("redis did not answer in time")]
     Timeout,
     #[error("unexpected lease value in redis")]
     BadValue,
@@ -162,6 +172,10 @@ impl LeaseStore {
 
     /// Takes the channel's lease if it is free, or says who holds it.
     pub async fn acquire(&self, channel: &str) -> Result<Holder, StoreError> {
+        within(OPERATION_TIMEOUT, self.acquire_now(channel)).await
+    }
+
+    async fn acquire_now(&self, channel: &str) -> Result<Holder, StoreError> {
         let mut conn = self.connection().await?;
         let mut call = self.acquire.key(self.lease_key(channel));
         call.key(self.epoch_key(channel)).arg(&self.token).arg(&self.owner).arg(self.ttl_ms);
@@ -186,6 +200,10 @@ impl LeaseStore {
     /// another core holds it. With no channels, a round trip that tells whether the store
     /// answers.
     pub async fn renew(&self, channels: &[Arc<str>]) -> Result<Vec<Option<u64>>, StoreError> {
+        within(OPERATION_TIMEOUT, self.renew_now(channels)).await
+    }
+
+    async fn renew_now(&self, channels: &[Arc<str>]) -> Result<Vec<Option<u64>>, StoreError> {
         let mut conn = self.connection().await?;
         if channels.is_empty() {
             let _: String = self.timed(redis::cmd("PING").query_async(&mut conn)).await?;
@@ -205,6 +223,10 @@ impl LeaseStore {
 
     /// Gives up a lease this core holds (a channel with nobody left, or shutdown).
     pub async fn release(&self, channel: &str) -> Result<(), StoreError> {
+        within(OPERATION_TIMEOUT, self.release_now(channel)).await
+    }
+
+    async fn release_now(&self, channel: &str) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let mut call = self.release.key(self.lease_key(channel));
         call.arg(&self.token);
