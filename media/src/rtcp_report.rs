@@ -55,7 +55,8 @@ pub struct ReceiveStats {
     received_prior: u64,
     /// Interarrival jitter in timestamp units, scaled as RFC 3550 A.8 keeps it.
     jitter: f64,
-    last_transit: Option<i64>,
+    /// The previous packet's arrival (in timestamp units) and RTP timestamp.
+    last_arrival: Option<(i64, u32)>,
     last_sr: Option<(u32, Instant)>,
 }
 
@@ -70,7 +71,7 @@ impl ReceiveStats {
             expected_prior: 0,
             received_prior: 0,
             jitter: 0.0,
-            last_transit: None,
+            last_arrival: None,
             last_sr: None,
         }
     }
@@ -85,13 +86,15 @@ impl ReceiveStats {
         let arrival_units = (arrival.saturating_duration_since(self.clock_base).as_micros() as u64
             * u64::from(OPUS_CLOCK_RATE)
             / 1_000_000) as i64;
-        let transit = arrival_units.wrapping_sub(i64::from(rtp_ts));
-        if let Some(last) = self.last_transit {
-            let d = (transit - last).unsigned_abs() as f64;
+        if let Some((last_arrival, last_ts)) = self.last_arrival {
+            // D(i,j) = (Rj - Ri) - (Sj - Si), with the timestamp difference taken modulo
+            // 2^32 (signed), so a timestamp wrap is not a jump of the sender's clock.
+            let sent = i64::from(rtp_ts.wrapping_sub(last_ts) as i32);
+            let d = ((arrival_units - last_arrival) - sent).unsigned_abs() as f64;
             // Timestamps far apart (a new talk spurt after DTX) still count, as RFC 3550 does.
             self.jitter += (d - self.jitter) / 16.0;
         }
-        self.last_transit = Some(transit);
+        self.last_arrival = Some((arrival_units, rtp_ts));
     }
 
     pub fn on_sender_report(&mut self, ntp: u64, now: Instant) {
@@ -360,6 +363,27 @@ mod tests {
             s.on_packet(i as u16, 960 * i, t0 + Duration::from_millis(20 * u64::from(i) + wobble));
         }
         let j = s.jitter();
+        assert!(j > Duration::from_millis(3) && j < Duration::from_millis(6), "{j:?}");
+    }
+
+    #[test]
+    fn jitter_stays_zero_across_a_timestamp_wrap() {
+        // A stream whose 32-bit RTP timestamp wraps half-way, paced perfectly: the wrap is
+        // not a jump of the sender's clock (it once read as 481 s of jitter).
+        let t0 = Instant::now();
+        let mut s = ReceiveStats::new(Ssrc(1), t0);
+        let first = u32::MAX - 960 * 25;
+        for i in 0..50u32 {
+            s.on_packet(i as u16, first.wrapping_add(960 * i), t0 + Duration::from_millis(20 * u64::from(i)));
+        }
+        assert_eq!(s.jitter(), Duration::ZERO);
+        // And a wobble across the wrap reads as the wobble.
+        let mut w = ReceiveStats::new(Ssrc(2), t0);
+        for i in 0..50u32 {
+            let wobble = if i % 2 == 0 { 5 } else { 0 };
+            w.on_packet(i as u16, first.wrapping_add(960 * i), t0 + Duration::from_millis(20 * u64::from(i) + wobble));
+        }
+        let j = w.jitter();
         assert!(j > Duration::from_millis(3) && j < Duration::from_millis(6), "{j:?}");
     }
 
