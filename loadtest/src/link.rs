@@ -232,12 +232,7 @@ impl LinkEmulator {
         inside.connect(target).await?;
         let addr = outside.local_addr()?;
         let control = LinkControl {
-            inner: Arc::new(Mutex::new(Directions {
-                up,
-                down,
-                counters: Default::default(),
-                version: 0,
-            })),
+            inner: Arc::new(Mutex::new(Directions { up, down, counters: Default::default(), version: 0 })),
         };
         let task = tokio::spawn(relay(outside, inside, control.clone(), seed));
         Ok(LinkEmulator { addr, control, task })

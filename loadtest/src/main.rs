@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         edges: usize,
         #[command(flatten)]
+        link: LinkArgs,
+        #[command(flatten)]
         load: LoadArgs,
     },
     /// Load a running deployment.
@@ -174,6 +176,48 @@ struct LoadArgs {
     via_core: bool,
 }
 
+/// Impairment of every core-edge link, both ways (`local` only), through a user-space
+/// link emulator in front of the core.
+#[derive(Args, Clone, Debug, Default)]
+struct LinkArgs {
+    /// Random loss on each core-edge link, each way, e.g. 5%.
+    #[arg(long, value_parser = parse_percent)]
+    link_loss: Option<f64>,
+    /// One-way delay on each core-edge link, e.g. 40ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    link_delay: Option<Duration>,
+    /// Delay variation either way, e.g. 10ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    link_jitter: Option<Duration>,
+    /// Let jitter reorder datagrams.
+    #[arg(long)]
+    link_reorder: bool,
+    /// Chance a datagram starts a loss burst of about 5, e.g. 1%.
+    #[arg(long, value_parser = parse_percent)]
+    link_burst: Option<f64>,
+    /// Link rate each way in kbit/s (a 100 ms buffer behind it).
+    #[arg(long)]
+    link_rate_kbps: Option<u64>,
+}
+
+impl LinkArgs {
+    fn params(&self) -> Option<loadtest::link::LinkParams> {
+        let p = loadtest::link::LinkParams {
+            loss: self.link_loss.unwrap_or(0.0) / 100.0,
+            burst_start: self.link_burst.unwrap_or(0.0) / 100.0,
+            burst_len: 5.0,
+            delay: self.link_delay.unwrap_or_default(),
+            jitter: self.link_jitter.unwrap_or_default(),
+            reorder: self.link_reorder,
+            duplicate: 0.0,
+            rate_bps: self.link_rate_kbps.unwrap_or(0) * 1000,
+            queue_limit: Duration::from_millis(100),
+            down: false,
+        };
+        (!p.is_clean()).then_some(p)
+    }
+}
+
 fn parse_percent(s: &str) -> Result<f64, String> {
     let v: f64 =
         s.trim().trim_end_matches('%').trim().parse().map_err(|_| format!("{s:?} is not a percentage like 0.5%"))?;
@@ -251,7 +295,7 @@ fn main() -> anyhow::Result<()> {
             },
             redis,
         ),
-        Command::Local { edges, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, load)),
+        Command::Local { edges, link, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, link, load)),
         Command::Run { core, edge, token_secret, admin_token, load } => {
             tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, admin_token, load))
         }
@@ -263,7 +307,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
+async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(edges >= 1, "at least one edge");
     let (cluster_secret, token_secret) = (random_secret(), random_secret());
     let slots = load.slots.to_string();
@@ -274,11 +318,22 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
     .await?;
     let per_edge = load.listeners.div_ceil(edges).max(25).to_string();
     let mut nodes = Vec::new();
+    // Each edge reaches the core through its own emulated link, when one is asked for.
+    let mut links = Vec::new();
     for i in 1..=edges {
+        let core_addr = match link.params() {
+            Some(p) => {
+                let emulator = loadtest::link::LinkEmulator::start(core.other, p, p, i as u64).await?;
+                let addr = emulator.addr;
+                links.push(emulator);
+                addr
+            }
+            None => core.other,
+        };
         let args = [
             "edge",
             "--core",
-            &core.other.to_string(),
+            &core_addr.to_string(),
             "--core-url",
             &format!("http://{}", core.http),
             "--cluster-secret",
@@ -312,7 +367,18 @@ async fn local(edges: usize, load: LoadArgs) -> anyhow::Result<()> {
         relay: Some((core.other, cluster_secret.clone())),
         metrics_urls: vec![format!("http://{}/metrics", nodes[0].http), format!("http://{}/metrics", core.http)],
     });
+    if let Some(p) = link.params() {
+        eprintln!(
+            "core-edge links: {:.1} % loss, {} ms ± {} ms{}{}",
+            p.loss * 100.0,
+            p.delay.as_millis(),
+            p.jitter.as_millis(),
+            if p.reorder { ", reordering" } else { "" },
+            if p.rate_bps > 0 { format!(", {} kbit/s", p.rate_bps / 1000) } else { String::new() }
+        );
+    }
     let report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
+    drop(links);
     drop(nodes);
     drop(core);
     load.finish(&report)
