@@ -21,6 +21,8 @@ fn header(channel_id: u32, sequence: u16) -> MediaHeader {
         level: 20,
         voice: true,
         marker: false,
+        slot: None,
+        selection: 0,
     }
 }
 

@@ -244,6 +244,8 @@ struct Channel {
     speakers: HashMap<u32, Speaker>,
     selector: ActiveSpeakers<u32>,
     holders: Vec<Option<u32>>,
+    /// Counts selection changes; sent with selections and stamped into datagrams.
+    selection: u32,
 }
 
 /// What an operator sees of a channel.
@@ -708,6 +710,7 @@ impl Core {
                 speakers: HashMap::new(),
                 selector: ActiveSpeakers::new(self.config.selector.clone()),
                 holders: vec![None; self.config.selector.slots],
+                selection: 1,
             },
         );
         id
@@ -795,9 +798,12 @@ impl Core {
             self.reselect(header.channel_id, now);
         }
         let Some(ch) = self.channels.get(&header.channel_id) else { return };
-        if !ch.holders.contains(&Some(header.speaker)) {
+        let Some(slot) = ch.holders.iter().position(|h| *h == Some(header.speaker)) else {
             return;
-        }
+        };
+        // The slot and selection go with the packet, so edges forward it on arrival even
+        // before the selection message (written in place: the datagram is ours alone).
+        let data = relay_proto::datagram::stamp_slot(data, slot as u8, ch.selection);
         // One payload for every edge with listeners, the speaker's own included.
         for (&target, &listeners) in &ch.subscribers {
             if listeners > 0 {
@@ -816,6 +822,7 @@ impl Core {
         }
         debug!(channel = %ch.name, from = ?ch.holders, to = ?holders, "selection changed");
         ch.holders = holders;
+        ch.selection = ch.selection.wrapping_add(1).max(1);
         self.counters.selection_changes += 1;
         let message = selection_message(channel_id, ch);
         for &edge in ch.subscribers.keys() {
@@ -949,6 +956,7 @@ impl Core {
 fn selection_message(channel_id: u32, ch: &Channel) -> Message {
     Message::Selection {
         channel_id,
+        selection: ch.selection,
         slots: ch
             .holders
             .iter()

@@ -32,6 +32,7 @@ struct Sim {
     seq: HashMap<u32, u16>,
     /// Each edge's number from the core: the high bits of its speaker ids.
     numbers: HashMap<EdgeKey, u16>,
+    last_selection_number: Option<u32>,
 }
 
 impl Sim {
@@ -45,6 +46,7 @@ impl Sim {
             selections: vec![],
             seq: HashMap::new(),
             numbers: HashMap::new(),
+            last_selection_number: None,
         }
     }
 
@@ -55,7 +57,8 @@ impl Sim {
                 CoreOutput::Control { edge, message: Message::Subscribed { channel_id, .. } } => {
                     self.channel_ids.insert(edge, channel_id);
                 }
-                CoreOutput::Control { edge, message: Message::Selection { slots, .. } } => {
+                CoreOutput::Control { edge, message: Message::Selection { slots, selection, .. } } => {
+                    self.last_selection_number = Some(selection);
                     // Tests name speakers by their per-edge number.
                     let locals = slots.iter().map(|s| s.as_ref().map(|h| speaker::local_of(h.speaker))).collect();
                     self.selections.push((edge, locals));
@@ -89,6 +92,8 @@ impl Sim {
             level,
             voice: level < SILENT,
             marker: false,
+            slot: None,
+            selection: 0,
         };
         let mut out = BytesMut::new();
         h.encode(b"opus-frame", &mut out);
@@ -146,7 +151,11 @@ fn fans_out_one_payload_to_every_edge_with_listeners() {
     assert_eq!(own.len(), far.len());
     // The same buffer, not a copy per edge.
     assert_eq!(own.last().unwrap().as_ptr(), far.last().unwrap().as_ptr());
-    assert_eq!(MediaHeader::parse(far.last().unwrap()).unwrap().speaker, speaker::id(sim.numbers[&1], 100));
+    let h = MediaHeader::parse(far.last().unwrap()).unwrap();
+    assert_eq!(h.speaker, speaker::id(sim.numbers[&1], 100));
+    // Stamped with its slot and the selection it belongs to, as the selection message says.
+    let selection = sim.last_selection_number.expect("a selection was sent");
+    assert_eq!((h.slot, h.selection), (Some(0), selection));
 }
 
 #[test]
@@ -325,6 +334,8 @@ mod fleet {
                 level: LOUD,
                 voice: true,
                 marker: false,
+                slot: None,
+                selection: 0,
             };
             header.encode(b"opus", &mut out);
             self.core.handle_datagram(edge, out.freeze(), self.now);

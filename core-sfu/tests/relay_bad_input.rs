@@ -139,8 +139,18 @@ async fn subscribed(core: &RunningCore) -> (Link, u32, u32) {
 
 fn datagram(channel_id: u32, speaker: u32) -> Bytes {
     let mut out = BytesMut::new();
-    MediaHeader { channel_id, speaker, sequence: 1, timestamp: 1, level: 10, voice: true, marker: false }
-        .encode(b"opus", &mut out);
+    MediaHeader {
+        channel_id,
+        speaker,
+        sequence: 1,
+        timestamp: 1,
+        level: 10,
+        voice: true,
+        marker: false,
+        slot: None,
+        selection: 0,
+    }
+    .encode(b"opus", &mut out);
     out.freeze()
 }
 

@@ -365,6 +365,8 @@ struct Channel {
     relay: Option<ChannelRelay>,
     /// The highest lease epoch seen for this channel: media of a lower one is refused.
     epoch: u64,
+    /// The core's selection number `holders` reflect (from selections and datagrams).
+    selection: u32,
     ask: Ask,
     redirects: u8,
     /// Participant ids of the core's selected speakers, by speaker id.
@@ -382,6 +384,7 @@ impl Channel {
             holders: vec![None; slots],
             relay: None,
             epoch: 0,
+            selection: 0,
             ask: Ask::Idle,
             redirects: 0,
             holder_names: HashMap::new(),
@@ -924,6 +927,8 @@ impl Edge {
                     level: level.level,
                     voice: level.voice,
                     marker: packet.marker,
+                    slot: None,
+                    selection: 0,
                 }
                 .encode(packet.payload, &mut out);
                 self.counters.uplink_out += 1;
@@ -1105,6 +1110,7 @@ impl Edge {
         let Some(ch) = self.channels.get_mut(name) else { return };
         if let Some(r) = ch.relay.take() {
             self.by_relay_id.remove(&(r.link, r.channel_id));
+            ch.selection = 0;
             Self::set_holders(ch, vec![None; slots], &mut self.sessions, name);
         }
     }
@@ -1223,11 +1229,21 @@ impl Edge {
                     ch.ask = Ask::RetryAt(now + wait);
                 }
             }
-            Message::Selection { channel_id, slots } => {
+            Message::Selection { channel_id, selection, slots } => {
                 let Some(name) = self.by_relay_id.get(&(link, channel_id)).cloned() else {
                     return self.drop_packet(DropReason::RelayUnknownChannel);
                 };
                 let Some(ch) = self.channels.get_mut(&name) else { return };
+                if selection < ch.selection {
+                    // A datagram of a newer selection got here first: only names are news.
+                    for h in slots.into_iter().flatten() {
+                        if ch.holders.contains(&Some(h.speaker)) {
+                            ch.holder_names.insert(h.speaker, h.participant);
+                        }
+                    }
+                    return;
+                }
+                ch.selection = selection;
                 let mut holders = vec![None; self.config.slots];
                 ch.holder_names.clear();
                 for (slot, holder) in holders.iter_mut().zip(slots) {
@@ -1290,10 +1306,33 @@ impl Edge {
         let Some(name) = self.by_relay_id.get(&(link, header.channel_id)).cloned() else {
             return self.drop_packet(DropReason::RelayUnknownChannel);
         };
-        let Some(ch) = self.channels.get(&name) else { return };
-        let Some(slot) = ch.holders.iter().position(|h| *h == Some(header.speaker)) else {
-            return self.drop_packet(DropReason::RelayNotSelected);
+        let slots = self.config.slots;
+        let Some(ch) = self.channels.get_mut(&name) else { return };
+        let slot = match header.slot.map(usize::from) {
+            // The core says which slot, as of which selection: a newer selection than the
+            // edge knows takes effect with this packet (the selection message may still be
+            // on its way), so a new speaker's first words are not dropped.
+            Some(slot) if slot < slots => {
+                if header.selection > ch.selection && ch.holders[slot] != Some(header.speaker) {
+                    let mut holders = ch.holders.clone();
+                    for h in holders.iter_mut().filter(|h| **h == Some(header.speaker)) {
+                        *h = None;
+                    }
+                    holders[slot] = Some(header.speaker);
+                    ch.selection = header.selection;
+                    Self::set_holders(ch, holders, &mut self.sessions, &name);
+                }
+                if ch.holders[slot] != Some(header.speaker) {
+                    return self.drop_packet(DropReason::RelayNotSelected);
+                }
+                slot
+            }
+            _ => match ch.holders.iter().position(|h| *h == Some(header.speaker)) {
+                Some(slot) => slot,
+                None => return self.drop_packet(DropReason::RelayNotSelected),
+            },
         };
+        let ch = &self.channels[&name];
         self.counters.relay_in += 1;
         // A local speaker's own session never gets its voice back.
         let edge_number = self.links.get(&link).map_or(0, |l| l.edge_number);

@@ -114,6 +114,7 @@ fn relay_config(
         max_sessions: settings.edge.max_sessions as u32,
         region: c.region.clone(),
         trust,
+        slots: settings.edge.slots,
     })
 }
 

@@ -100,6 +100,8 @@ pub struct RelayConfig {
     pub max_sessions: u32,
     pub region: String,
     pub trust: Trust,
+    /// Slots each listener gets here: the core must select as many.
+    pub slots: usize,
 }
 
 /// The live link to the core, as the edge task uses it.
@@ -490,7 +492,13 @@ async fn connect_core(
         .await
         .map_err(|_| anyhow::anyhow!("core sent no welcome"))??;
     match reply {
-        Some(Message::Welcome { core_id, proof, edge_number, .. }) => {
+        Some(Message::Welcome { core_id, proof, edge_number, slots }) => {
+            anyhow::ensure!(
+                usize::from(slots) == config.slots,
+                "core {core_id:?} selects {slots} speakers per channel and this edge gives listeners {} slots: \
+                 configure both with the same --slots",
+                config.slots
+            );
             anyhow::ensure!(
                 (1..=relay_proto::speaker::MAX_EDGE_NUMBER).contains(&edge_number),
                 "core {core_id:?} gave edge number {edge_number}, outside 1..={}",

@@ -460,6 +460,8 @@ fn core_datagram(channel_id: u32, speaker: u32, sequence: u16) -> Bytes {
         level: 20,
         voice: true,
         marker: false,
+        slot: None,
+        selection: 0,
     }
     .encode(b"opus", &mut out);
     out.freeze()
@@ -496,7 +498,11 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
     net.edge.handle_relay_control(
         net.core,
-        Message::Selection { channel_id: 7, slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None] },
+        Message::Selection {
+            channel_id: 7,
+            selection: 1,
+            slots: vec![holder(remote, "zoe"), holder(alice_id.0, "alice"), None],
+        },
         net.now,
     );
     for seq in 0..20 {
@@ -544,7 +550,7 @@ fn cascade_edge_uplinks_its_speakers_and_plays_the_cores_selection() {
     );
     net.edge.handle_relay_control(
         net.core,
-        Message::Selection { channel_id: 8, slots: vec![holder(remote, "zoe")] },
+        Message::Selection { channel_id: 8, selection: 1, slots: vec![holder(remote, "zoe")] },
         net.now,
     );
     net.edge.handle_relay_datagram(net.core, &core_datagram(8, remote, 500), net.now);
@@ -816,6 +822,7 @@ fn a_draining_edge_takes_nobody_new_and_ends_the_rest_at_its_deadline() {
     net.edge.handle_relay_control(
         net.core,
         Message::Selection {
+            selection: 1,
             channel_id: 7,
             slots: vec![Some(SlotHolder { speaker: 9 << 20, participant: "zoe".into() })],
         },
@@ -881,13 +888,21 @@ fn a_channel_follows_its_owning_core_and_older_owners_are_fenced_by_epoch() {
     assert!(net.relay_on.contains(&(net.core, Message::Unsubscribe { channel_id: 9 })), "{:?}", net.relay_on);
     let zoe = 9 << 20 | 1;
     let holder = |speaker: u32| vec![Some(SlotHolder { speaker, participant: "zoe".into() })];
-    net.edge.handle_relay_control(net.core, Message::Selection { channel_id: 9, slots: holder(zoe) }, net.now);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 9, selection: 1, slots: holder(zoe) },
+        net.now,
+    );
     net.edge.handle_relay_datagram(net.core, &core_datagram(9, zoe, 1), net.now);
     net.drain();
     assert!(net.received(&mut bob).0.is_empty(), "the fenced owner reached a listener");
     assert_eq!(net.edge.counters().dropped(DropReason::RelayUnknownChannel), 2);
     // The owner's media plays.
-    net.edge.handle_relay_control(owner, Message::Selection { channel_id: 3, slots: holder(zoe) }, net.now);
+    net.edge.handle_relay_control(
+        owner,
+        Message::Selection { channel_id: 3, selection: 1, slots: holder(zoe) },
+        net.now,
+    );
     for seq in 0..5 {
         net.edge.handle_relay_datagram(owner, &core_datagram(3, zoe, seq), net.now);
     }
@@ -937,4 +952,65 @@ fn a_channel_follows_its_owning_core_and_older_owners_are_fenced_by_epoch() {
     net.advance(Duration::from_millis(300));
     assert!(net.opened.len() == 1, "the link exists already: {:?}", net.opened);
     assert!(matches!(&net.relay_on[..], [(l, Message::Subscribe { .. })] if *l == net.core), "{:?}", net.relay_on);
+}
+
+/// A datagram as the core forwards it: with the slot and the selection it belongs to.
+fn slotted_datagram(channel_id: u32, speaker: u32, sequence: u16, slot: u8, selection: u32) -> Bytes {
+    relay_proto::datagram::stamp_slot(core_datagram(channel_id, speaker, sequence), slot, selection)
+}
+
+#[test]
+fn a_new_speakers_first_packet_plays_before_the_selection_message_arrives() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 1, net.now);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
+    let (zoe, yan, xi) = (9 << 20 | 1, 9 << 20 | 2, 9 << 20 | 3);
+    let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 7, selection: 1, slots: vec![holder(zoe, "zoe")] },
+        net.now,
+    );
+    for seq in 0..3 {
+        net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, zoe, seq, 0, 1), net.now);
+    }
+    net.drain();
+    assert_eq!(net.received(&mut bob).0.len(), 3);
+
+    // yan is selected: the datagram (selection 2) overtakes the selection message.
+    net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, yan, 100, 1, 2), net.now);
+    net.drain();
+    let (rtp, _) = net.received(&mut bob);
+    assert_eq!(rtp.len(), 1, "the onset is not clipped");
+    assert_eq!((rtp[0].ssrc, rtp[0].csrcs.clone()), (bob.slots[1], vec![Ssrc(yan)]));
+    // The selection message follows (names only); an older one changes nothing.
+    let two = vec![holder(zoe, "zoe"), holder(yan, "yan")];
+    net.edge.handle_relay_control(net.core, Message::Selection { channel_id: 7, selection: 2, slots: two }, net.now);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 7, selection: 1, slots: vec![holder(zoe, "zoe")] },
+        net.now,
+    );
+    net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, yan, 101, 1, 2), net.now);
+    net.drain();
+    let (rtp, _) = net.received(&mut bob);
+    assert_eq!(rtp.len(), 1);
+    let yan_seq = rtp[0].seq;
+    let view = net.edge.channel_view("lobby").unwrap();
+    assert!(view.speakers.iter().any(|s| s.participant == "yan" && s.slot == Some(1)), "{view:?}");
+
+    // xi takes yan's slot (selection 3): yan's packets still in flight are not played,
+    // and bob's slot stays one continuous stream.
+    net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, xi, 500, 1, 3), net.now);
+    net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, yan, 102, 1, 2), net.now);
+    net.drain();
+    let (rtp, _) = net.received(&mut bob);
+    assert_eq!(rtp.len(), 1, "{rtp:?}");
+    assert_eq!((rtp[0].csrcs.clone(), rtp[0].seq), (vec![Ssrc(xi)], yan_seq.wrapping_add(1)));
+    assert_eq!(net.edge.counters().dropped(DropReason::RelayNotSelected), 1);
 }

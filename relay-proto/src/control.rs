@@ -86,9 +86,11 @@ pub enum Message {
         speaker: u32,
         participant: String,
     },
-    /// Core -> edge: who holds which slot now.
+    /// Core -> edge: who holds which slot now, as of the channel's selection number
+    /// `selection` (datagrams carry the same number, so the newer of the two wins).
     Selection {
         channel_id: u32,
+        selection: u32,
         slots: Vec<Option<SlotHolder>>,
     },
     /// Either way: take no new listeners; end within `deadline_ms`.
@@ -269,9 +271,10 @@ impl Message {
                 out.put_u32(*speaker);
                 put_str(out, participant);
             }
-            Message::Selection { channel_id, slots } => {
+            Message::Selection { channel_id, selection, slots } => {
                 out.put_u8(tag::SELECTION);
                 out.put_u32(*channel_id);
+                out.put_u32(*selection);
                 let slots = &slots[..slots.len().min(MAX_SLOTS)];
                 out.put_u8(slots.len() as u8);
                 for slot in slots {
@@ -326,7 +329,7 @@ impl Message {
                 Message::SpeakerInfo { channel_id: r.u32()?, speaker: r.u32()?, participant: r.string()? }
             }
             tag::SELECTION => {
-                let channel_id = r.u32()?;
+                let (channel_id, selection) = (r.u32()?, r.u32()?);
                 let n = usize::from(r.u8()?);
                 if n > MAX_SLOTS {
                     return Err(DecodeError::TooManySlots);
@@ -338,7 +341,7 @@ impl Message {
                         _ => Some(SlotHolder { speaker: r.u32()?, participant: r.string()? }),
                     });
                 }
-                Message::Selection { channel_id, slots }
+                Message::Selection { channel_id, selection, slots }
             }
             tag::DRAIN => Message::Drain { deadline_ms: r.u32()? },
             tag::GOODBYE => Message::Goodbye { reason: r.string()? },
@@ -444,8 +447,9 @@ mod tests {
             (any::<u32>(), any::<u32>(), arb_string()).prop_map(|(channel_id, speaker, participant)| {
                 Message::SpeakerInfo { channel_id, speaker, participant }
             }),
-            (any::<u32>(), proptest::collection::vec(proptest::option::of(holder), 0..MAX_SLOTS))
-                .prop_map(|(channel_id, slots)| Message::Selection { channel_id, slots }),
+            (any::<u32>(), proptest::collection::vec(proptest::option::of(holder), 0..MAX_SLOTS)).prop_map(
+                |(channel_id, slots)| Message::Selection { channel_id, selection: channel_id ^ 0x5555, slots }
+            ),
             any::<u32>().prop_map(|deadline_ms| Message::Drain { deadline_ms }),
             arb_string().prop_map(|reason| Message::Goodbye { reason }),
         ]
@@ -531,6 +535,6 @@ mod tests {
         assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(Message::decode(&[tag::DRAIN, 0, 0, 0, 1, 9]), Err(DecodeError::Trailing(1)));
         assert_eq!(Message::decode(&[tag::REJECT, 0, 2, 0xff, 0xfe]), Err(DecodeError::BadString));
-        assert_eq!(Message::decode(&[tag::SELECTION, 0, 0, 0, 1, 17]), Err(DecodeError::TooManySlots));
+        assert_eq!(Message::decode(&[tag::SELECTION, 0, 0, 0, 1, 0, 0, 0, 9, 17]), Err(DecodeError::TooManySlots));
     }
 }

@@ -1,21 +1,27 @@
-//! Media datagrams: a 16-byte header and one Opus payload.
+//! Media datagrams: a 20-byte header and one Opus payload.
 //!
 //! ```text
-//! 0      ver(2) marker(1) voice(1) reserved(4)
-//! 1      audio level, -dBov 0..=127
+//! 0      ver(2) marker(1) voice(1) slot(4)
+//! 1      slotted(1) audio level, -dBov 0..=127 (7)
 //! 2..6   channel id (core-assigned)
 //! 6..10  speaker id (SFU-assigned, see `speaker`)
 //! 10..12 RTP sequence number
 //! 12..16 RTP timestamp
-//! 16..   payload
+//! 16..20 selection number: the channel's selection the slot belongs to
+//! 20..   payload
 //! ```
-//! The core forwards an edge's datagram to other edges unchanged: one `Bytes`, cloned.
+//! An edge uplinks without a slot; the core stamps the slot and its selection number
+//! into the header ([`stamp_slot`], in place) and forwards the one `Bytes` to every edge,
+//! so an edge can forward a newly selected speaker's first packet on arrival, before the
+//! selection message on the control stream.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = 20;
 pub const MAX_PAYLOAD: usize = 1200;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Slots a datagram can name (four bits).
+pub const MAX_SLOTS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MediaHeader {
@@ -27,6 +33,10 @@ pub struct MediaHeader {
     pub level: u8,
     pub voice: bool,
     pub marker: bool,
+    /// The slot the core forwards it on (`None` from an edge).
+    pub slot: Option<u8>,
+    /// The channel's selection number that slot belongs to (0 from an edge).
+    pub selection: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,12 +56,14 @@ impl MediaHeader {
     /// Appends header and payload to `out`.
     pub fn encode(&self, payload: &[u8], out: &mut BytesMut) {
         out.reserve(HEADER_LEN + payload.len());
-        out.put_u8(VERSION << 6 | u8::from(self.marker) << 5 | u8::from(self.voice) << 4);
-        out.put_u8(self.level & 0x7f);
+        let slot = self.slot.map_or(0, |s| s & 0x0f);
+        out.put_u8(VERSION << 6 | u8::from(self.marker) << 5 | u8::from(self.voice) << 4 | slot);
+        out.put_u8(u8::from(self.slot.is_some()) << 7 | self.level & 0x7f);
         out.put_u32(self.channel_id);
         out.put_u32(self.speaker);
         out.put_u16(self.sequence);
         out.put_u32(self.timestamp);
+        out.put_u32(self.selection);
         out.put_slice(payload);
     }
 
@@ -85,8 +97,22 @@ impl MediaHeader {
             speaker: u32::from_be_bytes([d[6], d[7], d[8], d[9]]),
             sequence: u16::from_be_bytes([d[10], d[11]]),
             timestamp: u32::from_be_bytes([d[12], d[13], d[14], d[15]]),
+            slot: (d[1] & 0x80 != 0).then_some(d[0] & 0x0f),
+            selection: u32::from_be_bytes([d[16], d[17], d[18], d[19]]),
         })
     }
+}
+
+/// Writes the slot and selection number into a datagram's header: in place when this is
+/// the only reference to it (as a datagram just read is), else into a copy.
+pub fn stamp_slot(datagram: Bytes, slot: u8, selection: u32) -> Bytes {
+    let mut d = datagram.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    if d.len() >= HEADER_LEN {
+        d[0] = (d[0] & 0xf0) | (slot & 0x0f);
+        d[1] |= 0x80;
+        d[16..20].copy_from_slice(&selection.to_be_bytes());
+    }
+    d.freeze()
 }
 
 #[cfg(test)]
@@ -97,13 +123,19 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(channel_id: u32, speaker: u32, sequence: u16, timestamp: u32, level in 0u8..128,
-                       voice: bool, marker: bool, payload in proptest::collection::vec(any::<u8>(), 1..MAX_PAYLOAD)) {
-            let h = MediaHeader { channel_id, speaker, sequence, timestamp, level, voice, marker };
+                       voice: bool, marker: bool, slot in proptest::option::of(0u8..16), selection: u32,
+                       payload in proptest::collection::vec(any::<u8>(), 1..MAX_PAYLOAD)) {
+            let h = MediaHeader { channel_id, speaker, sequence, timestamp, level, voice, marker, slot, selection };
             let mut out = BytesMut::new();
             h.encode(&payload, &mut out);
             let (back, p) = MediaHeader::decode(&out.freeze()).unwrap();
             prop_assert_eq!(back, h);
             prop_assert_eq!(&p[..], &payload[..]);
+            // Stamping a slot changes only the slot and the selection number.
+            let stamped = stamp_slot(out_bytes(&h, &payload), 7, selection.wrapping_add(1));
+            let (s, p2) = MediaHeader::decode(&stamped).unwrap();
+            prop_assert_eq!(s, MediaHeader { slot: Some(7), selection: selection.wrapping_add(1), ..h });
+            prop_assert_eq!(&p2[..], &payload[..]);
         }
 
         #[test]
@@ -112,10 +144,25 @@ mod tests {
         }
     }
 
+    fn out_bytes(h: &MediaHeader, payload: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        h.encode(payload, &mut out);
+        out.freeze()
+    }
+
     #[test]
     fn malformed_datagrams_are_rejected() {
-        let h =
-            MediaHeader { channel_id: 1, speaker: 2, sequence: 3, timestamp: 4, level: 5, voice: true, marker: false };
+        let h = MediaHeader {
+            channel_id: 1,
+            speaker: 2,
+            sequence: 3,
+            timestamp: 4,
+            level: 5,
+            voice: true,
+            marker: false,
+            slot: None,
+            selection: 0,
+        };
         let mut out = BytesMut::new();
         h.encode(b"opus", &mut out);
         let good = out.freeze();
@@ -123,9 +170,9 @@ mod tests {
             assert_eq!(MediaHeader::parse(&good[..cut]), Err(DatagramError::Truncated));
         }
         assert_eq!(MediaHeader::parse(&good[..HEADER_LEN]), Err(DatagramError::Empty));
-        let mut v2 = good.to_vec();
-        v2[0] = (v2[0] & 0x3f) | 2 << 6;
-        assert_eq!(MediaHeader::parse(&v2), Err(DatagramError::Version(2)));
+        let mut v1 = good.to_vec();
+        v1[0] = (v1[0] & 0x3f) | 1 << 6;
+        assert_eq!(MediaHeader::parse(&v1), Err(DatagramError::Version(1)));
         let mut big = BytesMut::new();
         h.encode(&[0u8; MAX_PAYLOAD + 1], &mut big);
         assert_eq!(MediaHeader::parse(&big), Err(DatagramError::TooLarge(MAX_PAYLOAD + 1)));
