@@ -179,7 +179,8 @@ pub fn start(
     cluster_secret: Vec<u8>,
     store: Option<Arc<LeaseStore>>,
 ) -> anyhow::Result<(CoreHandle, JoinHandle<()>)> {
-    let endpoint = relay_proto::endpoint::server_on(quic, identity)?;
+    let reset = relay_proto::endpoint::ResetKey::from_cluster_secret(&cluster_secret);
+    let endpoint = relay_proto::endpoint::server_on(quic, identity, reset)?;
     let quic_addr = endpoint.local_addr()?;
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let core_id = config.core_id.clone();
@@ -302,8 +303,13 @@ async fn serve_edge(
     });
     info!(edge, %remote, edge_id = ?edge_id, edge_number, "edge authenticated");
     let mut control_budget = TokenBucket::new(CONTROL_PER_SEC, CONTROL_BURST, Instant::now());
+    let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                let _ = conn.send_datagram(Bytes::from_static(&relay_proto::datagram::HEARTBEAT));
+            }
             m = read_message(&mut recv, &mut reader) => match m {
                 Ok(Some(message)) => {
                     if !control_budget.take(1, Instant::now()) {

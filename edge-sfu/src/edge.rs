@@ -164,6 +164,8 @@ pub struct Counters {
     pub panics: u64,
     /// Subscriptions refused because a higher lease epoch was seen for the channel.
     pub stale_epoch: u64,
+    /// Times a core link went silent and this edge served its own speakers meanwhile.
+    pub link_stalls: u64,
 }
 
 impl Counters {
@@ -264,7 +266,16 @@ struct CoreLink {
     edge_number: u16,
     /// Configured (tried first for new channels) rather than learnt from a redirect.
     seed: bool,
+    /// When anything (media or heartbeat) last came from the core on this link.
+    last_heard: Option<Instant>,
+    /// Nothing heard for `LINK_STALL`: channels served there fall back to this edge's own
+    /// selection until the core is heard again.
+    stalled: bool,
 }
+
+/// Silence from a core link (it sends heartbeats every 100 ms) after which the edge
+/// serves its own speakers to its own listeners.
+const LINK_STALL: Duration = Duration::from_millis(350);
 
 /// Where a channel's media comes from: a core link and that core's id for the channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,8 +376,10 @@ struct Channel {
     relay: Option<ChannelRelay>,
     /// The highest lease epoch seen for this channel: media of a lower one is refused.
     epoch: u64,
-    /// The core's selection number `holders` reflect (from selections and datagrams).
+    /// The core's selection number `core_holders` reflect (from selections and datagrams).
     selection: u32,
+    /// The core's selection: what `holders` is unless the channel's link stalls.
+    core_holders: Vec<Option<u32>>,
     ask: Ask,
     redirects: u8,
     /// Participant ids of the core's selected speakers, by speaker id.
@@ -385,6 +398,7 @@ impl Channel {
             relay: None,
             epoch: 0,
             selection: 0,
+            core_holders: vec![None; slots],
             ask: Ask::Idle,
             redirects: 0,
             holder_names: HashMap::new(),
@@ -430,6 +444,27 @@ const UNKNOWN_LEVEL: AudioLevel = AudioLevel { level: 63, voice: true };
 /// The speaker ids of the edge's own selection (standalone: what listeners hear).
 fn local_holders(channel: &Channel, edge_number: u16) -> Vec<Option<u32>> {
     channel.selector.slots().map(|l| l.map(|l| speaker::id(edge_number, l))).collect()
+}
+
+/// The edge's own selection while its core is out of reach: its own speakers that still
+/// hold a slot keep it (listeners' streams do not move), remote ones (silent now) leave,
+/// and the rest of its own top N fill the free slots.
+fn own_holders(channel: &Channel, edge_number: u16, cascade: bool) -> Vec<Option<u32>> {
+    let own = local_holders(channel, edge_number);
+    if !cascade {
+        return own;
+    }
+    let mut holders: Vec<Option<u32>> =
+        channel.holders.iter().map(|h| h.filter(|id| own.contains(&Some(*id)))).collect();
+    for id in own.into_iter().flatten() {
+        if holders.contains(&Some(id)) {
+            continue;
+        }
+        if let Some(free) = holders.iter_mut().find(|h| h.is_none()) {
+            *free = Some(id);
+        }
+    }
+    holders
 }
 
 pub struct Edge {
@@ -565,6 +600,13 @@ impl Edge {
     /// This edge's number at the core serving `channel` (0 standalone or unserved).
     fn edge_number_for(links: &HashMap<LinkId, CoreLink>, channel: &Channel) -> u16 {
         channel.relay.and_then(|r| links.get(&r.link)).map_or(0, |l| l.edge_number)
+    }
+
+    /// Whether the edge's own selection decides the slots of `channel`: standalone, or in
+    /// cascade while no core serves it or its core link stalls (local speakers stay
+    /// audible to local listeners through a blip).
+    fn local_mode(links: &HashMap<LinkId, CoreLink>, cascade: bool, channel: &Channel) -> bool {
+        !cascade || channel.relay.is_none_or(|r| links.get(&r.link).is_none_or(|l| l.stalled || !l.up))
     }
 
     /// Adds a session if the edge, the channel and the pending set have room. A participant
@@ -909,6 +951,7 @@ impl Edge {
             level,
             payload: view.payload(),
         };
+        let local_mode = Self::local_mode(&self.links, self.config.cascade, channel);
         if self.config.cascade {
             // Only the edge's own top N can be in the channel's top N: uplink those.
             if let (Some(ChannelRelay { link, channel_id }), Some(_)) =
@@ -934,12 +977,14 @@ impl Edge {
                 self.counters.uplink_out += 1;
                 self.outputs.push_back(Output::Uplink { link, data: out.freeze() });
             }
-            return;
         }
-        if changed {
-            let holders = local_holders(channel, edge_number);
+        if changed && local_mode {
+            let holders = own_holders(channel, edge_number, self.config.cascade);
             Self::set_holders(channel, holders, &mut self.sessions, &channel_name);
         }
+        // The edge's own selected speakers reach its listeners directly, in cascade too:
+        // no round trip through the core, and nothing lost while the core link blips
+        // (the core's copies that follow are dropped as duplicates per slot).
         let Some(slot) = channel.holders.iter().position(|h| *h == Some(speaker_id)) else { return };
         self.forward(id, &channel_name, slot, &packet, now);
     }
@@ -1035,7 +1080,8 @@ impl Edge {
     pub fn add_core(&mut self, addr: String) -> LinkId {
         let link = self.next_link;
         self.next_link += 1;
-        self.links.insert(link, CoreLink { addr, up: false, edge_number: 0, seed: true });
+        self.links
+            .insert(link, CoreLink { addr, up: false, edge_number: 0, seed: true, last_heard: None, stalled: false });
         link
     }
 
@@ -1045,6 +1091,8 @@ impl Edge {
         let Some(l) = self.links.get_mut(&link) else { return };
         l.up = true;
         l.edge_number = edge_number;
+        l.last_heard = Some(now);
+        l.stalled = false;
         info!(link, core = %l.addr, edge_number, "core link up");
         let waiting: Vec<(Arc<str>, Option<LinkId>)> = self
             .channels
@@ -1111,7 +1159,10 @@ impl Edge {
         if let Some(r) = ch.relay.take() {
             self.by_relay_id.remove(&(r.link, r.channel_id));
             ch.selection = 0;
-            Self::set_holders(ch, vec![None; slots], &mut self.sessions, name);
+            ch.core_holders = vec![None; slots];
+            // Until a core serves it again, the edge's own speakers are heard here.
+            let holders = own_holders(ch, 0, true);
+            Self::set_holders(ch, holders, &mut self.sessions, name);
         }
     }
 
@@ -1127,7 +1178,17 @@ impl Edge {
         }
         let link = self.next_link;
         self.next_link += 1;
-        self.links.insert(link, CoreLink { addr: addr.to_owned(), up: false, edge_number: 0, seed: false });
+        self.links.insert(
+            link,
+            CoreLink {
+                addr: addr.to_owned(),
+                up: false,
+                edge_number: 0,
+                seed: false,
+                last_heard: None,
+                stalled: false,
+            },
+        );
         self.outputs.push_back(Output::OpenLink { link, addr: addr.to_owned() });
         Some((link, true))
     }
@@ -1141,6 +1202,7 @@ impl Edge {
     }
 
     pub fn handle_relay_control(&mut self, link: LinkId, message: Message, now: Instant) {
+        self.heard_from(link, now);
         match message {
             Message::Subscribed { channel, channel_id, epoch } => {
                 let name = self.channels.get_key_value(channel.as_str()).map(|(k, _)| k.clone());
@@ -1252,6 +1314,7 @@ impl Edge {
                         ch.holder_names.insert(h.speaker, h.participant);
                     }
                 }
+                ch.core_holders = holders.clone();
                 Self::set_holders(ch, holders, &mut self.sessions, &name);
             }
             Message::Kick { channel, participant } => {
@@ -1273,6 +1336,40 @@ impl Edge {
             }
             Message::Goodbye { reason } => info!(reason = ?reason, link, "core says goodbye"),
             other => debug!(?other, "unexpected message from the core"),
+        }
+    }
+
+    /// Something came from the core on `link`: a stalled link is back, and its channels
+    /// play the core's selection again (slots stay continuous).
+    fn heard_from(&mut self, link: LinkId, now: Instant) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        l.last_heard = Some(now);
+        if !l.stalled {
+            return;
+        }
+        l.stalled = false;
+        info!(link, core = %l.addr, "core link heard again: the core's selection plays");
+        for (name, ch) in self.channels.iter_mut().filter(|(_, ch)| ch.relay.is_some_and(|r| r.link == link)) {
+            let holders = ch.core_holders.clone();
+            Self::set_holders(ch, holders, &mut self.sessions, name);
+        }
+    }
+
+    /// Links the core has been silent on for `LINK_STALL`: their channels fall back to
+    /// this edge's own selection.
+    fn find_stalls(&mut self, now: Instant) {
+        for (&link, l) in self.links.iter_mut() {
+            let silent = l.last_heard.is_some_and(|t| now.saturating_duration_since(t) >= LINK_STALL);
+            if !l.up || l.stalled || !silent {
+                continue;
+            }
+            l.stalled = true;
+            self.counters.link_stalls += 1;
+            warn!(link, core = %l.addr, "core link stalls: serving this edge's own speakers until it is back");
+            for (name, ch) in self.channels.iter_mut().filter(|(_, ch)| ch.relay.is_some_and(|r| r.link == link)) {
+                let holders = own_holders(ch, l.edge_number, true);
+                Self::set_holders(ch, holders, &mut self.sessions, name);
+            }
         }
     }
 
@@ -1298,6 +1395,10 @@ impl Edge {
 
     /// A datagram from the core: a selected speaker's packet for this edge's listeners.
     pub fn handle_relay_datagram(&mut self, link: LinkId, data: &Bytes, now: Instant) {
+        self.heard_from(link, now);
+        if relay_proto::datagram::is_heartbeat(data) {
+            return;
+        }
         let (header, payload) = match MediaHeader::decode(data) {
             Ok(h) => h,
             Err(_) => return self.drop_packet(DropReason::RelayMalformed),
@@ -1313,13 +1414,14 @@ impl Edge {
             // edge knows takes effect with this packet (the selection message may still be
             // on its way), so a new speaker's first words are not dropped.
             Some(slot) if slot < slots => {
-                if header.selection > ch.selection && ch.holders[slot] != Some(header.speaker) {
-                    let mut holders = ch.holders.clone();
+                if header.selection > ch.selection && ch.core_holders[slot] != Some(header.speaker) {
+                    let mut holders = ch.core_holders.clone();
                     for h in holders.iter_mut().filter(|h| **h == Some(header.speaker)) {
                         *h = None;
                     }
                     holders[slot] = Some(header.speaker);
                     ch.selection = header.selection;
+                    ch.core_holders = holders.clone();
                     Self::set_holders(ch, holders, &mut self.sessions, &name);
                 }
                 if ch.holders[slot] != Some(header.speaker) {
@@ -1405,8 +1507,8 @@ impl Edge {
             let channel = s.channel.clone();
             if let Some(ch) = self.channels.get_mut(&channel) {
                 ch.selector.remove(&local);
-                if !self.config.cascade {
-                    let holders = local_holders(ch, 0);
+                if Self::local_mode(&self.links, self.config.cascade, ch) {
+                    let holders = own_holders(ch, Self::edge_number_for(&self.links, ch), self.config.cascade);
                     Self::set_holders(ch, holders, &mut self.sessions, &channel);
                 }
             }
@@ -1459,10 +1561,12 @@ impl Edge {
         }
         if self.config.cascade {
             self.ask_again(now);
+            self.find_stalls(now);
         }
+        let cascade = self.config.cascade;
         for (name, channel) in self.channels.iter_mut() {
-            if channel.selector.update(now) && !self.config.cascade {
-                let holders = local_holders(channel, 0);
+            if channel.selector.update(now) && Self::local_mode(&self.links, cascade, channel) {
+                let holders = own_holders(channel, Self::edge_number_for(&self.links, channel), cascade);
                 Self::set_holders(channel, holders, &mut self.sessions, name);
             }
         }

@@ -35,7 +35,7 @@ struct Client {
 }
 
 /// An RTP packet a fake client received, decrypted.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Seen {
     ssrc: Ssrc,
     seq: u16,
@@ -59,6 +59,9 @@ struct Net {
     opened: Vec<(LinkId, String)>,
     /// The configured core.
     core: LinkId,
+    /// Links whose core is alive: they get heartbeats as time advances.
+    beating: Vec<LinkId>,
+    next_heartbeat: Instant,
 }
 
 impl Net {
@@ -71,6 +74,8 @@ impl Net {
             relay_on: Vec::new(),
             opened: Vec::new(),
             core,
+            beating: vec![core],
+            next_heartbeat: now,
             now,
             port: 10_000,
             inbox: Vec::new(),
@@ -102,6 +107,17 @@ impl Net {
         while self.now < end {
             let next = self.edge.poll_timeout().min(end).max(self.now + Duration::from_millis(1));
             self.now = next.min(end);
+            // Live cores send heartbeats every 100 ms.
+            if self.now >= self.next_heartbeat {
+                self.next_heartbeat = self.now + relay_proto::datagram::HEARTBEAT_INTERVAL;
+                for &link in &self.beating {
+                    self.edge.handle_relay_datagram(
+                        link,
+                        &Bytes::from_static(&relay_proto::datagram::HEARTBEAT),
+                        self.now,
+                    );
+                }
+            }
             self.edge.handle_timeout(self.now);
             self.drain();
         }
@@ -1013,4 +1029,70 @@ fn a_new_speakers_first_packet_plays_before_the_selection_message_arrives() {
     assert_eq!(rtp.len(), 1, "{rtp:?}");
     assert_eq!((rtp[0].csrcs.clone(), rtp[0].seq), (vec![Ssrc(xi)], yan_seq.wrapping_add(1)));
     assert_eq!(net.edge.counters().dropped(DropReason::RelayNotSelected), 1);
+}
+
+#[test]
+fn through_a_core_link_blip_the_edges_own_speakers_stay_audible_and_slots_continue() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 5, net.now);
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
+    net.talk(&mut [&mut alice], &[LOUD], 5);
+    let alice_id = net.id_of("lobby", "alice").0;
+    let zoe = 9 << 20 | 1;
+    let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
+    let both = vec![holder(zoe, "zoe"), holder(alice_id, "alice"), None];
+    net.edge.handle_relay_control(net.core, Message::Selection { channel_id: 7, selection: 1, slots: both }, net.now);
+    let _ = net.received(&mut bob);
+
+    // The core forwards zoe and returns alice's packets; alice's own reach bob directly
+    // first, and the core's copies that follow are not played twice.
+    let mut zoe_seq = 0u16;
+    let mut heard = Vec::new();
+    for _ in 0..20 {
+        let alice_seq = alice.seq;
+        net.speak(&mut alice, LOUD);
+        net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, zoe, zoe_seq, 0, 1), net.now);
+        net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, alice_id, alice_seq, 1, 1), net.now);
+        zoe_seq += 1;
+        net.advance(Duration::from_millis(20));
+        heard.extend(net.received(&mut bob).0);
+    }
+    let slots = bob.slots.clone();
+    let on = |heard: &[Seen], slot: usize| heard.iter().filter(|p| p.ssrc == slots[slot]).cloned().collect::<Vec<_>>();
+    assert_eq!((on(&heard, 0).len(), on(&heard, 1).len()), (20, 20), "{heard:?}");
+
+    // Two seconds of silence from the core: no heartbeat, no media. Alice stays audible
+    // to bob throughout, in the same slot.
+    net.beating.clear();
+    for _ in 0..100 {
+        net.speak(&mut alice, LOUD);
+        net.advance(Duration::from_millis(20));
+        heard.extend(net.received(&mut bob).0);
+    }
+    assert_eq!(net.edge.counters().link_stalls, 1);
+    assert_eq!(on(&heard, 1).len(), 120, "alice was heard all along");
+    assert_continuous(&on(&heard, 1));
+    assert!(net.uplink.len() >= 120, "alice is still offered to the core");
+
+    // The core is back (zoe talked on meanwhile): both slots continue without a jump.
+    net.beating.push(net.core);
+    zoe_seq += 100;
+    for _ in 0..10 {
+        net.speak(&mut alice, LOUD);
+        net.edge.handle_relay_datagram(net.core, &slotted_datagram(7, zoe, zoe_seq, 0, 1), net.now);
+        zoe_seq += 1;
+        net.advance(Duration::from_millis(20));
+        heard.extend(net.received(&mut bob).0);
+    }
+    assert_eq!(on(&heard, 0).len(), 30, "zoe is heard again");
+    assert_continuous(&on(&heard, 0));
+    assert_eq!(on(&heard, 1).len(), 130);
+    assert_continuous(&on(&heard, 1));
+    assert_eq!(net.edge.counters().link_stalls, 1);
 }

@@ -49,6 +49,9 @@ const MAX_SEQ_JUMP: u64 = 3000;
 /// Timestamp advance at a source switch when less wall time has passed (one 20 ms frame).
 const MIN_SWITCH_ADVANCE: u32 = 960;
 
+/// Packets of one source seen within this many of the newest are recognised as copies.
+const DUPLICATE_WINDOW: u64 = 64;
+
 #[derive(Clone, Copy, Debug)]
 struct Mapping {
     source: Ssrc,
@@ -56,6 +59,36 @@ struct Mapping {
     ts_offset: u32,
     first_ext: u64,
     ext: SeqExtender,
+    /// Bit i: the packet `highest - i` was sent. A packet can reach a slot twice (the
+    /// edge's own speakers come both directly and back from the core; a lossy link may
+    /// duplicate, and repair resends): the second copy is dropped.
+    sent: u64,
+}
+
+impl Mapping {
+    /// Records `ext` as sent; false if it was sent already.
+    fn mark(&mut self, ext: u64, before: Option<u64>) -> bool {
+        match before {
+            Some(h) if ext > h => {
+                let shift = ext - h;
+                self.sent = if shift >= DUPLICATE_WINDOW { 0 } else { self.sent << shift };
+                self.sent |= 1;
+                true
+            }
+            Some(h) if h - ext < DUPLICATE_WINDOW => {
+                let bit = 1u64 << (h - ext);
+                let fresh = self.sent & bit == 0;
+                self.sent |= bit;
+                fresh
+            }
+            // Older than the window: too late to matter for a copy; let it through.
+            Some(_) => true,
+            None => {
+                self.sent = 1;
+                true
+            }
+        }
+    }
 }
 
 /// The rewriting state of one outgoing slot stream for one listener.
@@ -104,8 +137,8 @@ impl SlotRewriter {
         self.mapping = None;
     }
 
-    /// Maps a packet of `source` onto this slot, or `None` if it must be dropped
-    /// (older than the start of the current mapping).
+    /// Maps a packet of `source` onto this slot, or `None` if it must be dropped (older
+    /// than the start of the current mapping, or a copy of a packet sent already).
     pub fn rewrite(&mut self, source: Ssrc, seq: u16, ts: u32, payload_len: usize, now: Instant) -> Option<Rewritten> {
         let continuing = match &mut self.mapping {
             Some(m) if m.source == source => {
@@ -137,11 +170,15 @@ impl SlotRewriter {
                 ts_offset: out_ts.wrapping_sub(ts),
                 first_ext,
                 ext,
+                sent: 0,
             });
         }
         let m = self.mapping.as_mut()?;
-        let before = m.ext.highest();
+        let before = if continuing { m.ext.highest() } else { None };
         let ext = m.ext.extend(seq);
+        if !m.mark(ext, before) {
+            return None;
+        }
         let out = Rewritten { sequence: seq.wrapping_add(m.seq_offset), timestamp: ts.wrapping_add(m.ts_offset) };
         if !continuing || before.is_none_or(|h| ext > h) {
             self.last_seq = out.sequence;
@@ -213,6 +250,28 @@ mod tests {
         assert!(slot.rewrite(Ssrc(5), 102, 1920, 10, t0).is_some());
         let late = slot.rewrite(Ssrc(5), 101, 960, 10, t0).unwrap();
         assert_eq!(late.sequence, 1);
+    }
+
+    #[test]
+    fn a_second_copy_of_a_packet_is_dropped_wherever_it_falls() {
+        let t0 = Instant::now();
+        let mut slot = SlotRewriter::new(Ssrc(1), 0, 0);
+        let first = slot.rewrite(Ssrc(5), 65534, 0, 10, t0).unwrap();
+        assert!(slot.rewrite(Ssrc(5), 65534, 0, 10, t0).is_none(), "copy of the newest");
+        // Across the sequence wrap, with a hole that a late packet fills once.
+        for seq in [65535u16, 1, 2] {
+            assert!(slot.rewrite(Ssrc(5), seq, 0, 10, t0).is_some());
+        }
+        let filled = slot.rewrite(Ssrc(5), 0, 0, 10, t0).unwrap();
+        assert_eq!(filled.sequence, first.sequence.wrapping_add(2));
+        assert!(slot.rewrite(Ssrc(5), 0, 0, 10, t0).is_none(), "copy of a late packet");
+        assert!(slot.rewrite(Ssrc(5), 65535, 0, 10, t0).is_none(), "copy of an older one");
+        // Far ahead: the window slides past; every packet in it is new once.
+        for seq in 100u16..300 {
+            assert!(slot.rewrite(Ssrc(5), seq, 0, 10, t0).is_some(), "{seq}");
+        }
+        assert!(slot.rewrite(Ssrc(5), 299 - 63, 0, 10, t0).is_none());
+        assert_eq!(slot.packets_sent, 205);
     }
 
     #[test]

@@ -18,6 +18,15 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const HEADER_LEN: usize = 20;
+/// The core's heartbeat to each edge (a datagram of one zero byte, ten times a second):
+/// an edge that hears nothing for a few of them knows its link stalls, long before QUIC
+/// would call it dead, and serves its own speakers meanwhile.
+pub const HEARTBEAT: [u8; 1] = [0];
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub fn is_heartbeat(d: &[u8]) -> bool {
+    d == HEARTBEAT
+}
 pub const MAX_PAYLOAD: usize = 1200;
 const VERSION: u8 = 2;
 /// Slots a datagram can name (four bits).

@@ -1,22 +1,27 @@
-//! quinn endpoints for both ends: TLS 1.3 with ring, our ALPN, and transport settings
-//! that notice a dead peer within about a second.
+//! quinn endpoints for both ends: TLS 1.3 with ring, our ALPN, transport settings that
+//! ride out a loss burst of a couple of seconds, and stateless resets keyed by the cluster
+//! secret so that a core restarted on the same address ends its old links at once.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::Sha256;
 
 pub const ALPN: &[u8] = b"sfu-relay/1";
-/// Keep-alives every 250 ms and a 1 s idle timeout: a dead peer is seen within ~1 s.
+/// Keep-alives every 250 ms and a 3 s idle timeout: a link survives a loss burst of a
+/// couple of seconds (the edge serves its own speakers meanwhile, seeing the core's
+/// heartbeats stop), and a dead peer is seen within 3 s, about when its leases expire.
 pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
-pub const IDLE_TIMEOUT: Duration = Duration::from_millis(1000);
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(3000);
 /// Datagrams queued for sending per connection before the oldest are dropped.
 pub const DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
 
@@ -74,7 +79,7 @@ impl TlsIdentity {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("1 s is a valid idle timeout")));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s is a valid idle timeout")));
     t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     t.datagram_receive_buffer_size(Some(1024 * 1024));
     t.max_concurrent_uni_streams(0u32.into());
@@ -82,13 +87,62 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The key for stateless resets, derived from the cluster secret: every incarnation of a
+/// core signs the same reset tokens, so one that restarts answers its predecessor's edges
+/// with a reset they accept and they reconnect at once instead of waiting out the idle
+/// timeout. The tokens reveal nothing of the secret (HMAC over a derived key).
+#[derive(Clone)]
+pub struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    pub fn from_cluster_secret(secret: &[u8]) -> Self {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        m.update(b"sfu-relay stateless reset key");
+        ResetKey(m.finalize().into_bytes().into())
+    }
+
+    fn derived(&self, label: &[u8]) -> ResetKey {
+        ResetKey(self.mac(label).finalize().into_bytes().into())
+    }
+
+    fn mac(&self, data: &[u8]) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        m.update(data);
+        m
+    }
+}
+
+impl std::fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetKey(<redacted>)")
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&self.mac(data).finalize().into_bytes());
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        self.mac(data).verify_slice(signature).map_err(|_| quinn::crypto::CryptoError)
+    }
+}
+
 /// A server endpoint for the core.
-pub fn server(addr: SocketAddr, identity: TlsIdentity) -> Result<quinn::Endpoint, EndpointError> {
-    server_on(std::net::UdpSocket::bind(addr)?, identity)
+pub fn server(addr: SocketAddr, identity: TlsIdentity, reset: ResetKey) -> Result<quinn::Endpoint, EndpointError> {
+    server_on(std::net::UdpSocket::bind(addr)?, identity, reset)
 }
 
 /// A server endpoint for the core on a socket bound already.
-pub fn server_on(socket: std::net::UdpSocket, identity: TlsIdentity) -> Result<quinn::Endpoint, EndpointError> {
+pub fn server_on(
+    socket: std::net::UdpSocket,
+    identity: TlsIdentity,
+    reset: ResetKey,
+) -> Result<quinn::Endpoint, EndpointError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -98,7 +152,12 @@ pub fn server_on(socket: std::net::UdpSocket, identity: TlsIdentity) -> Result<q
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
     let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Quic("no async runtime".into()))?;
-    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)?)
+    // Connection ids are checked against a keyed hash before a reset is considered, so
+    // every incarnation needs the same key for those too.
+    let cid_key = u64::from_le_bytes(reset.0[..8].try_into().expect("8 bytes"));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset.derived(b"reset tokens")));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime)?)
 }
 
 /// How an edge checks the core's certificate.
@@ -218,8 +277,12 @@ mod tests {
 
     #[tokio::test]
     async fn edge_and_core_talk_over_real_quic_with_bound_proofs() {
-        let core =
-            server("127.0.0.1:0".parse().unwrap(), TlsIdentity::self_signed(vec!["core".into()]).unwrap()).unwrap();
+        let core = server(
+            "127.0.0.1:0".parse().unwrap(),
+            TlsIdentity::self_signed(vec!["core".into()]).unwrap(),
+            ResetKey::from_cluster_secret(b"secret"),
+        )
+        .unwrap();
         let core_addr = core.local_addr().unwrap();
         let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
         let server_task = tokio::spawn(async move {
@@ -265,5 +328,86 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         conn.close(0u32.into(), b"done");
         server_task.await.unwrap();
+    }
+
+    /// Forwards between one client and whichever server `target` names, the way an
+    /// address looks to an edge when the core behind it restarts.
+    async fn forwarder(target: tokio::sync::watch::Receiver<SocketAddr>) -> SocketAddr {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        let to = *target.borrow();
+                        let _ = back.send_to(&a[..n], to).await;
+                    }
+                    Ok((n, from)) = back.recv_from(&mut b) => {
+                        let current = *target.borrow();
+                        if let (Some(c), true) = (client, from == current) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_restarted_core_resets_its_predecessors_links_at_once() {
+        let identity = TlsIdentity::self_signed(vec!["core".into()]).unwrap();
+        let secret = b"a cluster secret of at least 32 bytes";
+        let first =
+            server("127.0.0.1:0".parse().unwrap(), identity.clone(), ResetKey::from_cluster_secret(secret)).unwrap();
+        let (target, rx) = tokio::sync::watch::channel(first.local_addr().unwrap());
+        let front = forwarder(rx).await;
+        let accept = tokio::spawn(async move {
+            let conn = first.accept().await.unwrap().await.unwrap();
+            (first, conn)
+        });
+        let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
+        let conn = edge.connect(front, "core").unwrap().await.unwrap();
+        let (_first, _old) = accept.await.unwrap();
+
+        // The old core goes silent (nothing it sends reaches the edge any more) and a new
+        // one with the same cluster secret answers at the same address.
+        let second = server("127.0.0.1:0".parse().unwrap(), identity, ResetKey::from_cluster_secret(secret)).unwrap();
+        target.send(second.local_addr().unwrap()).unwrap();
+        let _ = conn.send_datagram(bytes::Bytes::from_static(b"media"));
+        assert_eq!(conn.closed().await, quinn::ConnectionError::Reset, "the edge waited for its idle timeout");
+    }
+
+    #[tokio::test]
+    async fn a_core_with_another_secret_cannot_reset_links() {
+        let identity = TlsIdentity::self_signed(vec!["core".into()]).unwrap();
+        let first = server(
+            "127.0.0.1:0".parse().unwrap(),
+            identity.clone(),
+            ResetKey::from_cluster_secret(b"a cluster secret of at least 32 bytes"),
+        )
+        .unwrap();
+        let (target, rx) = tokio::sync::watch::channel(first.local_addr().unwrap());
+        let front = forwarder(rx).await;
+        let accept = tokio::spawn(async move {
+            let conn = first.accept().await.unwrap().await.unwrap();
+            (first, conn)
+        });
+        let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
+        let conn = edge.connect(front, "core").unwrap().await.unwrap();
+        let (_first, _old) = accept.await.unwrap();
+        let stranger = server(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+            ResetKey::from_cluster_secret(b"another secret, also at least 32 bytes"),
+        )
+        .unwrap();
+        target.send(stranger.local_addr().unwrap()).unwrap();
+        let _ = conn.send_datagram(bytes::Bytes::from_static(b"media"));
+        assert_eq!(conn.closed().await, quinn::ConnectionError::TimedOut);
     }
 }
