@@ -145,10 +145,12 @@ pub enum Refusal {
     Panic,
     /// Media for a channel whose lease this core can no longer confirm.
     NotOwner,
+    /// Media that waited in the core's input queue past the age budget.
+    Stale,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::MalformedDatagram,
         Refusal::UnknownChannel,
         Refusal::NotSubscribed,
@@ -163,6 +165,7 @@ impl Refusal {
         Refusal::ControlFlood,
         Refusal::Panic,
         Refusal::NotOwner,
+        Refusal::Stale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -181,6 +184,7 @@ impl Refusal {
             Refusal::ControlFlood => "control_flood",
             Refusal::Panic => "panic",
             Refusal::NotOwner => "not_owner",
+            Refusal::Stale => "stale",
         }
     }
 }
@@ -337,9 +341,10 @@ impl Core {
         *self.counters.refused.entry(r).or_default() += 1;
     }
 
-    /// Counts a datagram the shell could not hand to a slow edge.
-    pub fn count_send_drop(&mut self) {
-        self.counters.datagrams_dropped += 1;
+    /// Counts datagrams the shell dropped on their way to an edge (waited past the age
+    /// budget behind a slow link, or refused by QUIC).
+    pub fn count_send_drops(&mut self, n: u64) {
+        self.counters.datagrams_dropped += n;
     }
 
     pub fn edge_count(&self) -> usize {

@@ -9,6 +9,8 @@ use node_kit::bucket::TokenBucket;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
+use relay_proto::queue::MEDIA_AGE_BUDGET;
+use relay_proto::sender::DatagramSender;
 use relay_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -60,6 +62,9 @@ enum Command {
     Datagram {
         edge: EdgeKey,
         data: Bytes,
+        /// When it came off the link: media that waited in this queue past the age budget
+        /// is dropped.
+        at: Instant,
     },
     Refused {
         reason: Refusal,
@@ -303,13 +308,8 @@ async fn serve_edge(
     });
     info!(edge, %remote, edge_id = ?edge_id, edge_number, "edge authenticated");
     let mut control_budget = TokenBucket::new(CONTROL_PER_SEC, CONTROL_BURST, Instant::now());
-    let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = heartbeat.tick() => {
-                let _ = conn.send_datagram(Bytes::from_static(&relay_proto::datagram::HEARTBEAT));
-            }
             m = read_message(&mut recv, &mut reader) => match m {
                 Ok(Some(message)) => {
                     if !control_budget.take(1, Instant::now()) {
@@ -339,7 +339,7 @@ async fn serve_edge(
             d = conn.read_datagram() => match d {
                 Ok(data) => {
                     // Media never waits: a full queue drops the datagram.
-                    if commands.try_send(Command::Datagram { edge, data }).is_err() {
+                    if commands.try_send(Command::Datagram { edge, data, at: Instant::now() }).is_err() {
                         refuse(Refusal::QueueFull).await;
                     }
                 }
@@ -379,6 +379,35 @@ async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
 struct EdgeLink {
     conn: quinn::Connection,
     control: mpsc::Sender<Message>,
+    /// Media and heartbeats to the edge, through a queue bounded by age.
+    media: DatagramSender,
+}
+
+/// How often links with datagrams waiting are offered to quinn again.
+const BACKLOG_FLUSH: Duration = Duration::from_millis(5);
+
+/// Sends one datagram on a link, counting what its queue dropped and noting a backlog.
+fn send_media(
+    core: &mut Core,
+    backlog: &mut Vec<EdgeKey>,
+    edge: EdgeKey,
+    link: &mut EdgeLink,
+    now: Instant,
+    data: Bytes,
+) {
+    let before = link.media.dropped();
+    link.media.send(now, data);
+    let dropped = link.media.dropped() - before;
+    if dropped > 0 {
+        core.count_send_drops(dropped);
+        let total = core.counters().datagrams_dropped;
+        if total.is_power_of_two() {
+            debug!(edge, total, "datagrams to a slow edge dropped");
+        }
+    }
+    if link.media.backlog() && !backlog.contains(&edge) {
+        backlog.push(edge);
+    }
 }
 
 type PlacementWaiters = std::collections::HashMap<Arc<str>, Vec<(PlaceRequest, oneshot::Sender<PlaceOutcome>)>>;
@@ -428,9 +457,33 @@ async fn run_core(
     let mut links: std::collections::HashMap<EdgeKey, EdgeLink> = std::collections::HashMap::new();
     let mut placing: PlacementWaiters = Default::default();
     let mut waiting = 0usize;
+    let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backlog: Vec<EdgeKey> = Vec::new();
+    let mut flush_at = tokio::time::Instant::now();
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
+        if backlog.is_empty() {
+            flush_at = tokio::time::Instant::now() + BACKLOG_FLUSH;
+        }
         tokio::select! {
+            _ = heartbeat.tick() => {
+                // From the core task itself: an edge hears them only while this task runs.
+                let now = Instant::now();
+                for (&edge, link) in links.iter_mut() {
+                    send_media(&mut core, &mut backlog, edge, link, now, Bytes::from_static(&relay_proto::datagram::HEARTBEAT));
+                }
+            }
+            _ = tokio::time::sleep_until(flush_at), if !backlog.is_empty() => {
+                let now = Instant::now();
+                flush_at = tokio::time::Instant::now() + BACKLOG_FLUSH;
+                backlog.retain(|edge| links.get_mut(edge).is_some_and(|link| {
+                    let before = link.media.dropped();
+                    link.media.flush(now);
+                    core.count_send_drops(link.media.dropped() - before);
+                    link.media.backlog()
+                }));
+            }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now();
@@ -438,7 +491,8 @@ async fn run_core(
                     Command::Joined { edge, conn, control, hello, number } => {
                         let n = core.edge_joined(edge, hello, now);
                         if n.is_some() {
-                            links.insert(edge, EdgeLink { conn, control });
+                            let media = DatagramSender::new(conn.clone());
+                            links.insert(edge, EdgeLink { conn, control, media });
                         }
                         let _ = number.send(n);
                     }
@@ -447,7 +501,13 @@ async fn run_core(
                         core.edge_left(edge, now);
                     }
                     Command::Control { edge, message } => core.contain(edge, now, |c| c.handle_control(edge, message, now)),
-                    Command::Datagram { edge, data } => core.contain(edge, now, |c| c.handle_datagram(edge, data, now)),
+                    Command::Datagram { edge, data, at } => {
+                        if now.saturating_duration_since(at) > MEDIA_AGE_BUDGET {
+                            core.refuse(Refusal::Stale);
+                        } else {
+                            core.contain(edge, now, |c| c.handle_datagram(edge, data, now));
+                        }
+                    }
                     Command::Refused { reason } => core.refuse(reason),
                     Command::Malformed { edge } => core.misbehaved(edge, Refusal::MalformedControl, now),
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
@@ -515,16 +575,8 @@ async fn run_core(
         while let Some(out) = core.poll_output() {
             match out {
                 CoreOutput::Datagram { edge, data } => {
-                    if let Some(link) = links.get(&edge) {
-                        // quinn drops the oldest queued datagrams when an edge is slow.
-                        if link.conn.datagram_send_buffer_space() < data.len() || link.conn.send_datagram(data).is_err()
-                        {
-                            core.count_send_drop();
-                            let total = core.counters().datagrams_dropped;
-                            if total.is_power_of_two() {
-                                debug!(edge, total, "datagram to a slow edge dropped");
-                            }
-                        }
+                    if let Some(link) = links.get_mut(&edge) {
+                        send_media(&mut core, &mut backlog, edge, link, Instant::now(), data);
                     }
                 }
                 CoreOutput::Control { edge, message } => {

@@ -94,10 +94,15 @@ pub enum DropReason {
     DtlsRejected,
     DtlsOverBudget,
     UplinkTooLarge,
+    /// A core's datagram that waited in the edge's input queue past the age budget.
+    RelayStale,
+    /// An uplink datagram dropped in the link's queue (waited past the age budget behind a
+    /// slow link, or refused by QUIC).
+    UplinkQueue,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Oversize,
         DropReason::UnknownKind,
         DropReason::StunMalformed,
@@ -119,6 +124,8 @@ impl DropReason {
         DropReason::DtlsRejected,
         DropReason::DtlsOverBudget,
         DropReason::UplinkTooLarge,
+        DropReason::RelayStale,
+        DropReason::UplinkQueue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -144,6 +151,8 @@ impl DropReason {
             DropReason::DtlsRejected => "dtls_rejected",
             DropReason::DtlsOverBudget => "dtls_over_budget",
             DropReason::UplinkTooLarge => "uplink_too_large",
+            DropReason::RelayStale => "relay_stale",
+            DropReason::UplinkQueue => "uplink_queue",
         }
     }
 }
@@ -545,6 +554,13 @@ impl Edge {
     /// Counts a drop that happened in the shell (e.g. a full DTLS queue).
     pub fn count_drop(&mut self, reason: DropReason) {
         self.drop_packet(reason);
+    }
+
+    /// Counts `n` drops the shell made for `reason`.
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        if n > 0 {
+            *self.counters.drops.entry(reason).or_default() += n;
+        }
     }
 
     /// Whether a new session with (`listens`) from `client` could join `channel` now.

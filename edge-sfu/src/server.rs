@@ -13,6 +13,8 @@ use media::srtp::SrtpKeys;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
+use relay_proto::queue::MEDIA_AGE_BUDGET;
+use relay_proto::sender::DatagramSender;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -82,6 +84,9 @@ enum Command {
     RelayDatagram {
         link: LinkId,
         data: Bytes,
+        /// When it came off the link: media that waited in this queue past the age budget
+        /// is dropped.
+        at: Instant,
     },
     /// A control message from the core that did not decode.
     RelayMalformed,
@@ -108,7 +113,12 @@ pub struct RelayConfig {
 struct RelayLink {
     conn: quinn::Connection,
     control: mpsc::Sender<Message>,
+    /// Uplink media, through a queue bounded by age.
+    media: DatagramSender,
 }
+
+/// How often links with uplink datagrams waiting are offered to quinn again.
+const BACKLOG_FLUSH: Duration = Duration::from_millis(5);
 
 const RELAY_CONTROL_QUEUE: usize = 4096;
 const RELAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -199,7 +209,8 @@ struct Shell {
     last_send_warning: Option<Instant>,
     relays: HashMap<LinkId, RelayLink>,
     relay_config: Option<Arc<RelayConfig>>,
-    uplink_drops: u64,
+    /// Links with uplink datagrams waiting for quinn.
+    backlog: Vec<LinkId>,
 }
 
 /// Starts the edge task on a bound UDP socket (and the core link in cascade mode).
@@ -242,7 +253,7 @@ pub fn start(
         last_send_warning: None,
         relays: HashMap::new(),
         relay_config: relay_config.clone(),
-        uplink_drops: 0,
+        backlog: Vec::new(),
     };
     let task = tokio::spawn(shell.run(rx));
     if let Some(config) = relay_config {
@@ -256,8 +267,12 @@ pub fn start(
 impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2048];
+        let mut next_flush = tokio::time::Instant::now();
         loop {
             let deadline = tokio::time::Instant::from_std(self.edge.poll_timeout());
+            if self.backlog.is_empty() {
+                next_flush = tokio::time::Instant::now() + BACKLOG_FLUSH;
+            }
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd),
@@ -280,6 +295,17 @@ impl Shell {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => self.edge.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(next_flush), if !self.backlog.is_empty() => {
+                    let now = Instant::now();
+                    next_flush = tokio::time::Instant::now() + BACKLOG_FLUSH;
+                    let (relays, edge) = (&mut self.relays, &mut self.edge);
+                    self.backlog.retain(|link| relays.get_mut(link).is_some_and(|relay| {
+                        let before = relay.media.dropped();
+                        relay.media.flush(now);
+                        edge.count_drops(DropReason::UplinkQueue, relay.media.dropped() - before);
+                        relay.media.backlog()
+                    }));
+                }
             }
             self.flush();
         }
@@ -337,8 +363,12 @@ impl Shell {
             Command::RelayControl { link, message } => {
                 self.edge.contain(None, "relay control", |e| e.handle_relay_control(link, message, now))
             }
-            Command::RelayDatagram { link, data } => {
-                self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(link, &data, now))
+            Command::RelayDatagram { link, data, at } => {
+                if now.saturating_duration_since(at) > MEDIA_AGE_BUDGET {
+                    self.edge.count_drop(DropReason::RelayStale);
+                } else {
+                    self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(link, &data, now))
+                }
             }
         }
     }
@@ -400,12 +430,18 @@ impl Shell {
                         }
                     }
                 }
-                Output::Uplink { link, data } => {
-                    let sent = self.relays.get(&link).is_some_and(|l| l.conn.send_datagram(data).is_ok());
-                    if !sent {
-                        self.uplink_drops += 1;
+                Output::Uplink { link, data } => match self.relays.get_mut(&link) {
+                    Some(relay) => {
+                        let before = relay.media.dropped();
+                        relay.media.send(Instant::now(), data);
+                        let dropped = relay.media.dropped() - before;
+                        self.edge.count_drops(DropReason::UplinkQueue, dropped);
+                        if relay.media.backlog() && !self.backlog.contains(&link) {
+                            self.backlog.push(link);
+                        }
                     }
-                }
+                    None => self.edge.count_drop(DropReason::UplinkQueue),
+                },
                 Output::OpenLink { link, addr } => {
                     if let Some(config) = &self.relay_config {
                         info!(link, core = %addr, "linking to a channel's owning core");
@@ -533,7 +569,7 @@ async fn pump(
             }
         }
     });
-    let relay = RelayLink { conn: conn.clone(), control };
+    let relay = RelayLink { conn: conn.clone(), control, media: DatagramSender::new(conn.clone()) };
     if commands.send(Command::RelayUp { link, relay, edge_number }).await.is_err() {
         writer.abort();
         return;
@@ -558,7 +594,7 @@ async fn pump(
             },
             d = conn.read_datagram() => match d {
                 // Media never waits: a full queue drops the datagram.
-                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram { link, data }); }
+                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram { link, data, at: Instant::now() }); }
                 Err(e) => {
                     debug!(error = %e, "core link closed");
                     break;

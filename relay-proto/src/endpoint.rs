@@ -270,7 +270,7 @@ pub enum ReadError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::{self, Side};
     use crate::control::{FrameReader, Message};
@@ -330,9 +330,10 @@ mod tests {
         server_task.await.unwrap();
     }
 
-    /// Forwards between one client and whichever server `target` names, the way an
-    /// address looks to an edge when the core behind it restarts.
-    async fn forwarder(target: tokio::sync::watch::Receiver<SocketAddr>) -> SocketAddr {
+    /// Forwards between one client and whichever server `target` names (nothing while it
+    /// names none), the way an address looks to an edge when the core behind it restarts
+    /// or the path fails.
+    pub(crate) async fn forwarder(target: tokio::sync::watch::Receiver<Option<SocketAddr>>) -> SocketAddr {
         let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = front.local_addr().unwrap();
@@ -344,11 +345,13 @@ mod tests {
                     Ok((n, from)) = front.recv_from(&mut a) => {
                         client = Some(from);
                         let to = *target.borrow();
-                        let _ = back.send_to(&a[..n], to).await;
+                        if let Some(to) = to {
+                            let _ = back.send_to(&a[..n], to).await;
+                        }
                     }
                     Ok((n, from)) = back.recv_from(&mut b) => {
                         let current = *target.borrow();
-                        if let (Some(c), true) = (client, from == current) {
+                        if let (Some(c), true) = (client, Some(from) == current) {
                             let _ = front.send_to(&b[..n], c).await;
                         }
                     }
@@ -364,7 +367,7 @@ mod tests {
         let secret = b"a cluster secret of at least 32 bytes";
         let first =
             server("127.0.0.1:0".parse().unwrap(), identity.clone(), ResetKey::from_cluster_secret(secret)).unwrap();
-        let (target, rx) = tokio::sync::watch::channel(first.local_addr().unwrap());
+        let (target, rx) = tokio::sync::watch::channel(Some(first.local_addr().unwrap()));
         let front = forwarder(rx).await;
         let accept = tokio::spawn(async move {
             let conn = first.accept().await.unwrap().await.unwrap();
@@ -377,7 +380,7 @@ mod tests {
         // The old core goes silent (nothing it sends reaches the edge any more) and a new
         // one with the same cluster secret answers at the same address.
         let second = server("127.0.0.1:0".parse().unwrap(), identity, ResetKey::from_cluster_secret(secret)).unwrap();
-        target.send(second.local_addr().unwrap()).unwrap();
+        target.send(Some(second.local_addr().unwrap())).unwrap();
         let _ = conn.send_datagram(bytes::Bytes::from_static(b"media"));
         assert_eq!(conn.closed().await, quinn::ConnectionError::Reset, "the edge waited for its idle timeout");
     }
@@ -391,7 +394,7 @@ mod tests {
             ResetKey::from_cluster_secret(b"a cluster secret of at least 32 bytes"),
         )
         .unwrap();
-        let (target, rx) = tokio::sync::watch::channel(first.local_addr().unwrap());
+        let (target, rx) = tokio::sync::watch::channel(Some(first.local_addr().unwrap()));
         let front = forwarder(rx).await;
         let accept = tokio::spawn(async move {
             let conn = first.accept().await.unwrap().await.unwrap();
@@ -406,7 +409,7 @@ mod tests {
             ResetKey::from_cluster_secret(b"another secret, also at least 32 bytes"),
         )
         .unwrap();
-        target.send(stranger.local_addr().unwrap()).unwrap();
+        target.send(Some(stranger.local_addr().unwrap())).unwrap();
         let _ = conn.send_datagram(bytes::Bytes::from_static(b"media"));
         assert_eq!(conn.closed().await, quinn::ConnectionError::TimedOut);
     }

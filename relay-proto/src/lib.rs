@@ -8,6 +8,8 @@ pub mod auth;
 pub mod control;
 pub mod datagram;
 pub mod endpoint;
+pub mod queue;
+pub mod sender;
 pub mod speaker;
 
 /// The protocol version this build speaks (2: SFU-assigned speaker ids; 3: the edge's

@@ -1,0 +1,214 @@
+//! Sending media datagrams on one link without building a backlog: our own age-bounded
+//! queue in front of quinn's datagram buffer, handing quinn more only while it keeps up.
+//!
+//! quinn sends datagrams first in, first out, as its congestion controller allows, and
+//! its buffer has no notion of age: sized in bytes, it holds seconds of audio behind a
+//! slow link. So the link keeps what quinn has not sent yet in view (quinn's free buffer
+//! space tells how many of the bytes handed over are still there) and stops handing over
+//! once the oldest of them has waited `QUINN_MAX_WAIT`; meanwhile datagrams wait here,
+//! where anything older than `MEDIA_AGE_BUDGET` is dropped and counted.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::queue::{AgedQueue, MEDIA_AGE_BUDGET};
+
+/// How long the oldest datagram inside quinn may have waited before we stop handing it
+/// more (quinn then holds at most what arrived in this time).
+pub const QUINN_MAX_WAIT: Duration = Duration::from_millis(10);
+/// Our queue's byte cap per link (far above what 60 ms of a busy link needs).
+pub const QUEUE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// quinn's bookkeeping per queued datagram.
+const QUINN_OVERHEAD: usize = std::mem::size_of::<Bytes>();
+
+/// Counters of one link's sending side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    pub sent: u64,
+    pub dropped_stale: u64,
+    pub dropped_full: u64,
+    /// quinn refused it (too large for the path, or the link is closing).
+    pub refused: u64,
+    /// The longest a datagram waited in our queue before quinn took it.
+    pub max_wait: Duration,
+}
+
+/// The sending side of one link's media.
+#[derive(Debug)]
+pub struct DatagramSender {
+    conn: quinn::Connection,
+    queue: AgedQueue,
+    /// Free buffer space quinn reports with nothing queued.
+    empty_space: usize,
+    /// What we handed quinn and it may not have sent yet: (when, bytes it takes there).
+    handed: VecDeque<(Instant, usize)>,
+    handed_bytes: usize,
+    sent: u64,
+    refused: u64,
+    max_wait: Duration,
+}
+
+impl DatagramSender {
+    /// A sender for a connection on which nothing has been sent yet.
+    pub fn new(conn: quinn::Connection) -> Self {
+        let empty_space = conn.datagram_send_buffer_space();
+        DatagramSender {
+            conn,
+            queue: AgedQueue::new(MEDIA_AGE_BUDGET, QUEUE_MAX_BYTES),
+            empty_space,
+            handed: VecDeque::new(),
+            handed_bytes: 0,
+            sent: 0,
+            refused: 0,
+            max_wait: Duration::ZERO,
+        }
+    }
+
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Queues `data` and sends what quinn can take now.
+    pub fn send(&mut self, now: Instant, data: Bytes) {
+        self.queue.push(now, data);
+        self.flush(now);
+    }
+
+    /// Hands quinn what it can take; call again later while `backlog()` is true.
+    pub fn flush(&mut self, now: Instant) {
+        let held = self.empty_space.saturating_sub(self.conn.datagram_send_buffer_space());
+        // quinn sends in order: of what we handed it, only the newest `held` bytes remain.
+        while self.handed_bytes > held {
+            let Some((_, n)) = self.handed.pop_front() else { break };
+            self.handed_bytes -= n;
+        }
+        loop {
+            if self.handed.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > QUINN_MAX_WAIT) {
+                // quinn is not keeping up (congestion): what comes next waits here.
+                self.queue.expire(now);
+                return;
+            }
+            let Some((data, waited)) = self.queue.pop(now) else { return };
+            let n = data.len() + QUINN_OVERHEAD;
+            match self.conn.send_datagram(data) {
+                Ok(()) => {
+                    self.sent += 1;
+                    self.max_wait = self.max_wait.max(waited);
+                    self.handed.push_back((now, n));
+                    self.handed_bytes += n;
+                }
+                Err(_) => self.refused += 1,
+            }
+        }
+    }
+
+    /// Everything dropped so far, for whatever reason.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped_stale + self.queue.dropped_full + self.refused
+    }
+
+    /// Datagrams wait in our queue (flush again soon).
+    pub fn backlog(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// How long the oldest datagram in our queue has waited.
+    pub fn queue_age(&self, now: Instant) -> Duration {
+        self.queue.oldest_age(now)
+    }
+
+    pub fn stats(&self) -> SendStats {
+        SendStats {
+            sent: self.sent,
+            dropped_stale: self.queue.dropped_stale,
+            dropped_full: self.queue.dropped_full,
+            refused: self.refused,
+            max_wait: self.max_wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::tests::forwarder;
+    use crate::endpoint::{client, server, ResetKey, TlsIdentity, Trust, DATAGRAM_SEND_BUFFER};
+
+    #[tokio::test]
+    async fn a_link_that_stops_carrying_builds_no_backlog_and_resumes_with_fresh_audio() {
+        let core = server(
+            "127.0.0.1:0".parse().unwrap(),
+            TlsIdentity::self_signed(vec!["core".into()]).unwrap(),
+            ResetKey::from_cluster_secret(b"a cluster secret of at least 32 bytes"),
+        )
+        .unwrap();
+        let core_addr = core.local_addr().unwrap();
+        let (path, rx) = tokio::sync::watch::channel(Some(core_addr));
+        let front = forwarder(rx).await;
+        let accept = tokio::spawn(async move {
+            let conn = core.accept().await.unwrap().await.unwrap();
+            (core, conn)
+        });
+        let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
+        let conn = edge.connect(front, "core").unwrap().await.unwrap();
+        let (_core, receiver) = accept.await.unwrap();
+        let mut sender = DatagramSender::new(conn.clone());
+        let numbered = |n: u32| Bytes::from([n.to_be_bytes().as_slice(), &[0u8; 96]].concat());
+        let number = |d: &Bytes| u32::from_be_bytes(d[..4].try_into().unwrap());
+
+        // 20 ms audio of 3 speakers: 150 datagrams a second, first on a working path.
+        let mut n = 0u32;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..25 {
+            tick.tick().await;
+            for _ in 0..3 {
+                sender.send(Instant::now(), numbered(n));
+                n += 1;
+            }
+        }
+        let mut last_heard = 0;
+        while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(200), receiver.read_datagram()).await {
+            last_heard = number(&d);
+        }
+        assert_eq!(last_heard, n - 1, "all arrived on the working path");
+        assert_eq!(sender.stats().dropped_stale, 0);
+
+        // The path carries nothing for 2 s: what waits is dropped by age, quinn holds
+        // only what it was given while it still seemed to keep up.
+        path.send(None).unwrap();
+        for _ in 0..100 {
+            tick.tick().await;
+            for _ in 0..3 {
+                sender.send(Instant::now(), numbered(n));
+                n += 1;
+            }
+            sender.flush(Instant::now());
+        }
+        let stats = sender.stats();
+        assert!(stats.dropped_stale > 100, "{stats:?}");
+        assert!(sender.queue_age(Instant::now()) <= crate::queue::MEDIA_AGE_BUDGET);
+        let in_quinn = DATAGRAM_SEND_BUFFER - conn.datagram_send_buffer_space();
+        assert!(in_quinn < 16 * 1024, "quinn holds {in_quinn} bytes: a backlog");
+
+        // The path is back: what arrives is what was said just now, not seconds ago.
+        path.send(Some(core_addr)).unwrap();
+        let resumed_at = n;
+        for _ in 0..50 {
+            tick.tick().await;
+            for _ in 0..3 {
+                sender.send(Instant::now(), numbered(n));
+                n += 1;
+            }
+            sender.flush(Instant::now());
+        }
+        let mut heard_after = Vec::new();
+        while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(300), receiver.read_datagram()).await {
+            heard_after.push(number(&d));
+        }
+        let stale: Vec<_> = heard_after.iter().filter(|&&k| k < resumed_at.saturating_sub(60)).collect();
+        assert!(stale.len() < 40, "old audio delivered after the outage: {} of {}", stale.len(), heard_after.len());
+        assert!(heard_after.iter().any(|&k| k == n - 1), "the newest arrived");
+    }
+}
