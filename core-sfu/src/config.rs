@@ -196,7 +196,10 @@ impl CoreSettings {
         s.quic_cert = args.quic_cert.clone().or(file.quic_cert);
         s.quic_key = args.quic_key.clone().or(file.quic_key);
         s.core.selector.slots = args.slots.or(file.slots).unwrap_or(s.core.selector.slots);
-        anyhow::ensure!((1..=16).contains(&s.core.selector.slots), "slots must be 1..=16");
+        anyhow::ensure!(
+            (1..=relay_proto::datagram::MAX_SLOTS).contains(&s.core.selector.slots),
+            "slots must be 1..=15"
+        );
         s.core.core_id = args.core_id.clone().or(file.core_id).unwrap_or(s.core.core_id);
         s.core.region = args.region.clone().or(file.region).unwrap_or(s.core.region);
         anyhow::ensure!(

@@ -13,6 +13,7 @@ use media::speakers::{ActiveSpeakers, SelectorConfig};
 use node_kit::bucket::TokenBucket;
 use relay_proto::control::{Message, SlotHolder};
 use relay_proto::datagram::MediaHeader;
+use relay_proto::loss::{LinkLoss, LossCounts, RepairSwitch};
 use relay_proto::speaker;
 
 use crate::directory::Directory;
@@ -197,6 +198,8 @@ pub struct CoreCounters {
     /// Datagrams not sent because an edge's send buffer was full.
     pub datagrams_dropped: u64,
     pub selection_changes: u64,
+    /// Second copies of uplinked packets dropped (repair copies whose original arrived).
+    pub duplicates_in: u64,
     /// Edge links closed because the edge kept sending malformed input.
     pub links_closed_misbehaving: u64,
     /// Leases taken (new or re-taken after the store lost them), and channels given up
@@ -222,7 +225,30 @@ struct EdgeState {
     channels: Vec<u32>,
     /// Malformed input the edge may still send before its link is closed.
     misbehaviour: TokenBucket,
+    /// What the edge's uplink loses (duplicate filter and counts; reported to the edge).
+    uplink: LinkLoss,
+    /// Whether datagrams to this edge go with a repair copy (from the edge's reports).
+    repair: RepairSwitch,
+    /// Repair copies sent to this edge.
+    copies_sent: u64,
 }
+
+/// How one edge link fares, for the operator.
+#[derive(Clone, Debug)]
+pub struct LinkView {
+    pub edge: EdgeKey,
+    pub edge_id: String,
+    /// What this core received from the edge.
+    pub uplink: LossCounts,
+    /// The loss before repair the edge last reported for what it receives from us.
+    pub downlink_loss_permille: u16,
+    pub repair_on: bool,
+    pub repair_activations: u64,
+    pub copies_sent: u64,
+}
+
+/// How often each side reports the loss it sees on a link.
+pub const QUALITY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Malformed messages or datagrams an edge may send at once, and per second after that,
 /// before its link is closed: one bad input is dropped, a stream of them is not.
@@ -304,6 +330,7 @@ pub struct Core {
     store_unreachable: bool,
     /// Shutting down: no channel is taken any more.
     handing_over: bool,
+    next_quality: Instant,
 }
 
 impl Core {
@@ -323,6 +350,7 @@ impl Core {
             last_renew_sent: None,
             store_unreachable: false,
             handing_over: false,
+            next_quality: now + QUALITY_INTERVAL,
             counters: CoreCounters { lease_store_reachable: true, ..Default::default() },
         }
     }
@@ -358,7 +386,18 @@ impl Core {
         let number = (1..=speaker::MAX_EDGE_NUMBER).find(|n| !taken.contains(n))?;
         info!(edge, id = ?info.id, url = ?info.signalling_url, region = ?info.region, capacity = info.capacity, number, "edge joined");
         let misbehaviour = TokenBucket::new(MISBEHAVIOUR_PER_SEC, MISBEHAVIOUR_BURST, now);
-        self.edges.insert(edge, EdgeState { id: info.id.clone(), number, channels: Vec::new(), misbehaviour });
+        self.edges.insert(
+            edge,
+            EdgeState {
+                id: info.id.clone(),
+                number,
+                channels: Vec::new(),
+                misbehaviour,
+                uplink: LinkLoss::default(),
+                repair: RepairSwitch::default(),
+                copies_sent: 0,
+            },
+        );
         self.directory.edge_joined(edge, info);
         Some(number)
     }
@@ -626,6 +665,15 @@ impl Core {
         match message {
             Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners, now),
             Message::Unsubscribe { channel_id } => self.unsubscribe(edge, channel_id, now),
+            Message::LinkQuality { lost_permille } => {
+                if let Some(e) = self.edges.get_mut(&edge) {
+                    let was_on = e.repair.is_on();
+                    e.repair.on_report(lost_permille, now);
+                    if e.repair.is_on() != was_on {
+                        info!(edge_id = %e.id, lost_permille, repair = e.repair.is_on(), "repair copies to the edge");
+                    }
+                }
+            }
             Message::Load { channel_id, listeners, .. } => {
                 let Some(ch) = self.channels.get_mut(&channel_id) else {
                     return self.refuse(Refusal::NotSubscribed);
@@ -787,6 +835,13 @@ impl Core {
         if !ch.subscribers.contains_key(&edge) {
             return self.refuse(Refusal::NotSubscribed);
         }
+        let copy = relay_proto::datagram::is_copy(&data);
+        if let Some(e) = self.edges.get_mut(&edge) {
+            if !e.uplink.on_datagram(header.channel_id, header.speaker, header.sequence, copy, now) {
+                self.counters.duplicates_in += 1;
+                return;
+            }
+        }
         match ch.speakers.get_mut(&header.speaker) {
             Some(s) => s.last_packet = now,
             None => {
@@ -809,13 +864,52 @@ impl Core {
         // The slot and selection go with the packet, so edges forward it on arrival even
         // before the selection message (written in place: the datagram is ours alone).
         let data = relay_proto::datagram::stamp_slot(data, slot as u8, ch.selection);
-        // One payload for every edge with listeners, the speaker's own included.
+        // One payload for every edge with listeners, the speaker's own included; a lossy
+        // link's edge gets a repair copy too (one copy shared by all of them).
+        let mut copy: Option<Bytes> = None;
         for (&target, &listeners) in &ch.subscribers {
             if listeners > 0 {
                 self.counters.datagrams_out += 1;
                 self.outputs.push_back(CoreOutput::Datagram { edge: target, data: data.clone() });
+                if let Some(e) = self.edges.get_mut(&target).filter(|e| e.repair.is_on()) {
+                    let copy = copy.get_or_insert_with(|| relay_proto::datagram::mark_copy(&data)).clone();
+                    e.copies_sent += 1;
+                    self.outputs.push_back(CoreOutput::Datagram { edge: target, data: copy });
+                }
             }
         }
+    }
+
+    /// Every `QUALITY_INTERVAL`: tells each edge what its uplink lost before repair.
+    fn report_quality(&mut self, now: Instant) {
+        if now < self.next_quality {
+            return;
+        }
+        self.next_quality = now + QUALITY_INTERVAL;
+        for (&edge, e) in self.edges.iter_mut() {
+            e.uplink.sweep(now);
+            let interval = e.uplink.take_interval();
+            if interval.received + interval.lost > 0 {
+                let message = Message::LinkQuality { lost_permille: interval.raw_loss_permille() };
+                self.outputs.push_back(CoreOutput::Control { edge, message });
+            }
+        }
+    }
+
+    /// Each edge link's loss and repair.
+    pub fn links(&self) -> Vec<LinkView> {
+        self.edges
+            .iter()
+            .map(|(&edge, e)| LinkView {
+                edge,
+                edge_id: e.id.clone(),
+                uplink: e.uplink.counts(),
+                downlink_loss_permille: e.repair.reported_permille,
+                repair_on: e.repair.is_on(),
+                repair_activations: e.repair.activations,
+                copies_sent: e.copies_sent,
+            })
+            .collect()
     }
 
     /// Publishes the channel's selection to its edges if it changed.
@@ -856,6 +950,7 @@ impl Core {
         }
         self.next_tick = now + TICK;
         self.keep_leases(now);
+        self.report_quality(now);
         let timeout = self.config.speaker_timeout;
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         for id in ids {

@@ -427,3 +427,54 @@ mod fleet {
         assert_eq!(sim.control, vec![(2, Message::Unavailable { channel: "lobby".into(), retry_ms: 50 })]);
     }
 }
+
+#[test]
+fn a_lossy_edge_gets_repair_copies_and_copies_from_edges_count_once() {
+    let mut sim = Sim::new();
+    sim.edge(1, 1);
+    sim.edge(2, 1);
+    sim.edge(3, 1);
+    sim.talk(1000, &[(1, 1, LOUD)]);
+    sim.datagrams.clear();
+
+    // Edge 2 reports 5 % loss on what it receives: it alone gets a copy of each datagram.
+    sim.core.handle_control(2, Message::LinkQuality { lost_permille: 50 }, sim.now);
+    sim.talk(200, &[(1, 1, LOUD)]);
+    let to = |edge: EdgeKey| sim.datagrams.iter().filter(|(e, _)| *e == edge).cloned().collect::<Vec<_>>();
+    let (two, three) = (to(2), to(3));
+    assert_eq!((two.len(), three.len()), (20, 10));
+    assert_eq!(two.iter().filter(|(_, d)| relay_proto::datagram::is_copy(d)).count(), 10);
+    assert!(three.iter().all(|(_, d)| !relay_proto::datagram::is_copy(d)));
+    for pair in two.chunks(2) {
+        assert_eq!(MediaHeader::parse(&pair[0].1).unwrap(), MediaHeader::parse(&pair[1].1).unwrap());
+    }
+    let link = sim.core.links().into_iter().find(|l| l.edge == 2).unwrap();
+    assert!(link.repair_on && link.copies_sent == 10 && link.downlink_loss_permille == 50, "{link:?}");
+    sim.datagrams.clear();
+
+    // Edge 1 uplinks each packet twice (the second marked as a copy), and every fifth
+    // original is lost on the way: each packet is forwarded once, and the core tells
+    // edge 1 its uplink loses about 20 % before repair.
+    let out_before = sim.core.counters().datagrams_out;
+    for i in 0..50 {
+        sim.now += Duration::from_millis(20);
+        let d = sim.datagram(1, 1, LOUD);
+        if i % 5 != 0 {
+            sim.core.handle_datagram(1, d.clone(), sim.now);
+        }
+        sim.core.handle_datagram(1, relay_proto::datagram::mark_copy(&d), sim.now);
+        sim.core.handle_timeout(sim.now);
+    }
+    assert_eq!(sim.core.counters().datagrams_out - out_before, 150, "50 packets to 3 edges");
+    assert_eq!(sim.core.counters().duplicates_in, 40);
+    let mut reports = Vec::new();
+    while let Some(o) = sim.core.poll_output() {
+        if let CoreOutput::Control { edge: 1, message: Message::LinkQuality { lost_permille } } = o {
+            reports.push(lost_permille);
+        }
+    }
+    // The last report covers this second (and a little clean traffic before it).
+    assert!(reports.last().is_some_and(|&p| (150..=200).contains(&p)), "{reports:?}");
+    let link = sim.core.links().into_iter().find(|l| l.edge == 1).unwrap();
+    assert_eq!((link.uplink.repaired, link.uplink.duplicates), (10, 40), "{link:?}");
+}

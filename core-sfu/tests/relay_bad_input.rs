@@ -169,7 +169,7 @@ async fn one_bad_message_or_datagram_is_counted_and_dropped_and_the_link_stays()
 
     // Datagrams: garbage, a bad version, and one for a channel we never subscribed to.
     link.conn.send_datagram(Bytes::from_static(b"garbage")).unwrap();
-    link.conn.send_datagram(Bytes::from_static(&[0xc0; 40])).unwrap();
+    link.conn.send_datagram(Bytes::from_static(&[0x40; 40])).unwrap();
     link.conn.send_datagram(datagram(channel_id + 100, speaker)).unwrap();
     assert_eq!(wait_refused(&core, Refusal::MalformedDatagram, 2).await, 2);
     assert_eq!(wait_refused(&core, Refusal::UnknownChannel, 1).await, 1);
@@ -194,7 +194,7 @@ async fn a_peer_that_keeps_sending_garbage_is_closed_with_a_reason() {
     let (honest, channel_id, speaker) = subscribed(&core).await;
     for i in 0..5000u32 {
         // Datagrams may be dropped on the way; enough of them arrive.
-        let _ = link.conn.send_datagram(Bytes::from(vec![0xc0; 20 + (i % 50) as usize]));
+        let _ = link.conn.send_datagram(Bytes::from(vec![0x40; 20 + (i % 50) as usize]));
         if i % 100 == 0 {
             tokio::task::yield_now().await;
         }

@@ -219,7 +219,7 @@ impl Settings {
             .max_sessions_per_participant
             .or(file.max_sessions_per_participant)
             .unwrap_or(edge.max_sessions_per_participant);
-        anyhow::ensure!((1..=16).contains(&edge.slots), "slots must be 1..=16");
+        anyhow::ensure!((1..=relay_proto::datagram::MAX_SLOTS).contains(&edge.slots), "slots must be 1..=15");
         anyhow::ensure!(
             (1..=relay_proto::speaker::MAX_LOCAL as usize).contains(&edge.max_sessions),
             "max_sessions must be 1..={}",

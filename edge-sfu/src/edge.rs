@@ -20,6 +20,7 @@ use media::srtp::{SrtpError, SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
+use relay_proto::loss::{LinkLoss, LossCounts, RepairSwitch};
 use relay_proto::speaker;
 use tracing::{debug, error, info, trace, warn};
 
@@ -167,6 +168,8 @@ pub struct Counters {
     pub nacks_in: u64,
     pub uplink_out: u64,
     pub relay_in: u64,
+    /// Second copies of the core's datagrams dropped (repair copies whose original arrived).
+    pub relay_duplicates: u64,
     pub sessions_opened: u64,
     pub sessions_closed: u64,
     /// Panics contained while handling one input or one handshake.
@@ -280,7 +283,54 @@ struct CoreLink {
     /// Nothing heard for `LINK_STALL`: channels served there fall back to this edge's own
     /// selection until the core is heard again.
     stalled: bool,
+    /// What the core's datagrams lose (duplicate filter and counts; reported to the core).
+    downlink: LinkLoss,
+    /// Whether uplinks go with a repair copy (from the core's reports).
+    repair: RepairSwitch,
+    /// Repair copies uplinked.
+    copies_sent: u64,
+    /// Times this link came up again after being down.
+    reconnects: u64,
+    ever_up: bool,
 }
+
+impl CoreLink {
+    fn new(addr: String, seed: bool) -> Self {
+        CoreLink {
+            addr,
+            up: false,
+            edge_number: 0,
+            seed,
+            last_heard: None,
+            stalled: false,
+            downlink: LinkLoss::default(),
+            repair: RepairSwitch::default(),
+            copies_sent: 0,
+            reconnects: 0,
+            ever_up: false,
+        }
+    }
+}
+
+/// How one core link fares, for the operator.
+#[derive(Clone, Debug)]
+pub struct CoreLinkView {
+    pub link: LinkId,
+    pub core: String,
+    pub up: bool,
+    pub stalled: bool,
+    /// What this edge received from the core.
+    pub downlink: LossCounts,
+    /// The loss before repair the core last reported for our uplink.
+    pub uplink_loss_permille: u16,
+    pub repair_on: bool,
+    pub repair_activations: u64,
+    pub copies_sent: u64,
+    pub reconnects: u64,
+}
+
+/// How often the edge reports the loss it sees on each core link.
+const QUALITY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Silence from a core link (it sends heartbeats every 100 ms) after which the edge
 /// serves its own speakers to its own listeners.
@@ -487,6 +537,7 @@ pub struct Edge {
     channels: HashMap<Arc<str>, Channel>,
     outputs: VecDeque<Output>,
     next_tick: Instant,
+    next_quality: Instant,
     counters: Counters,
     scratch: Vec<u8>,
     /// Decrypted input, reused for every packet.
@@ -519,6 +570,7 @@ impl Edge {
             channels: HashMap::new(),
             outputs: VecDeque::new(),
             next_tick: now + TICK,
+            next_quality: now + QUALITY_INTERVAL,
             counters: Counters::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             plain: Vec::with_capacity(MAX_DATAGRAM),
@@ -991,7 +1043,15 @@ impl Edge {
                 }
                 .encode(packet.payload, &mut out);
                 self.counters.uplink_out += 1;
-                self.outputs.push_back(Output::Uplink { link, data: out.freeze() });
+                let data = out.freeze();
+                if let Some(l) = self.links.get_mut(&link).filter(|l| l.repair.is_on()) {
+                    l.copies_sent += 1;
+                    let copy = relay_proto::datagram::mark_copy(&data);
+                    self.outputs.push_back(Output::Uplink { link, data });
+                    self.outputs.push_back(Output::Uplink { link, data: copy });
+                } else {
+                    self.outputs.push_back(Output::Uplink { link, data });
+                }
             }
         }
         if changed && local_mode {
@@ -1096,8 +1156,7 @@ impl Edge {
     pub fn add_core(&mut self, addr: String) -> LinkId {
         let link = self.next_link;
         self.next_link += 1;
-        self.links
-            .insert(link, CoreLink { addr, up: false, edge_number: 0, seed: true, last_heard: None, stalled: false });
+        self.links.insert(link, CoreLink::new(addr, true));
         link
     }
 
@@ -1109,6 +1168,12 @@ impl Edge {
         l.edge_number = edge_number;
         l.last_heard = Some(now);
         l.stalled = false;
+        l.downlink.reset_streams();
+        l.repair.reset();
+        if l.ever_up {
+            l.reconnects += 1;
+        }
+        l.ever_up = true;
         info!(link, core = %l.addr, edge_number, "core link up");
         let waiting: Vec<(Arc<str>, Option<LinkId>)> = self
             .channels
@@ -1194,17 +1259,7 @@ impl Edge {
         }
         let link = self.next_link;
         self.next_link += 1;
-        self.links.insert(
-            link,
-            CoreLink {
-                addr: addr.to_owned(),
-                up: false,
-                edge_number: 0,
-                seed: false,
-                last_heard: None,
-                stalled: false,
-            },
-        );
+        self.links.insert(link, CoreLink::new(addr.to_owned(), false));
         self.outputs.push_back(Output::OpenLink { link, addr: addr.to_owned() });
         Some((link, true))
     }
@@ -1351,6 +1406,15 @@ impl Edge {
                 self.drain(now + Duration::from_millis(u64::from(deadline_ms)), now);
             }
             Message::Goodbye { reason } => info!(reason = ?reason, link, "core says goodbye"),
+            Message::LinkQuality { lost_permille } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    let was_on = l.repair.is_on();
+                    l.repair.on_report(lost_permille, now);
+                    if l.repair.is_on() != was_on {
+                        info!(link, core = %l.addr, lost_permille, repair = l.repair.is_on(), "repair copies on the uplink");
+                    }
+                }
+            }
             other => debug!(?other, "unexpected message from the core"),
         }
     }
@@ -1369,6 +1433,41 @@ impl Edge {
             let holders = ch.core_holders.clone();
             Self::set_holders(ch, holders, &mut self.sessions, name);
         }
+    }
+
+    /// Every `QUALITY_INTERVAL`: tells each core what its datagrams lost before repair.
+    fn report_quality(&mut self, now: Instant) {
+        if now < self.next_quality {
+            return;
+        }
+        self.next_quality = now + QUALITY_INTERVAL;
+        for (&link, l) in self.links.iter_mut().filter(|(_, l)| l.up) {
+            l.downlink.sweep(now);
+            let interval = l.downlink.take_interval();
+            if interval.received + interval.lost > 0 {
+                let message = Message::LinkQuality { lost_permille: interval.raw_loss_permille() };
+                self.outputs.push_back(Output::Relay { link, message });
+            }
+        }
+    }
+
+    /// Each core link's state, loss and repair.
+    pub fn core_links(&self) -> Vec<CoreLinkView> {
+        self.links
+            .iter()
+            .map(|(&link, l)| CoreLinkView {
+                link,
+                core: l.addr.clone(),
+                up: l.up,
+                stalled: l.stalled,
+                downlink: l.downlink.counts(),
+                uplink_loss_permille: l.repair.reported_permille,
+                repair_on: l.repair.is_on(),
+                repair_activations: l.repair.activations,
+                copies_sent: l.copies_sent,
+                reconnects: l.reconnects,
+            })
+            .collect()
     }
 
     /// Links the core has been silent on for `LINK_STALL`: their channels fall back to
@@ -1419,6 +1518,13 @@ impl Edge {
             Ok(h) => h,
             Err(_) => return self.drop_packet(DropReason::RelayMalformed),
         };
+        let copy = relay_proto::datagram::is_copy(data);
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.downlink.on_datagram(header.channel_id, header.speaker, header.sequence, copy, now) {
+                self.counters.relay_duplicates += 1;
+                return;
+            }
+        }
         // Only the channel's current owner link maps: an old owner's media is dropped here.
         let Some(name) = self.by_relay_id.get(&(link, header.channel_id)).cloned() else {
             return self.drop_packet(DropReason::RelayUnknownChannel);
@@ -1578,6 +1684,7 @@ impl Edge {
         if self.config.cascade {
             self.ask_again(now);
             self.find_stalls(now);
+            self.report_quality(now);
         }
         let cascade = self.config.cascade;
         for (name, channel) in self.channels.iter_mut() {

@@ -1096,3 +1096,62 @@ fn through_a_core_link_blip_the_edges_own_speakers_stay_audible_and_slots_contin
     assert_continuous(&on(&heard, 1));
     assert_eq!(net.edge.counters().link_stalls, 1);
 }
+
+#[test]
+fn on_a_lossy_link_the_edge_uplinks_copies_and_plays_each_core_packet_once() {
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 5, net.now);
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
+    net.talk(&mut [&mut alice], &[LOUD], 5);
+    assert!(net.uplink.iter().all(|d| !relay_proto::datagram::is_copy(d)));
+
+    // The core reports 3 % loss on alice's uplink: each uplink goes twice, once marked.
+    net.edge.handle_relay_control(net.core, Message::LinkQuality { lost_permille: 30 }, net.now);
+    net.uplink.clear();
+    net.talk(&mut [&mut alice], &[LOUD], 10);
+    assert_eq!(net.uplink.len(), 20);
+    assert_eq!(net.uplink.iter().filter(|d| relay_proto::datagram::is_copy(d)).count(), 10);
+
+    // The core sends zoe twice per packet, and some originals are lost: bob hears each
+    // packet once, in order, and the edge reports the loss it saw before repair.
+    let zoe = 9 << 20 | 1;
+    let holder = |speaker: u32, name: &str| Some(SlotHolder { speaker, participant: name.into() });
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 7, selection: 1, slots: vec![holder(zoe, "zoe"), None, None] },
+        net.now,
+    );
+    let _ = net.received(&mut bob);
+    net.relay.clear();
+    let mut heard = Vec::new();
+    for seq in 0..100u16 {
+        let d = slotted_datagram(7, zoe, seq, 0, 1);
+        if seq % 10 != 3 {
+            net.edge.handle_relay_datagram(net.core, &d, net.now);
+        }
+        net.edge.handle_relay_datagram(net.core, &relay_proto::datagram::mark_copy(&d), net.now);
+        net.advance(Duration::from_millis(20));
+        heard.extend(net.received(&mut bob).0);
+    }
+    assert_eq!(heard.len(), 100);
+    assert_continuous(&heard);
+    assert_eq!(net.edge.counters().relay_duplicates, 90);
+    let reports: Vec<u16> = net
+        .relay
+        .iter()
+        .filter_map(|m| match m {
+            Message::LinkQuality { lost_permille } => Some(*lost_permille),
+            _ => None,
+        })
+        .collect();
+    assert!(!reports.is_empty() && reports.iter().all(|&p| (80..=120).contains(&p)), "{reports:?}");
+    let link = &net.edge.core_links()[0];
+    assert_eq!((link.downlink.repaired, link.downlink.lost), (10, 0), "{link:?}");
+    assert!(link.repair_on && link.copies_sent == 10, "{link:?}");
+}

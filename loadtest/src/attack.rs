@@ -765,7 +765,7 @@ async fn relay_garbage(
                     let _ = send.write_all(&frames).await;
                 } else {
                     let mut junk = BytesMut::with_capacity(40);
-                    junk.put_u8(0xc0 | (rand::random::<u8>() % 64));
+                    junk.put_u8(0x40 | (rand::random::<u8>() % 64)); // version 1: refused
                     junk.put_slice(&rand::random::<[u8; 31]>());
                     let _ = conn.send_datagram(junk.freeze());
                 }

@@ -74,6 +74,12 @@ pub enum Message {
     Unsubscribe {
         channel_id: u32,
     },
+    /// Either way, every second: of the media datagrams this side expected from the other
+    /// in the last interval, how many per thousand arrived only as a repair copy or not at
+    /// all (the loss before repair). The other side sends repair copies while it is high.
+    LinkQuality {
+        lost_permille: u16,
+    },
     /// Edge -> core: counts per channel.
     Load {
         channel_id: u32,
@@ -144,6 +150,7 @@ mod tag {
     pub const REDIRECT: u8 = 12;
     pub const UNAVAILABLE: u8 = 13;
     pub const KICK: u8 = 14;
+    pub const LINK_QUALITY: u8 = 15;
 }
 
 /// Writes a string, truncated to at most `MAX_STRING` bytes at a character boundary so
@@ -259,6 +266,10 @@ impl Message {
                 out.put_u8(tag::UNSUBSCRIBE);
                 out.put_u32(*channel_id);
             }
+            Message::LinkQuality { lost_permille } => {
+                out.put_u8(tag::LINK_QUALITY);
+                out.put_u16(*lost_permille);
+            }
             Message::Load { channel_id, listeners, speakers } => {
                 out.put_u8(tag::LOAD);
                 out.put_u32(*channel_id);
@@ -324,6 +335,7 @@ impl Message {
             tag::UNAVAILABLE => Message::Unavailable { channel: r.string()?, retry_ms: r.u32()? },
             tag::KICK => Message::Kick { channel: r.string()?, participant: r.string()? },
             tag::UNSUBSCRIBE => Message::Unsubscribe { channel_id: r.u32()? },
+            tag::LINK_QUALITY => Message::LinkQuality { lost_permille: r.u16()? },
             tag::LOAD => Message::Load { channel_id: r.u32()?, listeners: r.u32()?, speakers: r.u32()? },
             tag::SPEAKER_INFO => {
                 Message::SpeakerInfo { channel_id: r.u32()?, speaker: r.u32()?, participant: r.string()? }
@@ -439,6 +451,7 @@ mod tests {
             (arb_string(), any::<u32>()).prop_map(|(channel, retry_ms)| Message::Unavailable { channel, retry_ms }),
             (arb_string(), arb_string()).prop_map(|(channel, participant)| Message::Kick { channel, participant }),
             any::<u32>().prop_map(|channel_id| Message::Unsubscribe { channel_id }),
+            any::<u16>().prop_map(|lost_permille| Message::LinkQuality { lost_permille }),
             (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(channel_id, listeners, speakers)| Message::Load {
                 channel_id,
                 listeners,

@@ -1,8 +1,8 @@
 //! Media datagrams: a 20-byte header and one Opus payload.
 //!
 //! ```text
-//! 0      ver(2) marker(1) voice(1) slot(4)
-//! 1      slotted(1) audio level, -dBov 0..=127 (7)
+//! 0      ver(2) marker(1) voice(1) slot(4, 15 = none)
+//! 1      copy(1) audio level, -dBov 0..=127 (7)
 //! 2..6   channel id (core-assigned)
 //! 6..10  speaker id (SFU-assigned, see `speaker`)
 //! 10..12 RTP sequence number
@@ -14,6 +14,10 @@
 //! into the header ([`stamp_slot`], in place) and forwards the one `Bytes` to every edge,
 //! so an edge can forward a newly selected speaker's first packet on arrival, before the
 //! selection message on the control stream.
+//!
+//! On a lossy link the sender may send each datagram twice, the second time marked as a
+//! copy ([`mark_copy`]): the receiver keeps the first that arrives and counts a copy that
+//! filled a hole as a repair.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -28,9 +32,11 @@ pub fn is_heartbeat(d: &[u8]) -> bool {
     d == HEARTBEAT
 }
 pub const MAX_PAYLOAD: usize = 1200;
-const VERSION: u8 = 2;
-/// Slots a datagram can name (four bits).
-pub const MAX_SLOTS: usize = 16;
+const VERSION: u8 = 3;
+/// Slots a datagram can name (four bits, the last value meaning none).
+pub const MAX_SLOTS: usize = 15;
+const NO_SLOT: u8 = 0x0f;
+const COPY: u8 = 0x80;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MediaHeader {
@@ -65,9 +71,9 @@ impl MediaHeader {
     /// Appends header and payload to `out`.
     pub fn encode(&self, payload: &[u8], out: &mut BytesMut) {
         out.reserve(HEADER_LEN + payload.len());
-        let slot = self.slot.map_or(0, |s| s & 0x0f);
+        let slot = self.slot.map_or(NO_SLOT, |s| s.min(NO_SLOT - 1));
         out.put_u8(VERSION << 6 | u8::from(self.marker) << 5 | u8::from(self.voice) << 4 | slot);
-        out.put_u8(u8::from(self.slot.is_some()) << 7 | self.level & 0x7f);
+        out.put_u8(self.level & 0x7f);
         out.put_u32(self.channel_id);
         out.put_u32(self.speaker);
         out.put_u16(self.sequence);
@@ -106,22 +112,37 @@ impl MediaHeader {
             speaker: u32::from_be_bytes([d[6], d[7], d[8], d[9]]),
             sequence: u16::from_be_bytes([d[10], d[11]]),
             timestamp: u32::from_be_bytes([d[12], d[13], d[14], d[15]]),
-            slot: (d[1] & 0x80 != 0).then_some(d[0] & 0x0f),
+            slot: Some(d[0] & 0x0f).filter(|&s| s != NO_SLOT),
             selection: u32::from_be_bytes([d[16], d[17], d[18], d[19]]),
         })
     }
 }
 
-/// Writes the slot and selection number into a datagram's header: in place when this is
+/// Writes the slot and selection number into a datagram's header (and clears its copy
+/// mark: what the core forwards is an original on the next link): in place when this is
 /// the only reference to it (as a datagram just read is), else into a copy.
 pub fn stamp_slot(datagram: Bytes, slot: u8, selection: u32) -> Bytes {
     let mut d = datagram.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     if d.len() >= HEADER_LEN {
-        d[0] = (d[0] & 0xf0) | (slot & 0x0f);
-        d[1] |= 0x80;
+        d[0] = (d[0] & 0xf0) | slot.min(NO_SLOT - 1);
+        d[1] &= !COPY;
         d[16..20].copy_from_slice(&selection.to_be_bytes());
     }
     d.freeze()
+}
+
+/// The repair copy of a datagram: the same bytes with the copy mark set.
+pub fn mark_copy(datagram: &[u8]) -> Bytes {
+    let mut d = BytesMut::from(datagram);
+    if d.len() > 1 {
+        d[1] |= COPY;
+    }
+    d.freeze()
+}
+
+/// Whether a datagram is a repair copy.
+pub fn is_copy(datagram: &[u8]) -> bool {
+    datagram.len() >= HEADER_LEN && datagram[1] & COPY != 0
 }
 
 #[cfg(test)]
@@ -132,7 +153,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(channel_id: u32, speaker: u32, sequence: u16, timestamp: u32, level in 0u8..128,
-                       voice: bool, marker: bool, slot in proptest::option::of(0u8..16), selection: u32,
+                       voice: bool, marker: bool, slot in proptest::option::of(0u8..15), selection: u32,
                        payload in proptest::collection::vec(any::<u8>(), 1..MAX_PAYLOAD)) {
             let h = MediaHeader { channel_id, speaker, sequence, timestamp, level, voice, marker, slot, selection };
             let mut out = BytesMut::new();
@@ -145,6 +166,11 @@ mod tests {
             let (s, p2) = MediaHeader::decode(&stamped).unwrap();
             prop_assert_eq!(s, MediaHeader { slot: Some(7), selection: selection.wrapping_add(1), ..h });
             prop_assert_eq!(&p2[..], &payload[..]);
+            // A copy reads the same, is marked, and loses the mark when the core stamps it.
+            let copy = mark_copy(&out_bytes(&h, &payload));
+            prop_assert!(is_copy(&copy) && !is_copy(&out_bytes(&h, &payload)));
+            prop_assert_eq!(MediaHeader::parse(&copy).unwrap(), h);
+            prop_assert!(!is_copy(&stamp_slot(copy, 3, 1)));
         }
 
         #[test]

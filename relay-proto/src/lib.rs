@@ -8,14 +8,16 @@ pub mod auth;
 pub mod control;
 pub mod datagram;
 pub mod endpoint;
+pub mod loss;
 pub mod queue;
 pub mod sender;
 pub mod speaker;
 
 /// The protocol version this build speaks (2: SFU-assigned speaker ids; 3: the edge's
 /// region and session capacity in its hello; 4: lease epochs in `Subscribed`, redirects
-/// to the owning core, kicks; 5: slots and selection numbers in datagrams and selections).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// to the owning core, kicks; 5: slots and selection numbers in datagrams and selections;
+/// 6: link quality reports and repair copies of datagrams).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// A channel name: 1-64 characters of `A-Z a-z 0-9 - _ .` (what clients put in URLs and
 /// what nodes log).
