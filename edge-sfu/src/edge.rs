@@ -21,6 +21,7 @@ use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
 use relay_proto::loss::{LinkLoss, LossCounts, RepairSwitch};
+use relay_proto::reorder::{Reorder, ReorderCounts};
 use relay_proto::speaker;
 use tracing::{debug, error, info, trace, warn};
 
@@ -292,6 +293,8 @@ struct CoreLink {
     /// Times this link came up again after being down.
     reconnects: u64,
     ever_up: bool,
+    /// The core's streams, put back in order.
+    reorder: Reorder<Bytes>,
 }
 
 impl CoreLink {
@@ -308,6 +311,7 @@ impl CoreLink {
             copies_sent: 0,
             reconnects: 0,
             ever_up: false,
+            reorder: Reorder::default(),
         }
     }
 }
@@ -327,6 +331,7 @@ pub struct CoreLinkView {
     pub repair_activations: u64,
     pub copies_sent: u64,
     pub reconnects: u64,
+    pub reorder: ReorderCounts,
 }
 
 /// How often the edge reports the loss it sees on each core link.
@@ -385,6 +390,28 @@ struct Publish {
     /// The SSRC the client sends on (trusted inside this session only).
     ssrc: Option<Ssrc>,
     stats: Option<ReceiveStats>,
+    /// In cascade, the last packets: when the core selects this speaker, the ones said
+    /// since the packet that won the slot reach this edge's listeners at once, in order
+    /// (the core's copies of them come back after newer packets went out directly).
+    recent: VecDeque<Recent>,
+    /// The newest packet this edge's listeners got directly.
+    sent_through: Option<u16>,
+}
+
+#[derive(Clone)]
+struct Recent {
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+    level: AudioLevel,
+    payload: Bytes,
+}
+
+const RECENT_PACKETS: usize = 16;
+
+/// Whether `a` is `b` or after it, in 16-bit sequence space.
+fn seq_at_or_after(a: u16, b: u16) -> bool {
+    a.wrapping_sub(b) < 0x8000
 }
 
 struct ListenerSlot {
@@ -538,6 +565,8 @@ pub struct Edge {
     outputs: VecDeque<Output>,
     next_tick: Instant,
     next_quality: Instant,
+    /// Core datagrams ready to go on, reused.
+    relay_ready: Vec<Bytes>,
     counters: Counters,
     scratch: Vec<u8>,
     /// Decrypted input, reused for every packet.
@@ -571,6 +600,7 @@ impl Edge {
             outputs: VecDeque::new(),
             next_tick: now + TICK,
             next_quality: now + QUALITY_INTERVAL,
+            relay_ready: Vec::new(),
             counters: Counters::default(),
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             plain: Vec::with_capacity(MAX_DATAGRAM),
@@ -706,7 +736,14 @@ impl Edge {
             remote_ufrag: new.remote_ufrag,
             remote: None,
             srtp: None,
-            publish: new.publish.map(|params| Publish { params, local, ssrc: None, stats: None }),
+            publish: new.publish.map(|params| Publish {
+                params,
+                local,
+                ssrc: None,
+                stats: None,
+                recent: VecDeque::new(),
+                sent_through: None,
+            }),
             slots: slots.collect(),
             rtcp_ssrc: new.rtcp_ssrc,
             created: now,
@@ -1061,7 +1098,24 @@ impl Edge {
         // The edge's own selected speakers reach its listeners directly, in cascade too:
         // no round trip through the core, and nothing lost while the core link blips
         // (the core's copies that follow are dropped as duplicates per slot).
-        let Some(slot) = channel.holders.iter().position(|h| *h == Some(speaker_id)) else { return };
+        let slot = channel.holders.iter().position(|h| *h == Some(speaker_id));
+        if self.config.cascade {
+            if let Some(publish) = self.sessions.get_mut(&id).and_then(|s| s.publish.as_mut()) {
+                if publish.recent.len() == RECENT_PACKETS {
+                    publish.recent.pop_front();
+                }
+                publish.recent.push_back(Recent {
+                    sequence: packet.sequence,
+                    timestamp: packet.timestamp,
+                    marker: packet.marker,
+                    level,
+                    payload: Bytes::copy_from_slice(packet.payload),
+                });
+                // Not selected: nothing sent directly to resume from.
+                publish.sent_through = slot.map(|_| packet.sequence);
+            }
+        }
+        let Some(slot) = slot else { return };
         self.forward(id, &channel_name, slot, &packet, now);
     }
 
@@ -1169,6 +1223,7 @@ impl Edge {
         l.last_heard = Some(now);
         l.stalled = false;
         l.downlink.reset_streams();
+        l.reorder.clear();
         l.repair.reset();
         if l.ever_up {
             l.reconnects += 1;
@@ -1441,6 +1496,15 @@ impl Edge {
             return;
         }
         self.next_quality = now + QUALITY_INTERVAL;
+        let mut idle_held = Vec::new();
+        for (&link, l) in self.links.iter_mut() {
+            let mut out = Vec::new();
+            l.reorder.sweep(now, &mut out);
+            idle_held.extend(out.into_iter().map(|d| (link, d)));
+        }
+        for (link, d) in idle_held {
+            self.deliver_relay(link, &d, now);
+        }
         for (&link, l) in self.links.iter_mut().filter(|(_, l)| l.up) {
             l.downlink.sweep(now);
             let interval = l.downlink.take_interval();
@@ -1466,6 +1530,7 @@ impl Edge {
                 repair_activations: l.repair.activations,
                 copies_sent: l.copies_sent,
                 reconnects: l.reconnects,
+                reorder: l.reorder.counts,
             })
             .collect()
     }
@@ -1514,18 +1579,48 @@ impl Edge {
         if relay_proto::datagram::is_heartbeat(data) {
             return;
         }
-        let (header, payload) = match MediaHeader::decode(data) {
+        let header = match MediaHeader::parse(data) {
             Ok(h) => h,
             Err(_) => return self.drop_packet(DropReason::RelayMalformed),
         };
+        // Only the channel's current owner link maps: an old owner's media is dropped here.
+        if !self.by_relay_id.contains_key(&(link, header.channel_id)) {
+            return self.drop_packet(DropReason::RelayUnknownChannel);
+        }
+        let Some(l) = self.links.get_mut(&link) else { return };
         let copy = relay_proto::datagram::is_copy(data);
-        if let Some(l) = self.links.get_mut(&link) {
-            if !l.downlink.on_datagram(header.channel_id, header.speaker, header.sequence, copy, now) {
-                self.counters.relay_duplicates += 1;
-                return;
+        if !l.downlink.on_datagram(header.channel_id, header.speaker, header.sequence, copy, now) {
+            self.counters.relay_duplicates += 1;
+            return;
+        }
+        // Each stream goes on in sequence order (a packet after a hole waits briefly for
+        // the hole's repair copy or late packet).
+        let mut ready = std::mem::take(&mut self.relay_ready);
+        l.reorder.push((header.channel_id, header.speaker), header.sequence, data.clone(), now, &mut ready);
+        for d in ready.drain(..) {
+            self.deliver_relay(link, &d, now);
+        }
+        self.relay_ready = ready;
+    }
+
+    /// Held datagrams whose hole was given up go on.
+    fn release_held(&mut self, now: Instant) {
+        let mut ready = std::mem::take(&mut self.relay_ready);
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.reorder.poll(now, &mut ready);
+            }
+            for d in ready.drain(..) {
+                self.deliver_relay(link, &d, now);
             }
         }
-        // Only the channel's current owner link maps: an old owner's media is dropped here.
+        self.relay_ready = ready;
+    }
+
+    /// A core datagram in its stream's order: onto its slot, to every listener.
+    fn deliver_relay(&mut self, link: LinkId, data: &Bytes, now: Instant) {
+        let Ok((header, payload)) = MediaHeader::decode(data) else { return };
         let Some(name) = self.by_relay_id.get(&(link, header.channel_id)).cloned() else {
             return self.drop_packet(DropReason::RelayUnknownChannel);
         };
@@ -1565,6 +1660,35 @@ impl Edge {
         } else {
             0
         };
+        if let Some(publish) = self.sessions.get_mut(&from).and_then(|s| s.publish.as_mut()) {
+            // This edge's own speaker: its listeners get it directly. The core's copy
+            // only says it is selected; what it said since then goes out now, in order.
+            if publish.sent_through.is_some_and(|t| seq_at_or_after(t, header.sequence)) {
+                return;
+            }
+            let catch_up: Vec<Recent> = publish
+                .recent
+                .iter()
+                .filter(|r| seq_at_or_after(r.sequence, header.sequence))
+                .filter(|r| publish.sent_through.is_none_or(|t| !seq_at_or_after(t, r.sequence)))
+                .cloned()
+                .collect();
+            if let Some(last) = catch_up.last() {
+                publish.sent_through = Some(last.sequence);
+                for r in &catch_up {
+                    let packet = Forwarded {
+                        speaker: Ssrc(header.speaker),
+                        sequence: r.sequence,
+                        timestamp: r.timestamp,
+                        marker: r.marker,
+                        level: r.level,
+                        payload: &r.payload,
+                    };
+                    self.forward(from, &name, slot, &packet, now);
+                }
+                return;
+            }
+        }
         let packet = Forwarded {
             speaker: Ssrc(header.speaker),
             sequence: header.sequence,
@@ -1666,10 +1790,11 @@ impl Edge {
     }
 
     pub fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        self.links.values().filter_map(|l| l.reorder.next_deadline()).fold(self.next_tick, Instant::min)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.release_held(now);
         if now < self.next_tick {
             return;
         }

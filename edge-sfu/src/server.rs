@@ -433,7 +433,11 @@ impl Shell {
                 Output::Uplink { link, data } => match self.relays.get_mut(&link) {
                     Some(relay) => {
                         let before = relay.media.dropped();
-                        relay.media.send(Instant::now(), data);
+                        if relay_proto::datagram::is_copy(&data) {
+                            relay.media.send_copy(Instant::now(), data);
+                        } else {
+                            relay.media.send(Instant::now(), data);
+                        }
                         let dropped = relay.media.dropped() - before;
                         self.edge.count_drops(DropReason::UplinkQueue, dropped);
                         if relay.media.backlog() && !self.backlog.contains(&link) {

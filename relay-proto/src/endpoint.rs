@@ -76,8 +76,86 @@ impl TlsIdentity {
     }
 }
 
+/// The congestion window below which loss never throttles a link: what speakers say is
+/// sent at the rate they say it (a link's media is a few hundred kbit/s per channel), so
+/// random loss on a long path does not turn into queueing delay and dropped audio. Above
+/// it (bulk control traffic), Cubic decides as usual.
+pub const MEDIA_WINDOW_FLOOR: u64 = 512 * 1024;
+
+struct FloorController {
+    inner: Box<dyn quinn::congestion::Controller>,
+}
+
+impl quinn::congestion::Controller for FloorController {
+    fn on_sent(&mut self, now: std::time::Instant, bytes: u64, last_packet_number: u64) {
+        self.inner.on_sent(now, bytes, last_packet_number)
+    }
+
+    fn on_ack(
+        &mut self,
+        now: std::time::Instant,
+        sent: std::time::Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &quinn_proto::RttEstimator,
+    ) {
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt)
+    }
+
+    fn on_end_acks(&mut self, now: std::time::Instant, in_flight: u64, app_limited: bool, largest: Option<u64>) {
+        self.inner.on_end_acks(now, in_flight, app_limited, largest)
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: std::time::Instant,
+        sent: std::time::Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.inner.on_congestion_event(now, sent, is_persistent_congestion, lost_bytes)
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.inner.on_mtu_update(new_mtu)
+    }
+
+    fn window(&self) -> u64 {
+        self.inner.window().max(MEDIA_WINDOW_FLOOR)
+    }
+
+    fn clone_box(&self) -> Box<dyn quinn::congestion::Controller> {
+        Box::new(FloorController { inner: self.inner.clone_box() })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window().max(MEDIA_WINDOW_FLOOR)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+struct FloorFactory(Arc<quinn::congestion::CubicConfig>);
+
+impl quinn::congestion::ControllerFactory for FloorFactory {
+    fn build(self: Arc<Self>, now: std::time::Instant, current_mtu: u16) -> Box<dyn quinn::congestion::Controller> {
+        Box::new(FloorController { inner: self.0.clone().build(now, current_mtu) })
+    }
+}
+
 fn transport() -> Arc<quinn::TransportConfig> {
+    transport_with_floor(true)
+}
+
+/// Our transport settings; without the window floor only in tests (a link whose
+/// congestion controller holds media back).
+pub(crate) fn transport_with_floor(floor: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    if floor {
+        t.congestion_controller_factory(Arc::new(FloorFactory(Arc::new(quinn::congestion::CubicConfig::default()))));
+    }
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("3 s is a valid idle timeout")));
     t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
@@ -171,6 +249,12 @@ pub enum Trust {
 
 /// A client endpoint for an edge.
 pub fn client(bind: SocketAddr, trust: Trust) -> Result<quinn::Endpoint, EndpointError> {
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client_config(trust, true)?);
+    Ok(endpoint)
+}
+
+pub(crate) fn client_config(trust: Trust, floor: bool) -> Result<quinn::ClientConfig, EndpointError> {
     let builder =
         rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut tls = match trust {
@@ -189,10 +273,8 @@ pub fn client(bind: SocketAddr, trust: Trust) -> Result<quinn::Endpoint, Endpoin
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
-    let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    config.transport_config(transport_with_floor(floor));
+    Ok(config)
 }
 
 /// Accepts any certificate but still checks the handshake signatures with it.

@@ -10,6 +10,7 @@ pub mod datagram;
 pub mod endpoint;
 pub mod loss;
 pub mod queue;
+pub mod reorder;
 pub mod sender;
 pub mod speaker;
 

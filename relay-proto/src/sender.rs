@@ -22,6 +22,12 @@ pub const QUINN_MAX_WAIT: Duration = Duration::from_millis(10);
 pub const QUEUE_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// quinn's bookkeeping per queued datagram.
 const QUINN_OVERHEAD: usize = std::mem::size_of::<Bytes>();
+/// How long after its original a repair copy is sent: never in the same QUIC packet
+/// (quinn packs datagrams queued together into one, which a loss takes whole), and
+/// apart in time, so a loss burst shorter than this spares one of the two.
+pub const REPAIR_SPACING: Duration = Duration::from_millis(10);
+/// Repair copies waiting for their time, at most (older ones are dropped).
+const MAX_WAITING_COPIES: usize = 4096;
 
 /// Counters of one link's sending side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +51,8 @@ pub struct DatagramSender {
     /// What we handed quinn and it may not have sent yet: (when, bytes it takes there).
     handed: VecDeque<(Instant, usize)>,
     handed_bytes: usize,
+    /// Repair copies and when they are due.
+    copies: VecDeque<(Instant, Bytes)>,
     sent: u64,
     refused: u64,
     max_wait: Duration,
@@ -60,6 +68,7 @@ impl DatagramSender {
             empty_space,
             handed: VecDeque::new(),
             handed_bytes: 0,
+            copies: VecDeque::new(),
             sent: 0,
             refused: 0,
             max_wait: Duration::ZERO,
@@ -76,8 +85,21 @@ impl DatagramSender {
         self.flush(now);
     }
 
+    /// Queues a repair copy to go `REPAIR_SPACING` after now.
+    pub fn send_copy(&mut self, now: Instant, copy: Bytes) {
+        if self.copies.len() >= MAX_WAITING_COPIES {
+            self.copies.pop_front();
+            self.refused += 1;
+        }
+        self.copies.push_back((now + REPAIR_SPACING, copy));
+    }
+
     /// Hands quinn what it can take; call again later while `backlog()` is true.
     pub fn flush(&mut self, now: Instant) {
+        while self.copies.front().is_some_and(|(due, _)| *due <= now) {
+            let (due, copy) = self.copies.pop_front().expect("front exists");
+            self.queue.push(due, copy);
+        }
         let held = self.empty_space.saturating_sub(self.conn.datagram_send_buffer_space());
         // quinn sends in order: of what we handed it, only the newest `held` bytes remain.
         while self.handed_bytes > held {
@@ -109,9 +131,9 @@ impl DatagramSender {
         self.queue.dropped_stale + self.queue.dropped_full + self.refused
     }
 
-    /// Datagrams wait in our queue (flush again soon).
+    /// Datagrams wait in our queue, or copies for their time (flush again soon).
     pub fn backlog(&self) -> bool {
-        !self.queue.is_empty()
+        !self.queue.is_empty() || !self.copies.is_empty()
     }
 
     /// How long the oldest datagram in our queue has waited.
@@ -152,7 +174,10 @@ mod tests {
             (core, conn)
         });
         let edge = client("127.0.0.1:0".parse().unwrap(), Trust::ClusterSecretOnly).unwrap();
-        let conn = edge.connect(front, "core").unwrap().await.unwrap();
+        // A congestion controller that holds media back once the path fails (ours has a
+        // floor and keeps sending): what waits must wait here, bounded by age.
+        let config = crate::endpoint::client_config(Trust::ClusterSecretOnly, false).unwrap();
+        let conn = edge.connect_with(config, front, "core").unwrap().await.unwrap();
         let (_core, receiver) = accept.await.unwrap();
         let mut sender = DatagramSender::new(conn.clone());
         let numbered = |n: u32| Bytes::from([n.to_be_bytes().as_slice(), &[0u8; 96]].concat());
