@@ -32,6 +32,9 @@ pub struct CoreArgs {
     /// Active speakers forwarded per channel (default 3).
     #[arg(long, env = "SFU_SLOTS")]
     pub slots: Option<usize>,
+    /// Send repair copies of media on a core link that reports loss (default true).
+    #[arg(long, env = "SFU_RELAY_REPAIR")]
+    pub relay_repair: Option<bool>,
     /// This core's id in logs and welcomes (default "core").
     #[arg(long, env = "SFU_CORE_ID")]
     pub core_id: Option<String>,
@@ -85,6 +88,7 @@ struct FileConfig {
     cluster_secret: Option<SecretText>,
     admin_token: Option<SecretText>,
     slots: Option<usize>,
+    relay_repair: Option<bool>,
     core_id: Option<String>,
     quic_cert: Option<PathBuf>,
     quic_key: Option<PathBuf>,
@@ -133,7 +137,7 @@ pub struct FleetSettings {
 }
 
 /// Lease lifetime by default: three renewals of a second each. A dead core's channels
-/// move after at most this (plus the edges' 1 s link timeout, which overlaps it).
+/// move after at most this (the edges' 3 s link timeout overlaps it).
 pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl FleetSettings {
@@ -196,6 +200,7 @@ impl CoreSettings {
         s.quic_cert = args.quic_cert.clone().or(file.quic_cert);
         s.quic_key = args.quic_key.clone().or(file.quic_key);
         s.core.selector.slots = args.slots.or(file.slots).unwrap_or(s.core.selector.slots);
+        s.core.relay_repair = args.relay_repair.or(file.relay_repair).unwrap_or(true);
         anyhow::ensure!(
             (1..=relay_proto::datagram::MAX_SLOTS).contains(&s.core.selector.slots),
             "slots must be 1..=15"

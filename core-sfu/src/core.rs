@@ -39,6 +39,8 @@ pub struct CoreConfig {
     /// The epoch of channels owned without a fleet: the shell's start time in ms, so a
     /// restarted core's epochs are higher than those of its previous run.
     pub local_epoch: u64,
+    /// Send repair copies to edges that report loss (on by default).
+    pub relay_repair: bool,
 }
 
 /// How this core shares channel ownership with other cores.
@@ -70,6 +72,7 @@ impl Default for CoreConfig {
             region: "local".to_owned(),
             fleet: None,
             local_epoch: 1,
+            relay_repair: true,
         }
     }
 }
@@ -666,7 +669,7 @@ impl Core {
             Message::Subscribe { channel, listeners } => self.subscribe(edge, &channel, listeners, now),
             Message::Unsubscribe { channel_id } => self.unsubscribe(edge, channel_id, now),
             Message::LinkQuality { lost_permille } => {
-                if let Some(e) = self.edges.get_mut(&edge) {
+                if let Some(e) = self.edges.get_mut(&edge).filter(|_| self.config.relay_repair) {
                     let was_on = e.repair.is_on();
                     e.repair.on_report(lost_permille, now);
                     if e.repair.is_on() != was_on {

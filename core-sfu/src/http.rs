@@ -352,12 +352,17 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 /// Prometheus text: the core's counters, copied from one snapshot at scrape time so the
 /// media path never touches the metrics registry.
 async fn metrics_text(State(state): State<HttpState>) -> Response {
-    let (Some((c, edges)), Some(channels)) = (state.handle.stats().await, state.handle.channels().await) else {
+    let (Some((c, edges)), Some(channels), Some(links)) =
+        (state.handle.stats().await, state.handle.channels().await, state.handle.links().await)
+    else {
         return (StatusCode::SERVICE_UNAVAILABLE, "core is shutting down\n").into_response();
     };
     metrics::with_local_recorder(state.recorder.as_ref(), || {
         let node = state.node.clone();
         let labels = [("node", node.clone()), ("role", "core".to_owned())];
+        for link in &links {
+            link.record(&labels);
+        }
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
         metrics::gauge!("sfu_core_channels", &labels).set(channels.len() as f64);
         let listeners: u64 = channels.iter().map(|c| c.listeners).sum();

@@ -10,6 +10,7 @@ use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
 use relay_proto::queue::MEDIA_AGE_BUDGET;
+use relay_proto::health::LinkHealth;
 use relay_proto::sender::DatagramSender;
 use relay_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot};
@@ -82,6 +83,10 @@ enum Command {
     },
     Stats {
         reply: oneshot::Sender<(CoreCounters, usize)>,
+    },
+    /// Each edge link's health.
+    Links {
+        reply: oneshot::Sender<Vec<LinkHealth>>,
     },
     Edges {
         reply: oneshot::Sender<Vec<EdgeView>>,
@@ -172,6 +177,13 @@ impl CoreHandle {
     pub async fn stats(&self) -> Option<(CoreCounters, usize)> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// How each edge link fares.
+    pub async fn links(&self) -> Option<Vec<LinkHealth>> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Links { reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -516,6 +528,33 @@ async fn run_core(
                     Command::Malformed { edge } => core.misbehaved(edge, Refusal::MalformedControl, now),
                     Command::Channels { reply } => { let _ = reply.send(core.channels()); }
                     Command::Channel { name, reply } => { let _ = reply.send(core.channel_detail(&name)); }
+                    Command::Links { reply } => {
+                        let health = core
+                            .links()
+                            .into_iter()
+                            .map(|v| {
+                                let link = links.get(&v.edge);
+                                let quic = link.map(|l| l.conn.stats());
+                                LinkHealth {
+                                    peer: v.edge_id,
+                                    up: link.is_some(),
+                                    stalled: false,
+                                    rtt: link.map(|l| l.conn.rtt()),
+                                    quic_packets_sent: quic.as_ref().map_or(0, |q| q.path.sent_packets),
+                                    quic_packets_lost: quic.as_ref().map_or(0, |q| q.path.lost_packets),
+                                    received: v.uplink,
+                                    sent: link.map(|l| l.media.stats()).unwrap_or_default(),
+                                    queue_age: link.map_or(Duration::ZERO, |l| l.media.queue_age(now)),
+                                    peer_reported_loss_permille: v.downlink_loss_permille,
+                                    repair_on: v.repair_on,
+                                    repair_activations: v.repair_activations,
+                                    repair_copies_sent: v.copies_sent,
+                                    reconnects: 0,
+                                }
+                            })
+                            .collect();
+                        let _ = reply.send(health);
+                    }
                     Command::Stats { reply } => { let _ = reply.send((core.counters().clone(), core.edge_count())); }
                     Command::Edges { reply } => { let _ = reply.send(core.edges()); }
                     Command::Place { request, reply } => match core.place(&request, now) {

@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Audio slots per listener (default 3).
     #[arg(long, env = "SFU_SLOTS")]
     pub slots: Option<usize>,
+    /// Send repair copies of media on a core link that reports loss (default true).
+    #[arg(long, env = "SFU_RELAY_REPAIR")]
+    pub relay_repair: Option<bool>,
     /// Sessions this edge accepts in all (default 5000).
     #[arg(long, env = "SFU_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
@@ -113,6 +116,7 @@ struct FileConfig {
     max_http_connections: Option<usize>,
     max_listeners_per_channel: Option<usize>,
     slots: Option<usize>,
+    relay_repair: Option<bool>,
     max_sessions: Option<usize>,
     cors_allow_origin: Option<String>,
     dtls_cert: Option<PathBuf>,
@@ -212,6 +216,7 @@ impl Settings {
         edge.max_listeners_per_channel =
             args.max_listeners_per_channel.or(file.max_listeners_per_channel).unwrap_or(edge.max_listeners_per_channel);
         edge.slots = args.slots.or(file.slots).unwrap_or(edge.slots);
+        edge.relay_repair = args.relay_repair.or(file.relay_repair).unwrap_or(true);
         edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
         edge.max_pending_sessions =
             args.max_pending_sessions.or(file.max_pending_sessions).unwrap_or(edge.max_pending_sessions);

@@ -51,6 +51,8 @@ pub struct EdgeConfig {
     pub cascade: bool,
     /// What one session may send, before and after its handshake.
     pub limits: SessionLimits,
+    /// Uplink repair copies when the core reports loss (on by default).
+    pub relay_repair: bool,
 }
 
 impl Default for EdgeConfig {
@@ -68,6 +70,7 @@ impl Default for EdgeConfig {
             cname: "webrtc-sfu".to_owned(),
             cascade: false,
             limits: SessionLimits::default(),
+            relay_repair: true,
         }
     }
 }
@@ -1462,7 +1465,7 @@ impl Edge {
             }
             Message::Goodbye { reason } => info!(reason = ?reason, link, "core says goodbye"),
             Message::LinkQuality { lost_permille } => {
-                if let Some(l) = self.links.get_mut(&link) {
+                if let Some(l) = self.links.get_mut(&link).filter(|_| self.config.relay_repair) {
                     let was_on = l.repair.is_on();
                     l.repair.on_report(lost_permille, now);
                     if l.repair.is_on() != was_on {

@@ -436,11 +436,14 @@ async fn demo_token(
 /// Prometheus text: the edge's counters, copied from one snapshot at scrape time so the
 /// media path never touches the metrics registry.
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let Ok((c, sessions)) = state.edge.stats().await else {
+    let (Ok((c, sessions)), Ok(links)) = (state.edge.stats().await, state.edge.links().await) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     };
     metrics::with_local_recorder(state.metrics.as_ref(), || {
         let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];
+        for link in &links {
+            link.record(&labels);
+        }
         metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
         metrics::counter!("sfu_edge_sessions_opened_total", &labels).absolute(c.sessions_opened);
         metrics::counter!("sfu_edge_sessions_closed_total", &labels).absolute(c.sessions_closed);

@@ -14,6 +14,7 @@ use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
 use relay_proto::queue::MEDIA_AGE_BUDGET;
+use relay_proto::health::LinkHealth;
 use relay_proto::sender::DatagramSender;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +62,10 @@ enum Command {
     },
     Stats {
         reply: oneshot::Sender<(Counters, usize)>,
+    },
+    /// Each core link's health.
+    Links {
+        reply: oneshot::Sender<Vec<LinkHealth>>,
     },
     /// Drain: no new sessions; those left end after `deadline`.
     Drain {
@@ -179,6 +184,11 @@ impl EdgeHandle {
 
     pub async fn stats(&self) -> Result<(Counters, usize), HandleError> {
         self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// How each core link fares.
+    pub async fn links(&self) -> Result<Vec<LinkHealth>, HandleError> {
+        self.ask(|reply| Command::Links { reply }).await
     }
 
     /// Stops taking sessions; those left end after `deadline`.
@@ -347,6 +357,34 @@ impl Shell {
                     draining: self.edge.is_draining(),
                     sessions: self.edge.session_count(),
                 });
+            }
+            Command::Links { reply } => {
+                let links = self
+                    .edge
+                    .core_links()
+                    .into_iter()
+                    .map(|v| {
+                        let relay = self.relays.get(&v.link);
+                        let quic = relay.map(|r| r.conn.stats());
+                        LinkHealth {
+                            peer: v.core,
+                            up: v.up,
+                            stalled: v.stalled,
+                            rtt: relay.map(|r| r.conn.rtt()),
+                            quic_packets_sent: quic.as_ref().map_or(0, |q| q.path.sent_packets),
+                            quic_packets_lost: quic.as_ref().map_or(0, |q| q.path.lost_packets),
+                            received: v.downlink,
+                            sent: relay.map(|r| r.media.stats()).unwrap_or_default(),
+                            queue_age: relay.map_or(Duration::ZERO, |r| r.media.queue_age(now)),
+                            peer_reported_loss_permille: v.uplink_loss_permille,
+                            repair_on: v.repair_on,
+                            repair_activations: v.repair_activations,
+                            repair_copies_sent: v.copies_sent,
+                            reconnects: v.reconnects,
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(links);
             }
             Command::Stats { reply } => {
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));

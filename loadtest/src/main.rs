@@ -100,6 +100,8 @@ enum Node {
         core_id: Option<String>,
         #[arg(long, value_parser = humantime::parse_duration)]
         lease_ttl: Option<Duration>,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        relay_repair: bool,
     },
     Edge {
         #[arg(long)]
@@ -116,6 +118,8 @@ enum Node {
         slots: usize,
         #[arg(long)]
         id: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        relay_repair: bool,
     },
 }
 
@@ -198,6 +202,9 @@ struct LinkArgs {
     /// Link rate each way in kbit/s (a 100 ms buffer behind it).
     #[arg(long)]
     link_rate_kbps: Option<u64>,
+    /// Turn the relay's loss repair off on every node (to measure what it saves).
+    #[arg(long)]
+    no_relay_repair: bool,
 }
 
 impl LinkArgs {
@@ -311,9 +318,18 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     anyhow::ensure!(edges >= 1, "at least one edge");
     let (cluster_secret, token_secret) = (random_secret(), random_secret());
     let slots = load.slots.to_string();
+    let repair = (!link.no_relay_repair).to_string();
     let core = procs::spawn(
         "core",
-        &["core".into(), "--cluster-secret".into(), cluster_secret.clone(), "--slots".into(), slots.clone()],
+        &[
+            "core".into(),
+            "--cluster-secret".into(),
+            cluster_secret.clone(),
+            "--slots".into(),
+            slots.clone(),
+            "--relay-repair".into(),
+            repair.clone(),
+        ],
     )
     .await?;
     let per_edge = load.listeners.div_ceil(edges).max(25).to_string();
@@ -344,6 +360,8 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
             &per_edge,
             "--slots",
             &slots,
+            "--relay-repair",
+            &repair,
             "--id",
             &format!("edge-{i}"),
         ];
@@ -416,11 +434,12 @@ async fn run(
 
 async fn node_main(node: Node) -> anyhow::Result<()> {
     match node {
-        Node::Core { cluster_secret, slots, redis, admin_token, token_secret, core_id, lease_ttl } => {
+        Node::Core { cluster_secret, slots, redis, admin_token, token_secret, core_id, lease_ttl, relay_repair } => {
             let mut s = core_sfu::CoreSettings::local(node_kit::Secret::new("cluster secret", cluster_secret)?);
             s.quic = "127.0.0.1:0".parse()?;
             s.http = "127.0.0.1:0".parse()?;
             s.core.selector.slots = slots;
+            s.core.relay_repair = relay_repair;
             s.admin_token = admin_token.map(|t| node_kit::Secret::new("admin token", t)).transpose()?;
             s.token_secret = token_secret.map(|t| node_kit::Secret::new("token secret", t)).transpose()?;
             if let Some(id) = core_id {
@@ -435,7 +454,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             procs::announce_ready(core.http_addr, "quic", core.handle.quic_addr);
             let _ = core.quic_task.await;
         }
-        Node::Edge { core, core_url, cluster_secret, token_secret, max_listeners, slots, id } => {
+        Node::Edge { core, core_url, cluster_secret, token_secret, max_listeners, slots, id, relay_repair } => {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
@@ -453,6 +472,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             };
             s.edge.cascade = true;
             s.edge.slots = slots;
+            s.edge.relay_repair = relay_repair;
             s.edge.max_listeners_per_channel = max_listeners;
             s.edge.max_sessions = max_listeners * 4 + 100;
             let edge = edge_sfu::start(s).await?;

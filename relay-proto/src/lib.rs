@@ -8,6 +8,7 @@ pub mod auth;
 pub mod control;
 pub mod datagram;
 pub mod endpoint;
+pub mod health;
 pub mod loss;
 pub mod queue;
 pub mod reorder;
