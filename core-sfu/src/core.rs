@@ -823,6 +823,13 @@ impl Core {
     }
 
     pub fn handle_datagram(&mut self, edge: EdgeKey, data: Bytes, now: Instant) {
+        if let Some(seq) = relay_proto::datagram::heartbeat_seq(&data) {
+            if let Some(e) = self.edges.get_mut(&edge) {
+                let (channel, speaker) = relay_proto::datagram::HEARTBEAT_STREAM;
+                e.uplink.on_datagram(channel, speaker, seq, false, now);
+            }
+            return;
+        }
         let header = match MediaHeader::parse(&data) {
             Ok(h) => h,
             Err(_) => return self.misbehaved(edge, Refusal::MalformedDatagram, now),

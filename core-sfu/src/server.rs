@@ -9,8 +9,8 @@ use node_kit::bucket::TokenBucket;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
-use relay_proto::queue::MEDIA_AGE_BUDGET;
 use relay_proto::health::LinkHealth;
+use relay_proto::queue::MEDIA_AGE_BUDGET;
 use relay_proto::sender::DatagramSender;
 use relay_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot};
@@ -393,6 +393,7 @@ struct EdgeLink {
     control: mpsc::Sender<Message>,
     /// Media and heartbeats to the edge, through a queue bounded by age.
     media: DatagramSender,
+    heartbeat_seq: u16,
 }
 
 /// How often links with datagrams waiting are offered to quinn again.
@@ -487,7 +488,9 @@ async fn run_core(
                 // From the core task itself: an edge hears them only while this task runs.
                 let now = Instant::now();
                 for (&edge, link) in links.iter_mut() {
-                    send_media(&mut core, &mut backlog, edge, link, now, Bytes::from_static(&relay_proto::datagram::HEARTBEAT));
+                    link.heartbeat_seq = link.heartbeat_seq.wrapping_add(1);
+                    let beat = relay_proto::datagram::heartbeat(link.heartbeat_seq);
+                    send_media(&mut core, &mut backlog, edge, link, now, beat);
                 }
             }
             _ = tokio::time::sleep_until(flush_at), if !backlog.is_empty() => {
@@ -508,7 +511,7 @@ async fn run_core(
                         let n = core.edge_joined(edge, hello, now);
                         if n.is_some() {
                             let media = DatagramSender::new(conn.clone());
-                            links.insert(edge, EdgeLink { conn, control, media });
+                            links.insert(edge, EdgeLink { conn, control, media, heartbeat_seq: 0 });
                         }
                         let _ = number.send(n);
                     }

@@ -1579,7 +1579,11 @@ impl Edge {
     /// A datagram from the core: a selected speaker's packet for this edge's listeners.
     pub fn handle_relay_datagram(&mut self, link: LinkId, data: &Bytes, now: Instant) {
         self.heard_from(link, now);
-        if relay_proto::datagram::is_heartbeat(data) {
+        if let Some(seq) = relay_proto::datagram::heartbeat_seq(data) {
+            if let Some(l) = self.links.get_mut(&link) {
+                let (channel, speaker) = relay_proto::datagram::HEARTBEAT_STREAM;
+                l.downlink.on_datagram(channel, speaker, seq, false, now);
+            }
             return;
         }
         let header = match MediaHeader::parse(data) {

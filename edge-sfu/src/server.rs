@@ -13,8 +13,8 @@ use media::srtp::SrtpKeys;
 use relay_proto::auth::{self, Side};
 use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
-use relay_proto::queue::MEDIA_AGE_BUDGET;
 use relay_proto::health::LinkHealth;
+use relay_proto::queue::MEDIA_AGE_BUDGET;
 use relay_proto::sender::DatagramSender;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -118,8 +118,9 @@ pub struct RelayConfig {
 struct RelayLink {
     conn: quinn::Connection,
     control: mpsc::Sender<Message>,
-    /// Uplink media, through a queue bounded by age.
+    /// Uplink media and heartbeats, through a queue bounded by age.
     media: DatagramSender,
+    heartbeat_seq: u16,
 }
 
 /// How often links with uplink datagrams waiting are offered to quinn again.
@@ -278,6 +279,8 @@ impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2048];
         let mut next_flush = tokio::time::Instant::now();
+        let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = tokio::time::Instant::from_std(self.edge.poll_timeout());
             if self.backlog.is_empty() {
@@ -305,6 +308,17 @@ impl Shell {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => self.edge.handle_timeout(Instant::now()),
+                _ = heartbeat.tick(), if !self.relays.is_empty() => {
+                    // The core counts these to know what this link loses before media flows.
+                    let now = Instant::now();
+                    for (&link, relay) in self.relays.iter_mut() {
+                        relay.heartbeat_seq = relay.heartbeat_seq.wrapping_add(1);
+                        relay.media.send(now, relay_proto::datagram::heartbeat(relay.heartbeat_seq));
+                        if relay.media.backlog() && !self.backlog.contains(&link) {
+                            self.backlog.push(link);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(next_flush), if !self.backlog.is_empty() => {
                     let now = Instant::now();
                     next_flush = tokio::time::Instant::now() + BACKLOG_FLUSH;
@@ -611,7 +625,7 @@ async fn pump(
             }
         }
     });
-    let relay = RelayLink { conn: conn.clone(), control, media: DatagramSender::new(conn.clone()) };
+    let relay = RelayLink { conn: conn.clone(), control, media: DatagramSender::new(conn.clone()), heartbeat_seq: 0 };
     if commands.send(Command::RelayUp { link, relay, edge_number }).await.is_err() {
         writer.abort();
         return;

@@ -62,6 +62,7 @@ struct Net {
     /// Links whose core is alive: they get heartbeats as time advances.
     beating: Vec<LinkId>,
     next_heartbeat: Instant,
+    heartbeat_seq: u16,
 }
 
 impl Net {
@@ -76,6 +77,7 @@ impl Net {
             core,
             beating: vec![core],
             next_heartbeat: now,
+            heartbeat_seq: 0,
             now,
             port: 10_000,
             inbox: Vec::new(),
@@ -110,12 +112,10 @@ impl Net {
             // Live cores send heartbeats every 100 ms.
             if self.now >= self.next_heartbeat {
                 self.next_heartbeat = self.now + relay_proto::datagram::HEARTBEAT_INTERVAL;
+                self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
                 for &link in &self.beating {
-                    self.edge.handle_relay_datagram(
-                        link,
-                        &Bytes::from_static(&relay_proto::datagram::HEARTBEAT),
-                        self.now,
-                    );
+                    let beat = relay_proto::datagram::heartbeat(self.heartbeat_seq);
+                    self.edge.handle_relay_datagram(link, &beat, self.now);
                 }
             }
             self.edge.handle_timeout(self.now);

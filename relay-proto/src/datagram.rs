@@ -22,15 +22,25 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const HEADER_LEN: usize = 20;
-/// The core's heartbeat to each edge (a datagram of one zero byte, ten times a second):
-/// an edge that hears nothing for a few of them knows its link stalls, long before QUIC
-/// would call it dead, and serves its own speakers meanwhile.
-pub const HEARTBEAT: [u8; 1] = [0];
+/// Each end's heartbeat on a link, ten times a second: a zero byte and a 16-bit sequence
+/// number. An edge that hears none for a few of them knows its link stalls, long before
+/// QUIC would call it dead, and serves its own speakers meanwhile; both ends count the
+/// ones lost, so a link's loss is known (and repair on) before any media flows on it.
+pub const HEARTBEAT_LEN: usize = 3;
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The stream heartbeats are counted as in a link's loss (no channel has id 0).
+pub const HEARTBEAT_STREAM: (u32, u32) = (0, 0);
 
-pub fn is_heartbeat(d: &[u8]) -> bool {
-    d == HEARTBEAT
+pub fn heartbeat(seq: u16) -> Bytes {
+    let [hi, lo] = seq.to_be_bytes();
+    Bytes::copy_from_slice(&[0, hi, lo])
 }
+
+/// The heartbeat's sequence number, if `d` is one.
+pub fn heartbeat_seq(d: &[u8]) -> Option<u16> {
+    (d.len() == HEARTBEAT_LEN && d[0] == 0).then(|| u16::from_be_bytes([d[1], d[2]]))
+}
+
 pub const MAX_PAYLOAD: usize = 1200;
 const VERSION: u8 = 3;
 /// Slots a datagram can name (four bits, the last value meaning none).

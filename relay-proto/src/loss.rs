@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const WINDOW: u64 = 64;
+/// A hole this many packets behind the newest counts as lost (long past any repair copy
+/// or reordering), so a report a second later already shows it.
+const LOSS_AFTER: u64 = 16;
 /// A forward jump larger than this restarts the stream instead of counting loss.
 pub const MAX_GAP: u64 = 10;
 /// A stream nobody sent for this long is forgotten.
@@ -103,10 +106,8 @@ impl LinkLoss {
                 self.counts.lost += missing(s.seen, s.span);
                 *s = Stream { highest: ext, seen: 1, span: 1, last: now };
             } else {
-                // Positions leaving the window unfilled are lost.
-                let leaving = (s.span + shift).saturating_sub(WINDOW);
-                for i in 0..leaving {
-                    let pos = WINDOW - 1 - i;
+                // Positions passing `LOSS_AFTER` unfilled are lost.
+                for pos in LOSS_AFTER.saturating_sub(shift)..LOSS_AFTER {
                     if pos < s.span && s.seen & (1 << pos) == 0 {
                         self.counts.lost += 1;
                     }
@@ -135,6 +136,10 @@ impl LinkLoss {
         }
         s.seen |= bit;
         self.counts.received += 1;
+        if back >= LOSS_AFTER {
+            // Counted as lost already; it came after all.
+            self.counts.lost = self.counts.lost.saturating_sub(1);
+        }
         if copy {
             self.counts.repaired += 1;
         }
@@ -170,9 +175,10 @@ impl LinkLoss {
     }
 }
 
-/// Unfilled positions of a window, the newest excepted (it is always filled).
+/// Unfilled positions of a window not yet counted as lost (those under `LOSS_AFTER`).
 fn missing(seen: u64, span: u64) -> u64 {
-    let mask = if span >= WINDOW { u64::MAX } else { (1u64 << span) - 1 };
+    let open = span.min(LOSS_AFTER);
+    let mask = (1u64 << open) - 1;
     u64::from((!seen & mask).count_ones())
 }
 
@@ -254,8 +260,8 @@ mod tests {
         for seq in (0u16..200).filter(|s| s % 10 != 5) {
             l.on_datagram(1, 7, seq, false, t);
         }
-        // 20 holes; those in the last 64 packets are still open.
-        assert_eq!(l.counts().lost, 14);
+        // 20 holes; those in the last 16 packets are still open.
+        assert_eq!(l.counts().lost, 18);
         // A pause in selection (a jump of 500) is no loss, but closes the open holes.
         l.on_datagram(1, 7, 700, false, t);
         assert_eq!(l.counts().lost, 20);
