@@ -11,7 +11,7 @@ use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, TlsIdentity};
 use relay_proto::health::LinkHealth;
 use relay_proto::queue::MEDIA_AGE_BUDGET;
-use relay_proto::sender::DatagramSender;
+use relay_proto::sender::{sleep_until_some, Backlog, DatagramSender};
 use relay_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -396,13 +396,10 @@ struct EdgeLink {
     heartbeat_seq: u16,
 }
 
-/// How often links with datagrams waiting are offered to quinn again.
-const BACKLOG_FLUSH: Duration = Duration::from_millis(5);
-
 /// Sends one datagram on a link, counting what its queue dropped and noting a backlog.
 fn send_media(
     core: &mut Core,
-    backlog: &mut Vec<EdgeKey>,
+    backlog: &mut Backlog<EdgeKey>,
     edge: EdgeKey,
     link: &mut EdgeLink,
     now: Instant,
@@ -422,9 +419,7 @@ fn send_media(
             debug!(edge, total, "datagrams to a slow edge dropped");
         }
     }
-    if link.media.backlog() && !backlog.contains(&edge) {
-        backlog.push(edge);
-    }
+    backlog.note(edge, &mut link.media);
 }
 
 type PlacementWaiters = std::collections::HashMap<Arc<str>, Vec<(PlaceRequest, oneshot::Sender<PlaceOutcome>)>>;
@@ -476,13 +471,10 @@ async fn run_core(
     let mut waiting = 0usize;
     let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlog: Vec<EdgeKey> = Vec::new();
-    let mut flush_at = tokio::time::Instant::now();
+    let mut backlog: Backlog<EdgeKey> = Backlog::default();
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
-        if backlog.is_empty() {
-            flush_at = tokio::time::Instant::now() + BACKLOG_FLUSH;
-        }
+        let flush_at = backlog.wake_at().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = heartbeat.tick() => {
                 // From the core task itself: an edge hears them only while this task runs.
@@ -493,15 +485,8 @@ async fn run_core(
                     send_media(&mut core, &mut backlog, edge, link, now, beat);
                 }
             }
-            _ = tokio::time::sleep_until(flush_at), if !backlog.is_empty() => {
-                let now = Instant::now();
-                flush_at = tokio::time::Instant::now() + BACKLOG_FLUSH;
-                backlog.retain(|edge| links.get_mut(edge).is_some_and(|link| {
-                    let before = link.media.dropped();
-                    link.media.flush(now);
-                    core.count_send_drops(link.media.dropped() - before);
-                    link.media.backlog()
-                }));
+            _ = sleep_until_some(flush_at) => {
+                backlog.flush(Instant::now(), &mut links, |l| &mut l.media, |_, n| core.count_send_drops(n));
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };

@@ -15,7 +15,7 @@ use relay_proto::control::{FrameReader, Message};
 use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
 use relay_proto::health::LinkHealth;
 use relay_proto::queue::MEDIA_AGE_BUDGET;
-use relay_proto::sender::DatagramSender;
+use relay_proto::sender::{sleep_until_some, Backlog, DatagramSender};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -123,9 +123,6 @@ struct RelayLink {
     heartbeat_seq: u16,
 }
 
-/// How often links with uplink datagrams waiting are offered to quinn again.
-const BACKLOG_FLUSH: Duration = Duration::from_millis(5);
-
 const RELAY_CONTROL_QUEUE: usize = 4096;
 const RELAY_MIN_BACKOFF: Duration = Duration::from_millis(100);
 const RELAY_MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -220,8 +217,8 @@ struct Shell {
     last_send_warning: Option<Instant>,
     relays: HashMap<LinkId, RelayLink>,
     relay_config: Option<Arc<RelayConfig>>,
-    /// Links with uplink datagrams waiting for quinn.
-    backlog: Vec<LinkId>,
+    /// Links with uplink datagrams waiting for quinn, or repair copies for their time.
+    backlog: Backlog<LinkId>,
 }
 
 /// Starts the edge task on a bound UDP socket (and the core link in cascade mode).
@@ -264,7 +261,7 @@ pub fn start(
         last_send_warning: None,
         relays: HashMap::new(),
         relay_config: relay_config.clone(),
-        backlog: Vec::new(),
+        backlog: Backlog::default(),
     };
     let task = tokio::spawn(shell.run(rx));
     if let Some(config) = relay_config {
@@ -278,14 +275,11 @@ pub fn start(
 impl Shell {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 2048];
-        let mut next_flush = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = tokio::time::Instant::from_std(self.edge.poll_timeout());
-            if self.backlog.is_empty() {
-                next_flush = tokio::time::Instant::now() + BACKLOG_FLUSH;
-            }
+            let flush_at = self.backlog.wake_at().map(tokio::time::Instant::from_std);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd),
@@ -314,21 +308,14 @@ impl Shell {
                     for (&link, relay) in self.relays.iter_mut() {
                         relay.heartbeat_seq = relay.heartbeat_seq.wrapping_add(1);
                         relay.media.send(now, relay_proto::datagram::heartbeat(relay.heartbeat_seq));
-                        if relay.media.backlog() && !self.backlog.contains(&link) {
-                            self.backlog.push(link);
-                        }
+                        self.backlog.note(link, &mut relay.media);
                     }
                 }
-                _ = tokio::time::sleep_until(next_flush), if !self.backlog.is_empty() => {
-                    let now = Instant::now();
-                    next_flush = tokio::time::Instant::now() + BACKLOG_FLUSH;
-                    let (relays, edge) = (&mut self.relays, &mut self.edge);
-                    self.backlog.retain(|link| relays.get_mut(link).is_some_and(|relay| {
-                        let before = relay.media.dropped();
-                        relay.media.flush(now);
-                        edge.count_drops(DropReason::UplinkQueue, relay.media.dropped() - before);
-                        relay.media.backlog()
-                    }));
+                _ = sleep_until_some(flush_at) => {
+                    let edge = &mut self.edge;
+                    self.backlog.flush(Instant::now(), &mut self.relays, |r| &mut r.media, |_, n| {
+                        edge.count_drops(DropReason::UplinkQueue, n)
+                    });
                 }
             }
             self.flush();
@@ -492,9 +479,7 @@ impl Shell {
                         }
                         let dropped = relay.media.dropped() - before;
                         self.edge.count_drops(DropReason::UplinkQueue, dropped);
-                        if relay.media.backlog() && !self.backlog.contains(&link) {
-                            self.backlog.push(link);
-                        }
+                        self.backlog.note(link, &mut relay.media);
                     }
                     None => self.edge.count_drop(DropReason::UplinkQueue),
                 },

@@ -20,7 +20,7 @@ use media::{classify, PacketKind, Ssrc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::measure::{latency, micros_since, read_stamp, stamped_payload, StreamStats};
+use crate::measure::{latency, micros_since, read_spurt, read_stamp, stamped_payload, StreamStats};
 
 const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 const ICE_ATTEMPTS: u32 = 25;
@@ -43,8 +43,6 @@ pub struct Shared {
     pub client_http: Vec<reqwest::Client>,
     pub next_client_http: std::sync::atomic::AtomicUsize,
     pub live: Live,
-    /// When each speaker (by SSRC) last started a talk spurt, µs since the epoch.
-    pub talk_starts: Mutex<HashMap<u32, u64>>,
 }
 
 /// Counters for the live display; histograms are merged once a second per client.
@@ -121,8 +119,11 @@ pub struct ClientReport {
     pub join_time: Option<Duration>,
     pub latency: Histogram<u64>,
     pub streams: Vec<StreamReport>,
-    /// A new speaker's talk start to its first packet on a slot here.
+    /// A talk spurt's start to its first packet here (spurts that began while receiving).
     pub switch_times: Vec<Duration>,
+    /// For each of those, how much of the talk spurt's start never arrived: the first
+    /// packet heard was sent this long after the spurt's first (zero: no clipped onset).
+    pub onset_clips: Vec<Duration>,
     pub packets_sent: u64,
     /// The edge the client ended up on (placement through the core chooses it).
     pub edge_url: Option<String>,
@@ -133,6 +134,8 @@ pub struct ClientReport {
     /// The longest time between two audio packets once audio arrived (listeners): how
     /// long a core failover kept this listener without sound.
     pub max_gap: Duration,
+    /// Per speaker (CSRC): when its audio last arrived and its longest gap once it had.
+    pub speaker_gaps: HashMap<u32, (Instant, Duration)>,
 }
 
 impl ClientReport {
@@ -146,11 +149,13 @@ impl ClientReport {
             latency: latency_histogram(),
             streams: Vec::new(),
             switch_times: Vec::new(),
+            onset_clips: Vec::new(),
             packets_sent: 0,
             edge_url: None,
             ended_by_edge: false,
             last_packet_at: None,
             max_gap: Duration::ZERO,
+            speaker_gaps: HashMap::new(),
         }
     }
 }
@@ -214,7 +219,6 @@ impl Shared {
             client_http,
             next_client_http: Default::default(),
             live: Live::default(),
-            talk_starts: Default::default(),
         })
     }
 
@@ -416,6 +420,7 @@ async fn speak(
     let mut payload = Vec::with_capacity(p.payload_size);
     let mut packet = Vec::with_capacity(1500);
     let mut was_talking = false;
+    let mut spurt_start = 0;
     let mut next_consent = Instant::now() + CONSENT_INTERVAL;
     let mut buf = vec![0u8; 2048];
     let seed = rand::random::<u64>();
@@ -430,11 +435,11 @@ async fn speak(
         ts = ts.wrapping_add(960);
         let talk = talking(p.pattern, p.index, p.speakers, p.turn, now - started, seed);
         if talk && !was_talking {
-            shared.talk_starts.lock().expect("talk starts").insert(ssrc.0, micros_since(shared.epoch, now));
+            spurt_start = micros_since(shared.epoch, now);
         }
         was_talking = talk;
         if talk {
-            stamped_payload(micros_since(shared.epoch, now), p.payload_size, &mut payload);
+            stamped_payload(micros_since(shared.epoch, now), spurt_start, p.payload_size, &mut payload);
             OutHeader {
                 payload_type: OFFER_OPUS_PT,
                 marker: false,
@@ -468,7 +473,7 @@ async fn listen(
 ) -> anyhow::Result<()> {
     let answer = c.answer.clone();
     let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
-    let mut speaker_on_slot: Vec<Option<Ssrc>> = vec![None; streams.len()];
+    let mut spurts_heard: HashMap<u32, u64> = HashMap::new();
     let mut said_bye = vec![false; streams.len()];
     let mut interval = latency_histogram();
     let mut next_flush = Instant::now() + Duration::from_secs(1);
@@ -521,13 +526,23 @@ async fn listen(
                             let _ = interval.record((latency(sent, arrival_us).as_micros() as u64).max(1));
                         }
                         let speaker = v.csrcs().next();
-                        if speaker.is_some() && speaker != speaker_on_slot[slot] {
-                            speaker_on_slot[slot] = speaker;
-                            let start = speaker
-                                .and_then(|s| shared.talk_starts.lock().expect("talk starts").get(&s.0).copied());
-                            // Only talk spurts that began while this listener was receiving.
-                            if let Some(start) = start.filter(|&t| t > receiving_since) {
-                                report.switch_times.push(latency(start, arrival_us));
+                        if let Some(csrc) = speaker {
+                            let (last, gap) = report.speaker_gaps.entry(csrc.0).or_insert((now, Duration::ZERO));
+                            *gap = (*gap).max(now - *last);
+                            *last = now;
+                        }
+                        // A talk spurt heard for the first time (on any slot, under any id):
+                        // how long it took to arrive, and how much of its start was lost.
+                        if let (Some(csrc), Some(sent), Some(spurt)) =
+                            (speaker, read_stamp(v.payload()), read_spurt(v.payload()))
+                        {
+                            if spurts_heard.get(&csrc.0) != Some(&spurt) {
+                                spurts_heard.insert(csrc.0, spurt);
+                                // Only talk spurts that began while this listener was receiving.
+                                if spurt > receiving_since {
+                                    report.switch_times.push(latency(spurt, arrival_us));
+                                    report.onset_clips.push(latency(spurt, sent));
+                                }
                             }
                         }
                     }

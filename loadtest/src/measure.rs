@@ -15,11 +15,14 @@ const MAGIC: [u8; 4] = *b"SFUL";
 pub const STAMP_LEN: usize = MAGIC.len() + 8;
 
 /// Writes an Opus frame, the stamp (µs since the run's epoch), and zero padding up to `size`.
-pub fn stamped_payload(send_us: u64, size: usize, out: &mut Vec<u8>) {
+/// Also carries when the packet's talk spurt began (`spurt_us`), so a listener can tell a
+/// spurt's first packet from a later one whatever slot or speaker id it arrives under.
+pub fn stamped_payload(send_us: u64, spurt_us: u64, size: usize, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&OPUS_FRAME);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&send_us.to_be_bytes());
+    out.extend_from_slice(&spurt_us.to_be_bytes());
     if out.len() < size {
         out.resize(size, 0);
     }
@@ -29,6 +32,12 @@ pub fn stamped_payload(send_us: u64, size: usize, out: &mut Vec<u8>) {
 pub fn read_stamp(payload: &[u8]) -> Option<u64> {
     let rest = payload.strip_prefix(&OPUS_FRAME)?.strip_prefix(&MAGIC)?;
     Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
+}
+
+/// When the talk spurt of a stamped payload began.
+pub fn read_spurt(payload: &[u8]) -> Option<u64> {
+    let rest = payload.strip_prefix(&OPUS_FRAME)?.strip_prefix(&MAGIC)?;
+    Some(u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?))
 }
 
 /// Microseconds since the run's epoch; every client of a run shares one epoch.
@@ -144,10 +153,10 @@ mod tests {
     #[test]
     fn stamps_survive_and_give_latency() {
         let mut p = Vec::new();
-        stamped_payload(1_000, 80, &mut p);
+        stamped_payload(1_000, 400, 80, &mut p);
         assert_eq!(p.len(), 80);
         assert_eq!(&p[..3], &OPUS_FRAME);
-        assert_eq!(read_stamp(&p), Some(1_000));
+        assert_eq!((read_stamp(&p), read_spurt(&p)), (Some(1_000), Some(400)));
         assert_eq!(latency(1_000, 26_000), Duration::from_millis(25));
         assert_eq!(latency(5_000, 4_000), Duration::ZERO, "clock skew never goes negative");
         assert_eq!(read_stamp(&OPUS_FRAME), None);

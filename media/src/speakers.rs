@@ -87,7 +87,10 @@ impl<K: Copy + Eq + Hash + Ord> ActiveSpeakers<K> {
     pub fn on_level(&mut self, key: K, level: AudioLevel, now: Instant) {
         let tau = self.config.smoothing;
         let threshold = self.config.speaking_threshold;
-        let c = self.candidates.entry(key).or_insert(Candidate { score: 0.0, updated: now, last_speaking: None });
+        // A newcomer's history is silence long past: its first packet counts in full, as a
+        // returning speaker's does, so a free slot is taken on the first word.
+        let long_ago = now.checked_sub(tau * 10).unwrap_or(now);
+        let c = self.candidates.entry(key).or_insert(Candidate { score: 0.0, updated: long_ago, last_speaking: None });
         let dt = now.saturating_duration_since(c.updated).as_secs_f32().max(0.001);
         let alpha = 1.0 - (-dt / tau.as_secs_f32()).exp();
         c.score += (activity(level) - c.score) * alpha;
@@ -224,6 +227,15 @@ mod tests {
         assert_eq!(holders(&sel), vec![1, 2, 3]);
         run(&mut sel, &mut t, 300, &[(1, LOUD), (2, LOUD), (3, SOFT), (4, LOUD)]);
         assert_eq!(holders(&sel), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn a_newcomer_takes_a_free_slot_on_its_first_word() {
+        let t = Instant::now();
+        let mut sel = ActiveSpeakers::new(SelectorConfig { slots: 2, ..Default::default() });
+        sel.on_level(7, LOUD, t);
+        assert!(sel.update(t));
+        assert_eq!(holders(&sel), vec![7]);
     }
 
     #[test]

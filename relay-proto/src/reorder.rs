@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// How long a packet waits for a hole before it (10 ms repair spacing plus jitter).
+/// How long a packet waits for a hole before it (the repair copy's spacing, plus jitter).
 pub const HOLD: Duration = Duration::from_millis(30);
 /// Packets held per stream at most; more give the hole up at once.
 const MAX_HELD: usize = 8;

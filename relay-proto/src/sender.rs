@@ -25,9 +25,11 @@ const QUINN_OVERHEAD: usize = std::mem::size_of::<Bytes>();
 /// How long after its original a repair copy is sent: never in the same QUIC packet
 /// (quinn packs datagrams queued together into one, which a loss takes whole), and
 /// apart in time, so a loss burst shorter than this spares one of the two.
-pub const REPAIR_SPACING: Duration = Duration::from_millis(10);
+pub const REPAIR_SPACING: Duration = Duration::from_millis(5);
 /// Repair copies waiting for their time, at most (older ones are dropped).
 const MAX_WAITING_COPIES: usize = 4096;
+/// How soon a link with datagrams waiting in its queue is offered to quinn again.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Counters of one link's sending side.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +58,9 @@ pub struct DatagramSender {
     sent: u64,
     refused: u64,
     max_wait: Duration,
+    last_flush: Instant,
+    /// On its shell's `Backlog` list.
+    listed: bool,
 }
 
 impl DatagramSender {
@@ -72,6 +77,8 @@ impl DatagramSender {
             sent: 0,
             refused: 0,
             max_wait: Duration::ZERO,
+            last_flush: Instant::now(),
+            listed: false,
         }
     }
 
@@ -96,6 +103,7 @@ impl DatagramSender {
 
     /// Hands quinn what it can take; call again later while `backlog()` is true.
     pub fn flush(&mut self, now: Instant) {
+        self.last_flush = now;
         while self.copies.front().is_some_and(|(due, _)| *due <= now) {
             let (due, copy) = self.copies.pop_front().expect("front exists");
             self.queue.push(due, copy);
@@ -136,6 +144,16 @@ impl DatagramSender {
         !self.queue.is_empty() || !self.copies.is_empty()
     }
 
+    /// When this link should be flushed again, if anything waits.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let retry = (!self.queue.is_empty()).then(|| self.last_flush + RETRY_INTERVAL);
+        let copy = self.copies.front().map(|(due, _)| *due);
+        match (retry, copy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// How long the oldest datagram in our queue has waited.
     pub fn queue_age(&self, now: Instant) -> Duration {
         self.queue.oldest_age(now)
@@ -149,6 +167,72 @@ impl DatagramSender {
             refused: self.refused,
             max_wait: self.max_wait,
         }
+    }
+}
+
+/// The links of a shell whose senders need flushing later, and when the first is due.
+#[derive(Debug)]
+pub struct Backlog<K> {
+    keys: Vec<K>,
+    wake: Option<Instant>,
+}
+
+impl<K> Default for Backlog<K> {
+    fn default() -> Self {
+        Backlog { keys: Vec::new(), wake: None }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Backlog<K> {
+    /// Call after sending on `sender`: lists it if something waits.
+    pub fn note(&mut self, key: K, sender: &mut DatagramSender) {
+        let Some(w) = sender.wake_at() else { return };
+        self.wake = Some(self.wake.map_or(w, |x| x.min(w)));
+        if !sender.listed {
+            sender.listed = true;
+            self.keys.push(key);
+        }
+    }
+
+    /// When to call `flush` next.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    /// Flushes every listed link still in `links`; `on_drops` hears what each dropped.
+    pub fn flush<L>(
+        &mut self,
+        now: Instant,
+        links: &mut std::collections::HashMap<K, L>,
+        media: impl Fn(&mut L) -> &mut DatagramSender,
+        mut on_drops: impl FnMut(K, u64),
+    ) {
+        let mut wake: Option<Instant> = None;
+        self.keys.retain(|k| {
+            let Some(sender) = links.get_mut(k).map(&media) else { return false };
+            let before = sender.dropped();
+            sender.flush(now);
+            on_drops(*k, sender.dropped() - before);
+            match sender.wake_at() {
+                Some(w) => {
+                    wake = Some(wake.map_or(w, |x| x.min(w)));
+                    true
+                }
+                None => {
+                    sender.listed = false;
+                    false
+                }
+            }
+        });
+        self.wake = wake;
+    }
+}
+
+/// Sleeps until `at`, or forever without one (a `select!` branch for `Backlog::wake_at`).
+pub async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
