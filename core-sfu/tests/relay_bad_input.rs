@@ -194,7 +194,7 @@ async fn one_bad_message_or_datagram_is_counted_and_dropped_and_the_link_stays()
     while matches!(next, Some(Message::Selection { .. })) {
         next = reply(&mut link).await;
     }
-    assert!(matches!(next, Some(Message::Subscribed { channel, .. }) if channel == "second"), "{next:?}");
+    assert!(matches!(&next, Some(Message::Subscribed { channel, .. }) if channel == "second"), "{next:?}");
     assert_eq!(eventually(&core, |_, edges| edges == 1).await.1, 1, "the edge is still there");
 }
 
