@@ -173,7 +173,8 @@ async fn lossy_slow_reordering_links_are_repaired_within_the_latency_budget() {
     let reports = stop_all(listeners).await;
     drop(stop_all(speakers).await);
 
-    let link_delay = Duration::from_millis(2 * 40);
+    // What the two links themselves may add to a packet: 40 ms + up to 10 ms each.
+    let link_delay = Duration::from_millis(2 * (40 + 10));
     let mut all = client::latency_histogram();
     for r in &reports {
         assert!(r.error.is_none(), "{}: {:?}", r.name, r.error);
@@ -187,7 +188,7 @@ async fn lossy_slow_reordering_links_are_repaired_within_the_latency_budget() {
     }
     let p99 = Duration::from_micros(all.value_at_quantile(0.99));
     eprintln!("5 % loss, 40±10 ms each way, reordering: p99 {p99:?} over {} packets at remote listeners", all.len());
-    assert!(p99 <= link_delay + Duration::from_millis(30), "p99 {p99:?} over the link delay + 30 ms");
+    assert!(p99 <= link_delay + Duration::from_millis(30), "p99 {p99:?} over the links' delay + 30 ms");
     // Repair did the work: both ends received repair copies that filled holes.
     assert!(cascade.edge_metric(1, "sfu_relay_link_datagrams_repaired_total", "").await > 0.0);
     assert!(cascade.edge_metric(1, "sfu_relay_link_repair_active", "").await >= 1.0);
