@@ -52,6 +52,8 @@ impl LinkParams {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkCounters {
     pub received: u64,
+    /// Bytes of the datagrams that entered (what the link carried, before loss).
+    pub received_bytes: u64,
     pub sent: u64,
     pub lost: u64,
     pub duplicated: u64,
@@ -99,6 +101,7 @@ impl LinkModel {
     /// A datagram enters the link at `now`.
     pub fn push(&mut self, data: Bytes, now: Instant) {
         self.counters.received += 1;
+        self.counters.received_bytes += data.len() as u64;
         let p = self.params;
         if p.down || self.lost() {
             self.counters.lost += 1;

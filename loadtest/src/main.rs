@@ -396,6 +396,22 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
         );
     }
     let report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
+    if !links.is_empty() {
+        let (mut up, mut down) = (loadtest::link::LinkCounters::default(), loadtest::link::LinkCounters::default());
+        for l in &links {
+            let (u, d) = l.control.counters();
+            (up.received, up.received_bytes) = (up.received + u.received, up.received_bytes + u.received_bytes);
+            (down.received, down.received_bytes) =
+                (down.received + d.received, down.received_bytes + d.received_bytes);
+        }
+        eprintln!(
+            "core-edge links carried: edges to core {} datagrams, {} kB; core to edges {} datagrams, {} kB (QUIC payloads)",
+            up.received,
+            up.received_bytes / 1000,
+            down.received,
+            down.received_bytes / 1000
+        );
+    }
     drop(links);
     drop(nodes);
     drop(core);
