@@ -401,8 +401,7 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
         for l in &links {
             let (u, d) = l.control.counters();
             (up.received, up.received_bytes) = (up.received + u.received, up.received_bytes + u.received_bytes);
-            (down.received, down.received_bytes) =
-                (down.received + d.received, down.received_bytes + d.received_bytes);
+            (down.received, down.received_bytes) = (down.received + d.received, down.received_bytes + d.received_bytes);
         }
         eprintln!(
             "core-edge links carried: edges to core {} datagrams, {} kB; core to edges {} datagrams, {} kB (QUIC payloads)",
