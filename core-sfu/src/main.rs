@@ -1,6 +1,5 @@
 use clap::Parser;
 use core_sfu::{CoreArgs, CoreSettings};
-use tracing_subscriber::EnvFilter;
 
 /// Core SFU: selects a channel's active speakers across edges and fans them out.
 #[derive(Parser)]
@@ -12,10 +11,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    node_kit::logging::init("info");
     node_kit::panics::install_hook();
     let settings = CoreSettings::resolve(&Cli::parse().args)?;
     let core = core_sfu::start(settings).await?;

@@ -1,7 +1,6 @@
 use clap::{Parser, Subcommand};
 use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
 use edge_sfu::{RunArgs, Settings, DEFAULT_TOKEN_TTL};
-use tracing_subscriber::EnvFilter;
 
 /// webrtc-dtls warns about every unknown ClientHello extension; keep that out of info logs.
 const DEFAULT_LOG_FILTER: &str = "info,webrtc_dtls=error,webrtc_srtp=error";
@@ -39,10 +38,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
-        .with_writer(std::io::stderr)
-        .init();
+    node_kit::logging::init(DEFAULT_LOG_FILTER);
     node_kit::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {

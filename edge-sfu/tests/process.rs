@@ -98,4 +98,6 @@ fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
     assert!(status.success(), "{status}");
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("drained"), "{log}");
+    // Written to a pipe (as to a file or a journal): plain text, no colour codes.
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log that is not a terminal: {log}");
 }

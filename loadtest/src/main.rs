@@ -7,7 +7,6 @@ use loadtest::cluster::{ClusterSpec, LocalCluster};
 use loadtest::procs::{self, ProcSampler};
 use loadtest::report::Report;
 use loadtest::scenario::{self, Scenario, Tokens};
-use tracing_subscriber::EnvFilter;
 
 /// Local clusters and load tests for the cascading SFU.
 #[derive(Parser)]
@@ -281,13 +280,7 @@ fn random_secret() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,webrtc_dtls=error,webrtc_srtp=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    node_kit::logging::init("info,webrtc_dtls=error,webrtc_srtp=error");
     match Cli::parse().command {
         Command::Cluster { edges, slots, http_port, udp_port, quic_port, core_http_port, cores, redis } => cluster(
             ClusterSpec {

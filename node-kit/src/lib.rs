@@ -1,11 +1,13 @@
 //! What every node's process shell shares: a token bucket over explicit `Instant`s
 //! ([`bucket`]); an HTTP server with a connection cap and header, body and request
 //! timeouts ([`http`]); per-IP rate limits ([`per_ip`]); secrets that are long enough
-//! and never print ([`secret`]); and a panic hook that reports contained panics
-//! through `tracing`, rate-limited ([`panics`], [`throttle`]).
+//! and never print ([`secret`]); a panic hook that reports contained panics
+//! through `tracing`, rate-limited ([`panics`], [`throttle`]); and logging set-up
+//! ([`logging`]).
 
 pub mod bucket;
 pub mod http;
+pub mod logging;
 pub mod panics;
 pub mod per_ip;
 pub mod secret;
