@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need: Debian's chromium and redis-server, and a Python venv
-# with aiortc.
+# Installs what the tests need: Debian's chromium, redis-server and prometheus (for
+# promtool and a real scrape), and a Python venv with aiortc.
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,6 +9,7 @@ venv="${SFU_TEST_VENV:-$root/target/test-venv}"
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -22,4 +23,4 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiortc, av, nu
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/tests/interop/requirements.txt"
 fi
-echo "setup: chromium $(chromium --version 2>/dev/null | awk '{print $2}'), $(redis-server --version | awk '{print $1, $3}'), aiortc $("$venv/bin/python" -c 'import aiortc; print(aiortc.__version__)')"
+echo "setup: chromium $(chromium --version 2>/dev/null | awk '{print $2}'), $(redis-server --version | awk '{print $1, $3}'), promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}'), aiortc $("$venv/bin/python" -c 'import aiortc; print(aiortc.__version__)')"

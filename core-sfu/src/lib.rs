@@ -11,7 +11,6 @@ pub mod server;
 use anyhow::Context;
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
 use relay_proto::endpoint::TlsIdentity;
 use tracing::info;
 
@@ -80,7 +79,7 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
     let state = http::HttpState {
         handle: handle.clone(),
         node: settings.core.core_id.clone(),
-        recorder: Arc::new(PrometheusBuilder::new().build_recorder()),
+        recorder: Arc::new(node_kit::metrics_catalogue::recorder()),
         admin_token: settings.admin_token.clone(),
         http_stats: Arc::new(Default::default()),
         placement_limiter,

@@ -80,7 +80,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         core_url: settings.cascade.as_ref().and_then(|c| c.core_url.clone()),
         offers_rate_limited: Default::default(),
         http_stats: http_stats.clone(),
-        metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
+        metrics: std::sync::Arc::new(node_kit::metrics_catalogue::recorder()),
         node,
     };
     let app = http::router(state, &settings.cors_allow_origin);

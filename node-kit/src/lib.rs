@@ -8,6 +8,7 @@
 pub mod bucket;
 pub mod http;
 pub mod logging;
+pub mod metrics_catalogue;
 pub mod panics;
 pub mod per_ip;
 pub mod secret;

@@ -1,0 +1,98 @@
+//! Every series a node exports, with its kind and help text: the `# HELP` lines of
+//! `/metrics`, and the list the README's table, the alert rules and the dashboard are
+//! checked against.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+pub struct Series {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Series {
+    Series { name, kind: Kind::Counter, help }
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Series {
+    Series { name, kind: Kind::Gauge, help }
+}
+
+pub const SERIES: &[Series] = &[
+    gauge("sfu_edge_sessions", "Sessions on the edge."),
+    counter("sfu_edge_sessions_opened_total", "Sessions admitted."),
+    counter("sfu_edge_sessions_closed_total", "Sessions ended, for any reason."),
+    counter("sfu_edge_rtp_in_total", "RTP packets from publishers that authenticated."),
+    counter("sfu_edge_rtp_out_total", "RTP packets sent to listeners."),
+    counter("sfu_edge_rtcp_in_total", "RTCP packets from clients that authenticated."),
+    counter("sfu_edge_rtcp_out_total", "RTCP packets sent to clients."),
+    counter("sfu_edge_nacks_in_total", "NACKs from clients."),
+    counter("sfu_edge_uplink_out_total", "Media datagrams uplinked to the core."),
+    counter("sfu_edge_relay_in_total", "Media datagrams from the core forwarded to listeners."),
+    counter("sfu_edge_dropped_total", "Input dropped, by reason."),
+    counter("sfu_edge_panics_total", "Panics contained by the edge (each closed one session)."),
+    counter("sfu_process_panics_total", "Every panic the process saw, library tasks' included."),
+    counter("sfu_edge_offers_rate_limited_total", "Offers refused with 429."),
+    counter("sfu_edge_stale_epoch_total", "Subscriptions refused from a core with an older lease epoch."),
+    counter("sfu_edge_link_stalls_total", "Times a core link fell silent and the edge played its own selection."),
+    gauge("sfu_http_connections", "HTTP connections open."),
+    counter("sfu_http_connections_refused_total", "HTTP connections closed at accept, over a cap."),
+    counter("sfu_http_header_timeouts_total", "HTTP connections cut for sending headers too slowly."),
+    gauge("sfu_core_edges", "Edges linked to the core."),
+    gauge("sfu_core_channels", "Channels the core serves."),
+    gauge("sfu_core_listeners", "Listeners the edges report for the core's channels."),
+    counter("sfu_core_datagrams_in_total", "Media datagrams from edges."),
+    counter("sfu_core_datagrams_out_total", "Media datagrams fanned out to edges."),
+    counter("sfu_core_datagrams_dropped_total", "Media datagrams dropped on the way to an edge."),
+    counter("sfu_core_selection_changes_total", "Active-speaker selection changes."),
+    counter("sfu_core_refused_total", "Input the core refused, by reason."),
+    counter("sfu_core_links_closed_misbehaving_total", "Edge links closed for a stream of malformed input."),
+    counter("sfu_core_leases_acquired_total", "Channel leases taken."),
+    counter("sfu_core_leases_lost_total", "Channels given up (lease lost or not confirmed in time)."),
+    counter("sfu_core_redirects_total", "Edges sent to the channel's owning core."),
+    gauge("sfu_core_lease_store_reachable", "1 while the lease store answers renewals."),
+    gauge("sfu_relay_link_up", "1 while the core-edge link is connected."),
+    gauge("sfu_relay_link_stalled", "1 while the edge hears nothing from the core on the link."),
+    gauge("sfu_relay_link_rtt_seconds", "QUIC's smoothed round-trip time of the link."),
+    counter("sfu_relay_link_quic_packets_sent_total", "QUIC packets sent on the link."),
+    counter("sfu_relay_link_quic_packets_lost_total", "QUIC packets QUIC declared lost on the link."),
+    counter("sfu_relay_link_datagrams_sent_total", "Media datagrams and heartbeats handed to QUIC."),
+    counter("sfu_relay_link_datagrams_received_total", "Media datagrams and heartbeats that arrived from the peer."),
+    counter("sfu_relay_link_datagrams_lost_total", "Datagrams from the peer that never arrived."),
+    counter("sfu_relay_link_datagrams_repaired_total", "Datagrams from the peer that arrived only as a repair copy."),
+    counter("sfu_relay_link_datagrams_duplicate_total", "Second copies from the peer dropped."),
+    gauge("sfu_relay_link_peer_reported_loss_ratio", "Loss before repair the peer last reported for what we send."),
+    gauge("sfu_relay_link_repair_active", "1 while repair copies are sent on the link."),
+    counter("sfu_relay_link_repair_activations_total", "Times repair copies were turned on."),
+    counter("sfu_relay_link_repair_copies_sent_total", "Repair copies sent on the link."),
+    gauge("sfu_relay_link_queue_age_seconds", "How long the oldest datagram in the link's send queue has waited."),
+    gauge("sfu_relay_link_queue_max_wait_seconds", "The longest a datagram waited in the link's send queue."),
+    counter("sfu_relay_link_queue_dropped_total", "Datagrams dropped in the link's send queue, by reason."),
+    counter("sfu_relay_link_reconnects_total", "Times the link came up again."),
+];
+
+/// Sets the help text of every series on the current recorder (call once, inside
+/// `metrics::with_local_recorder`).
+pub fn describe() {
+    for s in SERIES {
+        match s.kind {
+            Kind::Counter => metrics::describe_counter!(s.name, s.help),
+            Kind::Gauge => metrics::describe_gauge!(s.name, s.help),
+        }
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Series> {
+    SERIES.iter().find(|s| s.name == name)
+}
+
+/// A Prometheus recorder with every series described.
+pub fn recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, describe);
+    recorder
+}
