@@ -364,6 +364,8 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
             link.record(&labels);
         }
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
+        // The core is ready while its task answers (as `/readyz` says).
+        metrics::gauge!("sfu_node_ready", &labels).set(1.0);
         metrics::gauge!("sfu_core_channels", &labels).set(channels.len() as f64);
         let listeners: u64 = channels.iter().map(|c| c.listeners).sum();
         metrics::gauge!("sfu_core_listeners", &labels).set(listeners as f64);

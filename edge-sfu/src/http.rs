@@ -436,7 +436,9 @@ async fn demo_token(
 /// Prometheus text: the edge's counters, copied from one snapshot at scrape time so the
 /// media path never touches the metrics registry.
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let (Ok((c, sessions)), Ok(links)) = (state.edge.stats().await, state.edge.links().await) else {
+    let (Ok((c, sessions)), Ok(links), Ok(readiness)) =
+        (state.edge.stats().await, state.edge.links().await, state.edge.readiness().await)
+    else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     };
     metrics::with_local_recorder(state.metrics.as_ref(), || {
@@ -445,6 +447,8 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             link.record(&labels);
         }
         metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
+        metrics::gauge!("sfu_edge_session_capacity", &labels).set(state.edge.config.max_sessions as f64);
+        metrics::gauge!("sfu_node_ready", &labels).set(f64::from(u8::from(readiness.ready)));
         metrics::counter!("sfu_edge_sessions_opened_total", &labels).absolute(c.sessions_opened);
         metrics::counter!("sfu_edge_sessions_closed_total", &labels).absolute(c.sessions_closed);
         metrics::counter!("sfu_edge_rtp_in_total", &labels).absolute(c.rtp_in);

@@ -23,7 +23,9 @@ const fn gauge(name: &'static str, help: &'static str) -> Series {
 }
 
 pub const SERIES: &[Series] = &[
+    gauge("sfu_node_ready", "1 while the node is ready for new work (as its /readyz says)."),
     gauge("sfu_edge_sessions", "Sessions on the edge."),
+    gauge("sfu_edge_session_capacity", "Sessions the edge accepts in all."),
     counter("sfu_edge_sessions_opened_total", "Sessions admitted."),
     counter("sfu_edge_sessions_closed_total", "Sessions ended, for any reason."),
     counter("sfu_edge_rtp_in_total", "RTP packets from publishers that authenticated."),

@@ -1,0 +1,118 @@
+//! The deployment files are checked by the tools that will read them: Prometheus's own
+//! `promtool` (Debian's `prometheus` package) for the scrape configuration, the alert
+//! rules and their unit tests; and every series a rule queries must be one our nodes
+//! export. Each check is also run on a deliberately broken copy, which must fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn prometheus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool runs (scripts/setup-test-deps.sh installs Debian's prometheus package)");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A copy of deploy/prometheus to break.
+fn copy() -> tempdir::Dir {
+    let dir = tempdir::Dir::new();
+    for entry in std::fs::read_dir(prometheus_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path.join(path.file_name().unwrap())).unwrap();
+        } else {
+            let sub = dir.path.join(path.file_name().unwrap());
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in std::fs::read_dir(&path).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, sub.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no {from:?} to break");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// `sfu_` series named in a rules file that our nodes do not export.
+fn unknown_series(rules: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in rules.match_indices("sfu_") {
+        let name: String =
+            rules[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        let exported = node_kit::metrics_catalogue::find(&name).is_some();
+        // Alert names and label values are not series.
+        if !exported && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "sfu-deploy-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[test]
+fn the_scrape_configuration_is_valid_and_a_broken_one_is_caught() {
+    let (ok, said) = promtool(&prometheus_dir(), &["check", "config", "prometheus.yml"]);
+    assert!(ok, "{said}");
+    let broken = copy();
+    edit(&broken.path, "prometheus.yml", "scrape_interval: 15s", "scrape_interval: fifteen");
+    let (ok, said) = promtool(&broken.path, &["check", "config", "prometheus.yml"]);
+    assert!(!ok, "a broken scrape configuration passed: {said}");
+}
+
+#[test]
+fn the_alert_rules_are_valid_tested_and_query_only_series_we_export() {
+    let dir = prometheus_dir();
+    let (ok, said) = promtool(&dir, &["check", "rules", "alerts.yml"]);
+    assert!(ok, "{said}");
+    let (ok, said) = promtool(&dir, &["test", "rules", "alerts_test.yml"]);
+    assert!(ok, "{said}");
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    assert_eq!(unknown_series(&rules), Vec::<String>::new(), "alert rules query series no node exports");
+
+    // Broken copies: bad PromQL, a changed threshold the unit tests notice, a series
+    // nobody exports.
+    let broken = copy();
+    edit(&broken.path, "alerts.yml", "sfu_relay_link_up == 0", "sfu_relay_link_up ==");
+    assert!(!promtool(&broken.path, &["check", "rules", "alerts.yml"]).0, "bad PromQL passed");
+    let broken = copy();
+    edit(&broken.path, "alerts.yml", "> 0.9", "> 0.95");
+    assert!(!promtool(&broken.path, &["test", "rules", "alerts_test.yml"]).0, "a changed threshold passed its tests");
+    assert_eq!(unknown_series("expr: rate(sfu_edge_rtp_in_totl[5m]) > 0"), vec!["sfu_edge_rtp_in_totl"]);
+}
