@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need: Debian's chromium, redis-server and prometheus (for
-# promtool and a real scrape), and a Python venv with aiortc.
+# promtool and a real scrape), and a Python venv with aiortc and the deployment-file
+# validators (kubernetes-validate, check-jsonschema).
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,7 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiortc, av, numpy, websockets' >/dev/null 2>&1; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import aiortc, av, numpy, websockets, kubernetes_validate, check_jsonschema' >/dev/null 2>&1; then
   echo "setup: creating $venv with aiortc"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/tests/interop/requirements.txt"

@@ -116,3 +116,97 @@ fn the_alert_rules_are_valid_tested_and_query_only_series_we_export() {
     assert!(!promtool(&broken.path, &["test", "rules", "alerts_test.yml"]).0, "a changed threshold passed its tests");
     assert_eq!(unknown_series("expr: rate(sfu_edge_rtp_in_totl[5m]) > 0"), vec!["sfu_edge_rtp_in_totl"]);
 }
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// A tool from the test venv (`scripts/setup-test-deps.sh` installs them).
+fn venv_tool(name: &str) -> PathBuf {
+    let bin = std::env::var_os("SFU_TEST_PYTHON")
+        .map(|p| PathBuf::from(p).parent().unwrap().to_path_buf())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin"));
+    let tool = bin.join(name);
+    assert!(
+        tool.exists(),
+        "{} not found: run scripts/setup-test-deps.sh (the README's test command does)",
+        tool.display()
+    );
+    tool
+}
+
+fn run(tool: &Path, args: &[&str], file: &Path) -> (bool, String) {
+    let out = Command::new(tool).args(args).arg(file).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn broken_copy(file: &Path, from: &str, to: &str) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new();
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{} has no {from:?} to break", file.display());
+    let path = dir.path.join(file.file_name().unwrap());
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let validate = venv_tool("kubernetes-validate");
+    let dir = deploy_dir().join("kubernetes");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name == "kustomization.yaml" {
+            continue;
+        }
+        let (ok, said) = run(&validate, &["--strict", "--quiet"], &path);
+        assert!(ok, "{name}: {said}");
+        assert!(kustomization.contains(&format!("- {name}")), "kustomization.yaml does not list {name}");
+        manifests.push(name);
+    }
+    assert!(manifests.len() >= 5, "{manifests:?}");
+
+    // What the edge fleet needs to drain without dropping listeners.
+    let edge = std::fs::read_to_string(dir.join("edge.yaml")).unwrap();
+    for needed in [
+        "path: /readyz",
+        "path: /healthz",
+        "preStop:",
+        "terminationGracePeriodSeconds: 630",
+        "value: \"10m\"",
+        "kind: PodDisruptionBudget",
+        "status.hostIP",
+        "limits:",
+        "prometheus.io/scrape",
+    ] {
+        assert!(edge.contains(needed), "edge.yaml lacks {needed}");
+    }
+
+    let (_dir, broken) = broken_copy(&dir.join("edge.yaml"), "hostNetwork: true", "hostNetwork: \"yes\"");
+    assert!(!run(&validate, &["--strict", "--quiet"], &broken).0, "a broken manifest validated");
+}
+
+#[test]
+fn the_compose_file_validates_against_the_compose_specification() {
+    let check = venv_tool("check-jsonschema");
+    let compose = deploy_dir().join("compose.yaml");
+    let (ok, said) = run(&check, &["--builtin-schema", "vendor.compose-spec"], &compose);
+    assert!(ok, "{said}");
+    let (_dir, broken) = broken_copy(&compose, "restart: unless-stopped", "restart: [unless-stopped]");
+    assert!(!run(&check, &["--builtin-schema", "vendor.compose-spec"], &broken).0, "a broken compose file validated");
+    // Its Prometheus runs the same rules with a valid configuration.
+    let (ok, said) = promtool(&prometheus_dir(), &["check", "config", "compose.yml"]);
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn the_image_builds_both_nodes_in_a_builder_stage_and_runs_them_unprivileged() {
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert_eq!(stages, 2, "a build stage and a small runtime stage");
+    assert!(dockerfile.contains("-p edge-sfu -p core-sfu") && dockerfile.contains("USER 10001"));
+    let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target"), "the build context must not carry target/");
+}
