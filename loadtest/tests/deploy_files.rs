@@ -210,3 +210,37 @@ fn the_image_builds_both_nodes_in_a_builder_stage_and_runs_them_unprivileged() {
     let ignore = std::fs::read_to_string(deploy_dir().join("../.dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target"), "the build context must not carry target/");
 }
+
+#[test]
+fn the_dashboard_queries_only_series_we_export_in_valid_promql() {
+    let text = std::fs::read_to_string(deploy_dir().join("grafana/sfu.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for e in &exprs {
+        assert_eq!(unknown_series(e), Vec::<String>::new(), "{e}");
+    }
+    // promtool parses PromQL only inside rules: each query becomes a recording rule.
+    let check = |exprs: &[String]| {
+        let dir = tempdir::Dir::new();
+        let rules: String = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                format!("      - record: dashboard:q{i}\n        expr: {}\n", serde_json::to_string(e).unwrap())
+            })
+            .collect();
+        std::fs::write(dir.path.join("q.yml"), format!("groups:\n  - name: dashboard\n    rules:\n{rules}")).unwrap();
+        promtool(&dir.path, &["check", "rules", "q.yml"])
+    };
+    let (ok, said) = check(&exprs);
+    assert!(ok, "{said}");
+    let mut broken = exprs.clone();
+    broken[0] = "sum by (node (sfu_edge_sessions)".into();
+    assert!(!check(&broken).0, "broken PromQL passed");
+}
