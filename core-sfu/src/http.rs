@@ -363,6 +363,7 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         for link in &links {
             link.record(&labels);
         }
+        node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
         // The core is ready while its task answers (as `/readyz` says).
         metrics::gauge!("sfu_node_ready", &labels).set(1.0);

@@ -174,6 +174,8 @@ pub struct Counters {
     pub relay_in: u64,
     /// Second copies of the core's datagrams dropped (repair copies whose original arrived).
     pub relay_duplicates: u64,
+    /// UDP sends to clients the socket refused (counted by the shell).
+    pub send_errors: u64,
     pub sessions_opened: u64,
     pub sessions_closed: u64,
     /// Panics contained while handling one input or one handshake.
@@ -639,6 +641,11 @@ impl Edge {
     /// Counts a drop that happened in the shell (e.g. a full DTLS queue).
     pub fn count_drop(&mut self, reason: DropReason) {
         self.drop_packet(reason);
+    }
+
+    /// Counts a UDP send to a client that failed.
+    pub fn count_send_error(&mut self) {
+        self.counters.send_errors += 1;
     }
 
     /// Counts `n` drops the shell made for `reason`.

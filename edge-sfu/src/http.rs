@@ -446,6 +446,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         for link in &links {
             link.record(&labels);
         }
+        node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
         metrics::gauge!("sfu_edge_session_capacity", &labels).set(state.edge.config.max_sessions as f64);
         metrics::gauge!("sfu_node_ready", &labels).set(f64::from(u8::from(readiness.ready)));
@@ -460,6 +461,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_edge_relay_in_total", &labels).absolute(c.relay_in);
         metrics::counter!("sfu_edge_stale_epoch_total", &labels).absolute(c.stale_epoch);
         metrics::counter!("sfu_edge_link_stalls_total", &labels).absolute(c.link_stalls);
+        metrics::counter!("sfu_edge_send_errors_total", &labels).absolute(c.send_errors);
         metrics::counter!("sfu_edge_panics_total", &labels).absolute(c.panics);
         metrics::counter!("sfu_process_panics_total", &labels).absolute(node_kit::panics::total());
         metrics::counter!("sfu_edge_offers_rate_limited_total", &labels)

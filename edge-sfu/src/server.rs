@@ -447,6 +447,7 @@ impl Shell {
                 Output::Transmit { to, data } => {
                     if let Err(e) = self.socket.try_send_to(&data, to) {
                         self.send_errors += 1;
+                        self.edge.count_send_error();
                         let now = Instant::now();
                         if self.last_send_warning.is_none_or(|t| now - t > Duration::from_secs(5)) {
                             self.last_send_warning = Some(now);

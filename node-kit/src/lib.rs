@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics_catalogue;
 pub mod panics;
 pub mod per_ip;
+pub mod process_stats;
 pub mod secret;
 pub mod throttle;
 pub mod token;
