@@ -383,6 +383,11 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
         metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
         metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
+        for (status, n) in state.http_stats.responses() {
+            let mut l = labels.to_vec();
+            l.push(("status", status.to_string()));
+            metrics::counter!("sfu_http_responses_total", &l).absolute(n);
+        }
         for r in core::Refusal::ALL {
             let labels = [("node", node.clone()), ("role", "core".to_owned()), ("reason", r.as_str().to_owned())];
             metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));

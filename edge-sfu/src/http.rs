@@ -469,6 +469,11 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
         metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
         metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
+        for (status, n) in state.http_stats.responses() {
+            let mut l = labels.to_vec();
+            l.push(("status", status.to_string()));
+            metrics::counter!("sfu_http_responses_total", &l).absolute(n);
+        }
         for d in crate::edge::DropReason::ALL {
             let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
             metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));

@@ -160,6 +160,8 @@ async fn a_real_prometheus_scrapes_every_node_and_its_counters_match_the_traffic
     assert!((35.0..=65.0).contains(&rate), "rtp in at {rate}/s for one speaker at 50/s");
     let listeners_now = prometheus.value("sum(sfu_edge_sessions{role=\"edge\"})").await;
     assert_eq!(listeners_now, 3.0, "a speaker and two listeners");
+    let joins = prometheus.value("sum(sfu_http_responses_total{role=\"edge\",status=\"201\"})").await;
+    assert_eq!(joins, 3.0, "three offers answered 201 Created");
 
     // Stop, let Prometheus scrape the final counts, and compare with the clients.
     let sent = speaker.stop().await.packets_sent;

@@ -72,15 +72,43 @@ impl Drop for PerIpSlot {
     }
 }
 
-/// What the server refused or cut short, for metrics.
-#[derive(Debug, Default)]
+/// What the server refused or cut short, and the statuses it answered, for metrics.
+#[derive(Debug)]
 pub struct HttpStats {
     pub connections_refused: AtomicU64,
     pub header_timeouts: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Responses by status code, 100 to 599.
+    responses: Box<[AtomicU64]>,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        HttpStats {
+            connections_refused: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            responses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl HttpStats {
+    pub fn count_response(&self, status: StatusCode) {
+        if let Some(n) = self.responses.get(usize::from(status.as_u16()).wrapping_sub(100)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (status, responses) for every status answered at least once.
+    pub fn responses(&self) -> Vec<(u16, u64)> {
+        (100u16..600)
+            .zip(self.responses.iter())
+            .map(|(status, n)| (status, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn refused(&self) -> u64 {
         self.connections_refused.load(Ordering::Relaxed)
     }
@@ -94,11 +122,23 @@ impl HttpStats {
     }
 }
 
+/// Counts every response by status (timeouts and refusals included).
+async fn count_responses(
+    axum::extract::State(stats): axum::extract::State<Arc<HttpStats>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    stats.count_response(response.status());
+    response
+}
+
 /// Serves `app` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, app: Router, limits: HttpLimits, stats: Arc<HttpStats>) {
     let app = app
         .layer(RequestBodyTimeoutLayer::new(limits.request_timeout))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout));
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(axum::middleware::from_fn_with_state(stats.clone(), count_responses));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut last_accept_error: Option<std::time::Instant> = None;

@@ -49,6 +49,7 @@ pub const SERIES: &[Series] = &[
     gauge("sfu_http_connections", "HTTP connections open."),
     counter("sfu_http_connections_refused_total", "HTTP connections closed at accept, over a cap."),
     counter("sfu_http_header_timeouts_total", "HTTP connections cut for sending headers too slowly."),
+    counter("sfu_http_responses_total", "HTTP responses by status (refusals: 4xx and 5xx)."),
     gauge("sfu_core_edges", "Edges linked to the core."),
     gauge("sfu_core_channels", "Channels the core serves."),
     gauge("sfu_core_listeners", "Listeners the edges report for the core's channels."),
