@@ -18,6 +18,7 @@ use media::slot::SlotRewriter;
 use media::speakers::{ActiveSpeakers, SelectorConfig};
 use media::srtp::{SrtpError, SrtpKeys, SrtpSession};
 use media::{classify, PacketKind, Ssrc, MAX_DATAGRAM, OPUS_CLOCK_RATE};
+use node_kit::histogram::Histogram;
 use relay_proto::control::Message;
 use relay_proto::datagram::MediaHeader;
 use relay_proto::loss::{LinkLoss, LossCounts, RepairSwitch};
@@ -162,8 +163,31 @@ impl DropReason {
     }
 }
 
+/// What listeners get and how long joins take, as histograms (rendered at scrape time).
+#[derive(Clone, Debug)]
+pub struct Quality {
+    /// Admitted offer to SRTP ready, seconds.
+    pub join: Histogram,
+    /// Per receiver report from a listener: fraction lost, jitter (s), round trip (s).
+    pub listener_loss: Histogram,
+    pub listener_jitter: Histogram,
+    pub listener_rtt: Histogram,
+}
+
+impl Default for Quality {
+    fn default() -> Self {
+        Quality {
+            join: Histogram::new(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]),
+            listener_loss: Histogram::new(&[0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+            listener_jitter: Histogram::new(&[0.001, 0.005, 0.01, 0.02, 0.05, 0.1]),
+            listener_rtt: Histogram::new(&[0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0]),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
+    pub quality: Quality,
     drops: HashMap<DropReason, u64>,
     pub rtp_in: u64,
     pub rtp_out: u64,
@@ -869,6 +893,7 @@ impl Edge {
                 debug!(session = id, profile = ?keys.profile, "connected");
                 s.srtp = Some(srtp);
                 s.last_seen = now;
+                self.counters.quality.join.observe(now.saturating_duration_since(s.created).as_secs_f64());
                 let client = s.client;
                 self.pending_done(client);
             }
@@ -1750,8 +1775,12 @@ impl Edge {
                     if s.slots.iter().any(|l| l.rewriter.ssrc.0 == block.ssrc) {
                         s.link.remote_lost = block.total_lost;
                         s.link.remote_jitter_ms = f64::from(block.jitter) * 1000.0 / f64::from(OPUS_CLOCK_RATE);
+                        let quality = &mut self.counters.quality;
+                        quality.listener_loss.observe(f64::from(block.fraction_lost) / 256.0);
+                        quality.listener_jitter.observe(f64::from(block.jitter) / f64::from(OPUS_CLOCK_RATE));
                         if let Some(rtt) = rtcp_report::round_trip_time(&block, ntp_now) {
                             s.link.rtt = Some(rtt);
+                            quality.listener_rtt.observe(rtt.as_secs_f64());
                         }
                     }
                 }

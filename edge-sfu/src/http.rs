@@ -479,5 +479,17 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));
         }
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.handle().render()).into_response()
+    let mut text = state.metrics.handle().render();
+    let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];
+    let q = &c.quality;
+    for (name, h) in [
+        ("sfu_edge_join_seconds", &q.join),
+        ("sfu_edge_listener_loss_ratio", &q.listener_loss),
+        ("sfu_edge_listener_jitter_seconds", &q.listener_jitter),
+        ("sfu_edge_listener_rtt_seconds", &q.listener_rtt),
+    ] {
+        let help = node_kit::metrics_catalogue::find(name).map_or("", |s| s.help);
+        h.render(name, help, &labels, &mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

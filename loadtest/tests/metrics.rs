@@ -112,8 +112,10 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
         assert!(series.len() > 10, "{role}: {body}");
         for name in &series {
             assert!(name.starts_with("sfu_"), "{role}: {name} lacks the sfu_ prefix");
-            assert!(help.contains(name), "{role}: {name} has no HELP line");
-            assert!(node_kit::metrics_catalogue::find(name).is_some(), "{role}: {name} is not in the catalogue");
+            let known = node_kit::metrics_catalogue::find(name);
+            let known = known.unwrap_or_else(|| panic!("{role}: {name} is not in the catalogue"));
+            // (A histogram's HELP line names the histogram, not its _bucket, _sum, _count.)
+            assert!(help.contains(known.name), "{role}: {name} has no HELP line");
         }
         for line in body.lines().filter(|l| l.starts_with("sfu_")) {
             assert!(line.contains(&format!("role=\"{role}\"")) && line.contains("node=\""), "{role}: {line}");
@@ -123,6 +125,8 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
     for s in node_kit::metrics_catalogue::SERIES {
         assert!(readme.contains(&format!("`{}", s.name)), "the README's metrics table does not list {}", s.name);
     }
+    // Listeners' reports and the joins are measured.
+    assert!(seen.contains("sfu_edge_listener_loss_ratio_bucket") && seen.contains("sfu_edge_join_seconds_count"));
     // The link series are on both ends of a live link.
     assert!(seen.contains("sfu_relay_link_rtt_seconds") && seen.contains("sfu_relay_link_datagrams_received_total"));
     for c in clients {

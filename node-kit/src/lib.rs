@@ -6,6 +6,7 @@
 //! ([`logging`]).
 
 pub mod bucket;
+pub mod histogram;
 pub mod http;
 pub mod logging;
 pub mod metrics_catalogue;

@@ -6,6 +6,8 @@
 pub enum Kind {
     Counter,
     Gauge,
+    /// Rendered by the node itself (`node_kit::histogram`), with `_bucket`, `_sum`, `_count`.
+    Histogram,
 }
 
 pub struct Series {
@@ -20,6 +22,10 @@ const fn counter(name: &'static str, help: &'static str) -> Series {
 
 const fn gauge(name: &'static str, help: &'static str) -> Series {
     Series { name, kind: Kind::Gauge, help }
+}
+
+const fn histogram(name: &'static str, help: &'static str) -> Series {
+    Series { name, kind: Kind::Histogram, help }
 }
 
 pub const SERIES: &[Series] = &[
@@ -43,6 +49,10 @@ pub const SERIES: &[Series] = &[
     gauge("sfu_process_open_fds", "File descriptors the process holds open."),
     gauge("sfu_process_max_fds", "The process's limit on open file descriptors."),
     counter("sfu_edge_send_errors_total", "UDP sends to clients that failed (the socket refused them)."),
+    histogram("sfu_edge_join_seconds", "Time from an admitted offer to SRTP ready (ICE and DTLS done)."),
+    histogram("sfu_edge_listener_loss_ratio", "Loss listeners report (RTCP fraction lost), per report."),
+    histogram("sfu_edge_listener_jitter_seconds", "Interarrival jitter listeners report, per report."),
+    histogram("sfu_edge_listener_rtt_seconds", "Round-trip time to listeners, from their reports."),
     counter("sfu_edge_offers_rate_limited_total", "Offers refused with 429."),
     counter("sfu_edge_stale_epoch_total", "Subscriptions refused from a core with an older lease epoch."),
     counter("sfu_edge_link_stalls_total", "Times a core link fell silent and the edge played its own selection."),
@@ -90,12 +100,17 @@ pub fn describe() {
         match s.kind {
             Kind::Counter => metrics::describe_counter!(s.name, s.help),
             Kind::Gauge => metrics::describe_gauge!(s.name, s.help),
+            Kind::Histogram => {}
         }
     }
 }
 
+/// The series `name` belongs to (a histogram's `_bucket`, `_sum` and `_count` included).
 pub fn find(name: &str) -> Option<&'static Series> {
-    SERIES.iter().find(|s| s.name == name)
+    SERIES.iter().find(|s| s.name == name).or_else(|| {
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| name.strip_suffix(suffix))?;
+        SERIES.iter().find(|s| s.name == base && s.kind == Kind::Histogram)
+    })
 }
 
 /// A Prometheus recorder with every series described.

@@ -1,0 +1,74 @@
+//! Histograms kept in a state machine's counters (plain numbers, no registry on the
+//! media path) and rendered as Prometheus text at scrape time.
+
+use std::fmt::Write;
+
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending (`+Inf` is implied).
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative), then above the last.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Appends `name` as a Prometheus histogram with `labels` (`k="v"` pairs, escaped).
+    pub fn render(&self, name: &str, help: &str, labels: &[(&str, String)], out: &mut String) {
+        let base: String = labels.iter().map(|(k, v)| format!("{k}=\"{}\",", escape(v))).collect();
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{base}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{base}le=\"+Inf\"}} {count}");
+        let labels = base.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_in_the_text() {
+        let mut h = Histogram::new(&[0.01, 0.1]);
+        for v in [0.0, 0.005, 0.05, 0.5, f64::NAN] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render("sfu_x", "An x.", &[("node", "e\"1".into())], &mut out);
+        assert!(out.contains("# TYPE sfu_x histogram"));
+        assert!(out.contains("sfu_x_bucket{node=\"e\\\"1\",le=\"0.01\"} 2"), "{out}");
+        assert!(out.contains("sfu_x_bucket{node=\"e\\\"1\",le=\"0.1\"} 3"), "{out}");
+        assert!(out.contains("sfu_x_bucket{node=\"e\\\"1\",le=\"+Inf\"} 4"), "{out}");
+        assert!(out.contains("sfu_x_count{node=\"e\\\"1\"} 4"), "{out}");
+        assert!(out.contains("sfu_x_sum{node=\"e\\\"1\"} 0.555"), "{out}");
+    }
+}
