@@ -185,13 +185,15 @@ impl CoreSettings {
             }
             None => FileConfig::default(),
         };
-        let secret = args.cluster_secret.clone().or(file.cluster_secret).context(
+        let from_file = |var| node_kit::secret::from_file_var(var).map_err(anyhow::Error::msg);
+        let secret = args.cluster_secret.clone().or(from_file("SFU_CLUSTER_SECRET")?).or(file.cluster_secret).context(
             "no cluster secret: set SFU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file",
         )?;
         let mut s = CoreSettings::local(Secret::new("the cluster secret (SFU_CLUSTER_SECRET)", secret)?);
         s.admin_token = args
             .admin_token
             .clone()
+            .or(from_file("SFU_ADMIN_TOKEN")?)
             .or(file.admin_token)
             .map(|t| Secret::new("the admin token (SFU_ADMIN_TOKEN)", t))
             .transpose()?;
@@ -218,10 +220,11 @@ impl CoreSettings {
         s.token_secret = args
             .token_secret
             .clone()
+            .or(from_file("SFU_TOKEN_SECRET")?)
             .or(file.token_secret)
             .map(|t| Secret::new("the token secret (SFU_TOKEN_SECRET)", t))
             .transpose()?;
-        if let Some(redis) = args.redis.clone().or(file.redis) {
+        if let Some(redis) = args.redis.clone().or(from_file("SFU_REDIS")?).or(file.redis) {
             let redis = Secret::new_any("the Redis URL (SFU_REDIS)", redis)?;
             let mut fleet = FleetSettings::new(redis);
             fleet.redis_prefix = args.redis_prefix.clone().or(file.redis_prefix).unwrap_or(fleet.redis_prefix);

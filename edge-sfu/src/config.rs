@@ -203,12 +203,14 @@ impl Settings {
         let token_secret = args
             .token_secret
             .clone()
+            .or(node_kit::secret::from_file_var("SFU_TOKEN_SECRET").map_err(anyhow::Error::msg)?)
             .or(file.token_secret)
             .map(|t| Secret::new("the token secret (SFU_TOKEN_SECRET)", t))
             .transpose()?;
         let admin_token = args
             .admin_token
             .clone()
+            .or(node_kit::secret::from_file_var("SFU_ADMIN_TOKEN").map_err(anyhow::Error::msg)?)
             .or(file.admin_token)
             .map(|t| Secret::new("the admin token (SFU_ADMIN_TOKEN)", t))
             .transpose()?;
@@ -235,9 +237,14 @@ impl Settings {
         anyhow::ensure!(edge.max_sessions_per_participant >= 1, "max_sessions_per_participant must be at least 1");
         let cascade = match args.core.clone().or(file.core) {
             Some(core) => {
-                let cluster_secret = args.cluster_secret.clone().or(file.cluster_secret).context(
-                    "cascade mode (--core) needs the cluster secret: set SFU_CLUSTER_SECRET or --cluster-secret",
-                )?;
+                let cluster_secret = args
+                    .cluster_secret
+                    .clone()
+                    .or(node_kit::secret::from_file_var("SFU_CLUSTER_SECRET").map_err(anyhow::Error::msg)?)
+                    .or(file.cluster_secret)
+                    .context(
+                        "cascade mode (--core) needs the cluster secret: set SFU_CLUSTER_SECRET or --cluster-secret",
+                    )?;
                 anyhow::ensure!(
                     !core.is_empty() && core.split(',').all(|c| c.trim().contains(':')),
                     "--core must be HOST:PORT, or several comma-separated, got {core:?}"

@@ -89,9 +89,36 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+/// A secret from the file that `{var}_FILE` names (a mounted Kubernetes or Docker
+/// secret), without its trailing newline; `None` when the variable is not set.
+pub fn from_file_var(var: &str) -> Result<Option<SecretText>, String> {
+    from_file_var_in(var, |k| std::env::var_os(k))
+}
+
+fn from_file_var_in(var: &str, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Option<SecretText>, String> {
+    let name = format!("{var}_FILE");
+    let Some(path) = env(&name) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{name}: reading {}: {e}", std::path::Path::new(&path).display()))?;
+    Ok(Some(SecretText(text.trim_end_matches(['\r', '\n']).to_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_comes_from_the_file_its_file_variable_names() {
+        let path = std::env::temp_dir().join(format!("sfu-secret-{}", std::process::id()));
+        std::fs::write(&path, "a secret of at least thirty-two bytes\n").unwrap();
+        let env = |k: &str| (k == "SFU_TOKEN_SECRET_FILE").then(|| path.clone().into_os_string());
+        let s = from_file_var_in("SFU_TOKEN_SECRET", env).unwrap().unwrap();
+        assert_eq!(s.as_ref(), b"a secret of at least thirty-two bytes");
+        assert!(from_file_var_in("SFU_ADMIN_TOKEN", env).unwrap().is_none());
+        std::fs::remove_file(&path).unwrap();
+        let err = from_file_var_in("SFU_TOKEN_SECRET", env).unwrap_err();
+        assert!(err.starts_with("SFU_TOKEN_SECRET_FILE: reading"), "{err}");
+    }
 
     #[test]
     fn short_secrets_are_refused_and_none_prints() {
