@@ -406,11 +406,7 @@ fn send_media(
     data: Bytes,
 ) {
     let before = link.media.dropped();
-    if relay_proto::datagram::is_copy(&data) {
-        link.media.send_copy(now, data);
-    } else {
-        link.media.send(now, data);
-    }
+    link.media.send(now, data);
     let dropped = link.media.dropped() - before;
     if dropped > 0 {
         core.count_send_drops(dropped);

@@ -473,11 +473,7 @@ impl Shell {
                 Output::Uplink { link, data } => match self.relays.get_mut(&link) {
                     Some(relay) => {
                         let before = relay.media.dropped();
-                        if relay_proto::datagram::is_copy(&data) {
-                            relay.media.send_copy(Instant::now(), data);
-                        } else {
-                            relay.media.send(Instant::now(), data);
-                        }
+                        relay.media.send(Instant::now(), data);
                         let dropped = relay.media.dropped() - before;
                         self.edge.count_drops(DropReason::UplinkQueue, dropped);
                         self.backlog.note(link, &mut relay.media);

@@ -63,7 +63,9 @@ struct Stream {
     last: Instant,
 }
 
-fn extend(highest: u64, seq: u16) -> u64 {
+/// `seq` extended to 64 bits: the value nearest `highest` (kept at or above 2^16, so a
+/// step back across the wrap never underflows).
+pub(crate) fn extend(highest: u64, seq: u16) -> u64 {
     let base = highest & !0xffff;
     let candidate = base | u64::from(seq);
     [candidate.wrapping_sub(1 << 16), candidate, candidate + (1 << 16)]

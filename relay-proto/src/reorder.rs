@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::loss::extend;
+
 /// How long a packet waits for a hole before it (the repair copy's spacing, plus jitter).
 pub const HOLD: Duration = Duration::from_millis(30);
 /// Packets held per stream at most; more give the hole up at once.
@@ -50,16 +52,6 @@ impl<T> Default for Reorder<T> {
     fn default() -> Self {
         Reorder { streams: HashMap::new(), counts: ReorderCounts::default() }
     }
-}
-
-fn extend(reference: u64, seq: u16) -> u64 {
-    let base = reference & !0xffff;
-    let candidate = base | u64::from(seq);
-    [candidate.wrapping_sub(1 << 16), candidate, candidate + (1 << 16)]
-        .into_iter()
-        .filter(|&c| c >= (1 << 16))
-        .min_by_key(|&c| c.abs_diff(reference))
-        .unwrap_or(candidate)
 }
 
 impl<T> Reorder<T> {

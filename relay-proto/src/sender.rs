@@ -86,14 +86,18 @@ impl DatagramSender {
         &self.conn
     }
 
-    /// Queues `data` and sends what quinn can take now.
+    /// Queues `data` and sends what quinn can take now; a repair copy (marked as one)
+    /// waits `REPAIR_SPACING` first.
     pub fn send(&mut self, now: Instant, data: Bytes) {
+        if crate::datagram::is_copy(&data) {
+            return self.send_copy(now, data);
+        }
         self.queue.push(now, data);
         self.flush(now);
     }
 
     /// Queues a repair copy to go `REPAIR_SPACING` after now.
-    pub fn send_copy(&mut self, now: Instant, copy: Bytes) {
+    fn send_copy(&mut self, now: Instant, copy: Bytes) {
         if self.copies.len() >= MAX_WAITING_COPIES {
             self.copies.pop_front();
             self.refused += 1;
