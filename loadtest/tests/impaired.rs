@@ -6,19 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
-use loadtest::client::{self, ClientReport, ClientSpec, Role, RunningClient, Shared, SpeakerParams, TalkPattern};
+use loadtest::client::{self, ClientReport, Role, RunningClient, Shared, SpeakerParams, TalkPattern};
 use loadtest::link::{LinkEmulator, LinkParams};
-use loadtest::procs::{spawn_exe, NodeProcess};
+use loadtest::procs::NodeProcess;
 use media::dtls::DtlsIdentity;
+
+mod support;
+use support::{secret, spawn_core, spawn_edge};
 
 const CHANNEL: &str = "impaired";
 
 /// The tests here measure timing through emulated links: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn secret(c: char) -> String {
-    std::iter::repeat_n(c, 40).collect()
-}
 
 /// 5 % random loss and 40 ms ± 10 ms each way, reordering allowed.
 fn lossy() -> LinkParams {
@@ -43,32 +42,13 @@ impl Cascade {
     /// A core and `links.len()` edges, edge i reaching the core through an emulator set
     /// to `links[i]` both ways.
     async fn start(links: &[LinkParams]) -> Cascade {
-        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest"));
         let (cluster, token_secret) = (secret('c'), secret('t'));
-        let core_args = ["core", "--cluster-secret", &cluster, "--slots", "3"];
-        let core = spawn_exe(exe, "core", &core_args.map(String::from)).await.unwrap();
+        let core = spawn_core(&cluster, &[]).await;
         let mut edges = Vec::new();
         let mut emulators = Vec::new();
         for (i, &params) in links.iter().enumerate() {
             let link = LinkEmulator::start(core.other, params, params, 1000 + i as u64).await.unwrap();
-            let args = [
-                "edge",
-                "--core",
-                &link.addr.to_string(),
-                "--core-url",
-                &format!("http://{}", core.http),
-                "--cluster-secret",
-                &cluster,
-                "--token-secret",
-                &token_secret,
-                "--max-listeners",
-                "25",
-                "--slots",
-                "3",
-                "--id",
-                &format!("edge-{}", i + 1),
-            ];
-            edges.push(spawn_exe(exe, &format!("edge-{}", i + 1), &args.map(String::from)).await.unwrap());
+            edges.push(spawn_edge(i + 1, &link.addr.to_string(), &core, &cluster, &token_secret).await);
             emulators.push(link);
         }
         let cascade = Cascade { _core: core, edges, links: emulators, token_secret, http: reqwest::Client::new() };
@@ -88,18 +68,7 @@ impl Cascade {
     }
 
     fn client(&self, shared: &Arc<Shared>, edge: usize, name: &str, role: Role) -> RunningClient {
-        let speaker = matches!(role, Role::Speaker(_));
-        let token = TokenKeys::new(self.token_secret.as_bytes()).sign(&Claims {
-            sub: name.into(),
-            channel: CHANNEL.into(),
-            role: if speaker { TokenRole::Speaker } else { TokenRole::Listener },
-            exp: unix_now() + 600,
-        });
-        let base_url = format!("http://{}", self.edges[edge].http);
-        RunningClient::spawn(
-            ClientSpec { name: name.into(), edge, base_url, channel: CHANNEL.into(), token, role },
-            shared,
-        )
+        support::join(shared, &self.token_secret, &self.edges, CHANNEL, edge, name, role)
     }
 
     /// The sum of a metric's series on an edge whose labels contain `filter`.

@@ -9,14 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
-use loadtest::client::{self, ClientSpec, Role, RunningClient, Shared};
-use loadtest::procs::{spawn_exe, NodeProcess};
+use loadtest::client::{self, Role, Shared};
 use media::dtls::DtlsIdentity;
 
-fn secret(c: char) -> String {
-    std::iter::repeat_n(c, 40).collect()
-}
+mod support;
+use support::{secret, spawn_core, spawn_edge};
 
 async fn get(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
@@ -52,46 +49,15 @@ fn names(body: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists() {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest"));
     let (cluster, token_secret) = (secret('c'), secret('t'));
-    let core = spawn_exe(exe, "core", &["core", "--cluster-secret", &cluster, "--slots", "3"].map(String::from))
-        .await
-        .unwrap();
-    let mut edges: Vec<NodeProcess> = Vec::new();
+    let core = spawn_core(&cluster, &[]).await;
+    let mut edges = Vec::new();
     for i in 1..=2 {
-        let args = [
-            "edge",
-            "--core",
-            &core.other.to_string(),
-            "--core-url",
-            &format!("http://{}", core.http),
-            "--cluster-secret",
-            &cluster,
-            "--token-secret",
-            &token_secret,
-            "--max-listeners",
-            "25",
-            "--slots",
-            "3",
-            "--id",
-            &format!("edge-{i}"),
-        ];
-        edges.push(spawn_exe(exe, &format!("edge-{i}"), &args.map(String::from)).await.unwrap());
+        edges.push(spawn_edge(i, &core.other.to_string(), &core, &cluster, &token_secret).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let shared = Arc::new(Shared::new(DtlsIdentity::generate().unwrap(), true).unwrap());
-    let join = |edge: usize, name: &str, role: Role| {
-        let speaker = matches!(role, Role::Speaker(_));
-        let token = TokenKeys::new(token_secret.as_bytes()).sign(&Claims {
-            sub: name.into(),
-            channel: "metrics".into(),
-            role: if speaker { TokenRole::Speaker } else { TokenRole::Listener },
-            exp: unix_now() + 600,
-        });
-        let base_url = format!("http://{}", edges[edge].http);
-        let spec = ClientSpec { name: name.into(), edge, base_url, channel: "metrics".into(), token, role };
-        RunningClient::spawn(spec, &shared)
-    };
+    let join = |edge, name: &str, role| support::join(&shared, &token_secret, &edges, "metrics", edge, name, role);
     let clients = vec![
         join(0, "speaker", client::steady_speaker()),
         join(0, "near", Role::Listener { slots: 3 }),

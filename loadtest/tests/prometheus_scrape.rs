@@ -7,18 +7,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
-use loadtest::client::{self, ClientSpec, Role, RunningClient, Shared};
-use loadtest::procs::{spawn_exe, NodeProcess};
+use loadtest::client::{self, Role, Shared};
+use loadtest::procs::NodeProcess;
 use media::dtls::DtlsIdentity;
 
-fn secret(c: char) -> String {
-    std::iter::repeat_n(c, 40).collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod support;
+use support::{free_port, secret, spawn_core, spawn_edge};
 
 struct Prometheus {
     url: String,
@@ -96,30 +90,11 @@ fn url_encode(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_every_node_and_its_counters_match_the_traffic() {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_loadtest"));
     let (cluster, token_secret) = (secret('c'), secret('t'));
-    let core_args = ["core", "--cluster-secret", &cluster, "--slots", "3", "--core-id", "core-1"];
-    let core = spawn_exe(exe, "core", &core_args.map(String::from)).await.unwrap();
+    let core = spawn_core(&cluster, &["--core-id", "core-1"]).await;
     let mut edges = Vec::new();
     for i in 1..=2 {
-        let args = [
-            "edge",
-            "--core",
-            &core.other.to_string(),
-            "--core-url",
-            &format!("http://{}", core.http),
-            "--cluster-secret",
-            &cluster,
-            "--token-secret",
-            &token_secret,
-            "--max-listeners",
-            "25",
-            "--slots",
-            "3",
-            "--id",
-            &format!("edge-{i}"),
-        ];
-        edges.push(spawn_exe(exe, &format!("edge-{i}"), &args.map(String::from)).await.unwrap());
+        edges.push(spawn_edge(i, &core.other.to_string(), &core, &cluster, &token_secret).await);
     }
     let prometheus = Prometheus::start(&core, &edges).await;
     let all_up = async {
@@ -136,20 +111,7 @@ async fn a_real_prometheus_scrapes_every_node_and_its_counters_match_the_traffic
     assert_eq!(targets.len(), 3);
 
     let shared = Arc::new(Shared::new(DtlsIdentity::generate().unwrap(), true).unwrap());
-    let join = |edge: usize, name: &str, role: Role| {
-        let speaker = matches!(role, Role::Speaker(_));
-        let token = TokenKeys::new(token_secret.as_bytes()).sign(&Claims {
-            sub: name.into(),
-            channel: "scraped".into(),
-            role: if speaker { TokenRole::Speaker } else { TokenRole::Listener },
-            exp: unix_now() + 600,
-        });
-        let base_url = format!("http://{}", edges[edge].http);
-        RunningClient::spawn(
-            ClientSpec { name: name.into(), edge, base_url, channel: "scraped".into(), token, role },
-            &shared,
-        )
-    };
+    let join = |edge, name: &str, role| support::join(&shared, &token_secret, &edges, "scraped", edge, name, role);
     let speaker = join(0, "speaker", client::steady_speaker());
     let listeners = vec![join(0, "near", Role::Listener { slots: 3 }), join(1, "far", Role::Listener { slots: 3 })];
     tokio::time::timeout(Duration::from_secs(60), shared.wait_joined(3)).await.expect("joins").unwrap();
