@@ -213,6 +213,8 @@ pub struct CoreCounters {
     pub redirects: u64,
     /// Fleet mode: the lease store answered the last renewal.
     pub lease_store_reachable: bool,
+    /// From a datagram's read off an edge link to its last copy handed to quinn.
+    pub forwarding: node_kit::histogram::InNode,
 }
 
 impl CoreCounters {
@@ -374,6 +376,11 @@ impl Core {
 
     /// Counts datagrams the shell dropped on their way to an edge (waited past the age
     /// budget behind a slow link, or refused by QUIC).
+    /// Time one datagram took through this core (measured by the shell).
+    pub fn observe_forwarding(&mut self, took: std::time::Duration) {
+        self.counters.forwarding.0.observe(took.as_secs_f64());
+    }
+
     pub fn count_send_drops(&mut self, n: u64) {
         self.counters.datagrams_dropped += n;
     }

@@ -365,6 +365,7 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         }
         node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
+        metrics::gauge!("sfu_core_input_queue_depth", &labels).set(state.handle.input_queue_depth() as f64);
         // The core is ready while its task answers (as `/readyz` says).
         metrics::gauge!("sfu_node_ready", &labels).set(1.0);
         metrics::gauge!("sfu_core_channels", &labels).set(channels.len() as f64);
@@ -393,5 +394,10 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
             metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));
         }
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.recorder.handle().render()).into_response()
+    let mut text = state.recorder.handle().render();
+    let name = "sfu_core_forward_seconds";
+    let help = node_kit::metrics_catalogue::find(name).map_or("", |s| s.help);
+    let labels = [("node", state.node.clone()), ("role", "core".to_owned())];
+    c.forwarding.0.render(name, help, &labels, &mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -127,6 +127,11 @@ pub struct CoreHandle {
 }
 
 impl CoreHandle {
+    /// Commands (media from links among them) waiting for the node's task.
+    pub fn input_queue_depth(&self) -> usize {
+        self.commands.max_capacity() - self.commands.capacity()
+    }
+
     pub async fn channels(&self) -> Option<Vec<ChannelSummary>> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Channels { reply }).await.ok()?;
@@ -468,6 +473,8 @@ async fn run_core(
     let mut heartbeat = tokio::time::interval(relay_proto::datagram::HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backlog: Backlog<EdgeKey> = Backlog::default();
+    // When the datagram handled in this turn came off its link.
+    let mut forwarding: Option<Instant> = None;
     loop {
         let deadline = tokio::time::Instant::from_std(core.poll_timeout());
         let flush_at = backlog.wake_at().map(tokio::time::Instant::from_std);
@@ -506,6 +513,7 @@ async fn run_core(
                             core.refuse(Refusal::Stale);
                         } else {
                             core.contain(edge, now, |c| c.handle_datagram(edge, data, now));
+                            forwarding = Some(at);
                         }
                     }
                     Command::Refused { reason } => core.refuse(reason),
@@ -529,6 +537,7 @@ async fn run_core(
                                     received: v.uplink,
                                     sent: link.map(|l| l.media.stats()).unwrap_or_default(),
                                     queue_age: link.map_or(Duration::ZERO, |l| l.media.queue_age(now)),
+                                    queue_len: link.map_or(0, |l| l.media.queue_len()),
                                     peer_reported_loss_permille: v.downlink_loss_permille,
                                     repair_on: v.repair_on,
                                     repair_activations: v.repair_activations,
@@ -599,11 +608,13 @@ async fn run_core(
             }
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),
         }
+        let mut forwarded = false;
         while let Some(out) = core.poll_output() {
             match out {
                 CoreOutput::Datagram { edge, data } => {
                     if let Some(link) = links.get_mut(&edge) {
                         send_media(&mut core, &mut backlog, edge, link, Instant::now(), data);
+                        forwarded = true;
                     }
                 }
                 CoreOutput::Control { edge, message } => {
@@ -624,6 +635,9 @@ async fn run_core(
                     None => error!(?command, "lease command without a lease store"),
                 },
             }
+        }
+        if let (true, Some(at)) = (forwarded, forwarding.take()) {
+            core.observe_forwarding(at.elapsed());
         }
     }
 }

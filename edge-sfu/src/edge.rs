@@ -163,6 +163,56 @@ impl DropReason {
     }
 }
 
+/// Why a session ended; counted, exported as metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client's DELETE.
+    Deleted,
+    /// The same participant joined the channel again.
+    Replaced,
+    ConnectTimeout,
+    IdleTimeout,
+    DtlsFailed,
+    DtlsClosed,
+    SrtpSetupFailed,
+    /// The core removed the participant.
+    Kicked,
+    /// The drain deadline passed.
+    Drained,
+    /// Handling its input panicked (contained).
+    Panic,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Deleted,
+        CloseReason::Replaced,
+        CloseReason::ConnectTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::DtlsFailed,
+        CloseReason::DtlsClosed,
+        CloseReason::SrtpSetupFailed,
+        CloseReason::Kicked,
+        CloseReason::Drained,
+        CloseReason::Panic,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Deleted => "deleted",
+            CloseReason::Replaced => "replaced",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::DtlsFailed => "dtls_failed",
+            CloseReason::DtlsClosed => "dtls_closed",
+            CloseReason::SrtpSetupFailed => "srtp_setup_failed",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Drained => "drained",
+            CloseReason::Panic => "panic",
+        }
+    }
+}
+
 /// What listeners get and how long joins take, as histograms (rendered at scrape time).
 #[derive(Clone, Debug)]
 pub struct Quality {
@@ -172,6 +222,9 @@ pub struct Quality {
     pub listener_loss: Histogram,
     pub listener_jitter: Histogram,
     pub listener_rtt: Histogram,
+    /// From media's read off the socket or a core link to its last send (per turn of the
+    /// shell: a receive batch or one relay datagram).
+    pub forwarding: node_kit::histogram::InNode,
 }
 
 impl Default for Quality {
@@ -181,6 +234,7 @@ impl Default for Quality {
             listener_loss: Histogram::new(&[0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
             listener_jitter: Histogram::new(&[0.001, 0.005, 0.01, 0.02, 0.05, 0.1]),
             listener_rtt: Histogram::new(&[0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0]),
+            forwarding: Default::default(),
         }
     }
 }
@@ -201,7 +255,7 @@ pub struct Counters {
     /// UDP sends to clients the socket refused (counted by the shell).
     pub send_errors: u64,
     pub sessions_opened: u64,
-    pub sessions_closed: u64,
+    closed: HashMap<CloseReason, u64>,
     /// Panics contained while handling one input or one handshake.
     pub panics: u64,
     /// Subscriptions refused because a higher lease epoch was seen for the channel.
@@ -213,6 +267,14 @@ pub struct Counters {
 impl Counters {
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops.get(&reason).copied().unwrap_or(0)
+    }
+
+    pub fn sessions_closed(&self, reason: CloseReason) -> u64 {
+        self.closed.get(&reason).copied().unwrap_or(0)
+    }
+
+    pub fn sessions_closed_total(&self) -> u64 {
+        self.closed.values().sum()
     }
 }
 
@@ -275,7 +337,7 @@ pub enum Output {
     /// The session is gone (timeout, BYE, DELETE): drop its DTLS task.
     Closed {
         session: SessionId,
-        reason: &'static str,
+        reason: CloseReason,
     },
     /// A control message for the core on `link`.
     Relay {
@@ -668,6 +730,11 @@ impl Edge {
     }
 
     /// Counts a UDP send to a client that failed.
+    /// Time one turn's media took through this edge (measured by the shell).
+    pub fn observe_forwarding(&mut self, took: std::time::Duration) {
+        self.counters.quality.forwarding.0.observe(took.as_secs_f64());
+    }
+
     pub fn count_send_error(&mut self) {
         self.counters.send_errors += 1;
     }
@@ -752,7 +819,7 @@ impl Edge {
             .filter(|ids| ids.len() >= self.config.max_sessions_per_participant)
             .map(|ids| ids[0]);
         if let Some(oldest) = oldest {
-            self.remove_session(oldest, "replaced");
+            self.remove_session(oldest, CloseReason::Replaced);
         }
         self.admit(&new.channel, listens, new.client_ip)?;
         let id = self.next_id;
@@ -821,7 +888,7 @@ impl Edge {
     }
 
     /// Ends a session (DELETE, DTLS failure, timeout); sends BYE if it was connected.
-    pub fn remove_session(&mut self, id: SessionId, reason: &'static str) {
+    pub fn remove_session(&mut self, id: SessionId, reason: CloseReason) {
         let Some(mut s) = self.sessions.remove(&id) else {
             return;
         };
@@ -878,8 +945,8 @@ impl Edge {
                 self.channels.remove(&s.channel);
             }
         }
-        self.counters.sessions_closed += 1;
-        info!(session = id, channel = %s.channel, reason, "session closed");
+        *self.counters.closed.entry(reason).or_default() += 1;
+        info!(session = id, channel = %s.channel, reason = reason.as_str(), "session closed");
         self.outputs.push_back(Output::Closed { session: id, reason });
     }
 
@@ -899,7 +966,7 @@ impl Edge {
             }
             Err(e) => {
                 debug!(session = id, error = %e, "srtp set-up failed");
-                self.remove_session(id, "srtp_setup_failed");
+                self.remove_session(id, CloseReason::SrtpSetupFailed);
             }
         }
     }
@@ -1488,7 +1555,7 @@ impl Edge {
                 let ids = self.by_participant.get(&key).cloned().unwrap_or_default();
                 info!(%channel, participant = ?participant, sessions = ids.len(), "kicked by the core");
                 for id in ids {
-                    self.remove_session(id, "kicked");
+                    self.remove_session(id, CloseReason::Kicked);
                 }
             }
             Message::Drain { deadline_ms } => {
@@ -1825,7 +1892,7 @@ impl Edge {
     pub fn session_panicked(&mut self, id: SessionId, what: &'static str) {
         self.counters.panics += 1;
         error!(session = id, what, "panic while serving a session; the session is closed");
-        self.remove_session(id, "panic");
+        self.remove_session(id, CloseReason::Panic);
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -1846,7 +1913,7 @@ impl Edge {
             let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
             info!(sessions = ids.len(), "drain deadline reached: ending the sessions left");
             for id in ids {
-                self.remove_session(id, "drained");
+                self.remove_session(id, CloseReason::Drained);
             }
         }
         if self.config.cascade {
@@ -1864,9 +1931,9 @@ impl Edge {
         let mut expired = Vec::new();
         for (&id, s) in &self.sessions {
             if !s.connected() && now.saturating_duration_since(s.created) > self.config.connect_timeout {
-                expired.push((id, "connect_timeout"));
+                expired.push((id, CloseReason::ConnectTimeout));
             } else if s.connected() && now.saturating_duration_since(s.last_seen) > self.config.idle_timeout {
-                expired.push((id, "idle_timeout"));
+                expired.push((id, CloseReason::IdleTimeout));
             }
         }
         for (id, reason) in expired {

@@ -36,6 +36,7 @@ pub struct AppState {
     /// Offers refused with 429.
     pub offers_rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub http_stats: Arc<node_kit::http::HttpStats>,
+    pub join_refusals: Arc<JoinRefusals>,
     /// This node's metrics registry (several nodes may share a process).
     pub metrics: std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>,
     pub node: String,
@@ -78,6 +79,87 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
         .layer(DefaultBodyLimit::max(MAX_OFFER_LEN))
         .layer(cors)
         .with_state(Arc::new(state))
+}
+
+/// Why an offer got no session here (the client may have been sent back to the core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinRefusal {
+    RateLimited,
+    BadChannel,
+    /// No token, or one that does not verify.
+    Unauthorized,
+    /// A token for another channel, or a listener token on a publish endpoint.
+    Forbidden,
+    NotSdp,
+    BadOffer,
+    /// The offer has no audio section the endpoint can use.
+    NoUsableAudio,
+    TooManyPendingFromAddress,
+    TooManyPending,
+    ChannelFull,
+    EdgeFull,
+    Draining,
+    ShuttingDown,
+}
+
+impl JoinRefusal {
+    pub const ALL: [JoinRefusal; 13] = [
+        JoinRefusal::RateLimited,
+        JoinRefusal::BadChannel,
+        JoinRefusal::Unauthorized,
+        JoinRefusal::Forbidden,
+        JoinRefusal::NotSdp,
+        JoinRefusal::BadOffer,
+        JoinRefusal::NoUsableAudio,
+        JoinRefusal::TooManyPendingFromAddress,
+        JoinRefusal::TooManyPending,
+        JoinRefusal::ChannelFull,
+        JoinRefusal::EdgeFull,
+        JoinRefusal::Draining,
+        JoinRefusal::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRefusal::RateLimited => "rate_limited",
+            JoinRefusal::BadChannel => "bad_channel",
+            JoinRefusal::Unauthorized => "unauthorized",
+            JoinRefusal::Forbidden => "forbidden",
+            JoinRefusal::NotSdp => "not_sdp",
+            JoinRefusal::BadOffer => "bad_offer",
+            JoinRefusal::NoUsableAudio => "no_usable_audio",
+            JoinRefusal::TooManyPendingFromAddress => "too_many_pending_from_address",
+            JoinRefusal::TooManyPending => "too_many_pending",
+            JoinRefusal::ChannelFull => "channel_full",
+            JoinRefusal::EdgeFull => "edge_full",
+            JoinRefusal::Draining => "draining",
+            JoinRefusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    fn of(e: AdmitError) -> Self {
+        match e {
+            AdmitError::ChannelFull => JoinRefusal::ChannelFull,
+            AdmitError::EdgeFull => JoinRefusal::EdgeFull,
+            AdmitError::TooManyPending => JoinRefusal::TooManyPending,
+            AdmitError::TooManyPendingFromAddress => JoinRefusal::TooManyPendingFromAddress,
+            AdmitError::Draining => JoinRefusal::Draining,
+        }
+    }
+}
+
+/// Refused offers by reason.
+#[derive(Debug, Default)]
+pub struct JoinRefusals([std::sync::atomic::AtomicU64; JoinRefusal::ALL.len()]);
+
+impl JoinRefusals {
+    fn count(&self, r: JoinRefusal) {
+        self.0[r as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self, r: JoinRefusal) -> u64 {
+        self.0[r as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A signalling error: a status, a plain-text reason, and optional extra headers.
@@ -269,27 +351,37 @@ async fn offer(
     body: String,
     endpoint: Endpoint,
 ) -> Response {
+    let refuse = |reason: JoinRefusal, response: Response| {
+        state.join_refusals.count(reason);
+        response
+    };
     if let Err(e) = rate_limit(&state, peer) {
-        return e.into_response();
+        return refuse(JoinRefusal::RateLimited, e.into_response());
     }
     if !valid_channel(&channel) {
-        return error(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
+        let message = "channel names are 1-64 characters of A-Z a-z 0-9 - _ .";
+        return refuse(JoinRefusal::BadChannel, error(StatusCode::BAD_REQUEST, message));
     }
     let claims = match authorize(&state, &headers, &query, &channel, endpoint) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let reason =
+                if e.status == StatusCode::UNAUTHORIZED { JoinRefusal::Unauthorized } else { JoinRefusal::Forbidden };
+            return refuse(reason, e.into_response());
+        }
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/sdp") {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "body must be an SDP offer (Content-Type: application/sdp)");
+        let message = "body must be an SDP offer (Content-Type: application/sdp)";
+        return refuse(JoinRefusal::NotSdp, error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
     }
     let offer = match Offer::parse(&body) {
         Ok(o) => o,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return refuse(JoinRefusal::BadOffer, error(StatusCode::BAD_REQUEST, e.to_string())),
     };
     let Plan { answers, publish, slots } = match plan(&offer, endpoint, state.edge.config.slots) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return refuse(JoinRefusal::NoUsableAudio, error(StatusCode::BAD_REQUEST, e)),
     };
     let (local_ufrag, local_pwd) = random_credentials();
     let resource = format!("{:032x}", rand::random::<u128>());
@@ -306,25 +398,24 @@ async fn offer(
     };
     match state.edge.add_session(new, resource.clone(), offer.fingerprint).await {
         Ok(Ok(id)) => debug!(session = id, %channel, participant = ?claims.sub, ?endpoint, "offer answered"),
-        Ok(Err(e @ AdmitError::TooManyPendingFromAddress)) => {
-            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        Ok(Err(e)) => {
+            let reason = JoinRefusal::of(e);
+            let status = match e {
+                AdmitError::TooManyPendingFromAddress => StatusCode::TOO_MANY_REQUESTS,
+                AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::Draining => {
+                    if let Some(back) = retry_at_core(&state, &headers, &query, &channel, endpoint) {
+                        return refuse(reason, back);
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                AdmitError::TooManyPending => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let response = ApiError::new(status, e.to_string())
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
                 .into_response();
+            return refuse(reason, response);
         }
-        Ok(Err(e @ (AdmitError::ChannelFull | AdmitError::EdgeFull | AdmitError::Draining))) => {
-            if let Some(back) = retry_at_core(&state, &headers, &query, &channel, endpoint) {
-                return back;
-            }
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
-                .into_response();
-        }
-        Ok(Err(e @ AdmitError::TooManyPending)) => {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                .with_header(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS))
-                .into_response();
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return refuse(JoinRefusal::ShuttingDown, error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
     let answer = build_answer(
         &offer,
@@ -448,10 +539,10 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         }
         node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
+        metrics::gauge!("sfu_edge_input_queue_depth", &labels).set(state.edge.input_queue_depth() as f64);
         metrics::gauge!("sfu_edge_session_capacity", &labels).set(state.edge.config.max_sessions as f64);
         metrics::gauge!("sfu_node_ready", &labels).set(f64::from(u8::from(readiness.ready)));
         metrics::counter!("sfu_edge_sessions_opened_total", &labels).absolute(c.sessions_opened);
-        metrics::counter!("sfu_edge_sessions_closed_total", &labels).absolute(c.sessions_closed);
         metrics::counter!("sfu_edge_rtp_in_total", &labels).absolute(c.rtp_in);
         metrics::counter!("sfu_edge_rtp_out_total", &labels).absolute(c.rtp_out);
         metrics::counter!("sfu_edge_rtcp_in_total", &labels).absolute(c.rtcp_in);
@@ -474,6 +565,16 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             l.push(("status", status.to_string()));
             metrics::counter!("sfu_http_responses_total", &l).absolute(n);
         }
+        for r in crate::edge::CloseReason::ALL {
+            let mut l = labels.to_vec();
+            l.push(("reason", r.as_str().to_owned()));
+            metrics::counter!("sfu_edge_sessions_closed_total", &l).absolute(c.sessions_closed(r));
+        }
+        for r in JoinRefusal::ALL {
+            let mut l = labels.to_vec();
+            l.push(("reason", r.as_str().to_owned()));
+            metrics::counter!("sfu_edge_join_refusals_total", &l).absolute(state.join_refusals.get(r));
+        }
         for d in crate::edge::DropReason::ALL {
             let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
             metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));
@@ -487,6 +588,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         ("sfu_edge_listener_loss_ratio", &q.listener_loss),
         ("sfu_edge_listener_jitter_seconds", &q.listener_jitter),
         ("sfu_edge_listener_rtt_seconds", &q.listener_rtt),
+        ("sfu_edge_forward_seconds", &q.forwarding.0),
     ] {
         let help = node_kit::metrics_catalogue::find(name).map_or("", |s| s.help);
         h.render(name, help, &labels, &mut text);

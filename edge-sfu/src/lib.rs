@@ -80,6 +80,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         core_url: settings.cascade.as_ref().and_then(|c| c.core_url.clone()),
         offers_rate_limited: Default::default(),
         http_stats: http_stats.clone(),
+        join_refusals: Default::default(),
         metrics: std::sync::Arc::new(node_kit::metrics_catalogue::recorder()),
         node,
     };

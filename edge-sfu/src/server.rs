@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::edge::{
-    AdmitError, ChannelView, Counters, DropReason, Edge, EdgeConfig, LinkId, NewSession, Output, SessionId,
+    AdmitError, ChannelView, CloseReason, Counters, DropReason, Edge, EdgeConfig, LinkId, NewSession, Output, SessionId,
 };
 
 const COMMAND_QUEUE: usize = 4096;
@@ -50,7 +50,7 @@ enum Command {
     },
     DtlsEnded {
         id: SessionId,
-        reason: &'static str,
+        reason: CloseReason,
     },
     /// The handshake task panicked (contained; the session ends).
     DtlsPanicked {
@@ -153,6 +153,11 @@ pub enum HandleError {
 }
 
 impl EdgeHandle {
+    /// Commands (media from links among them) waiting for the node's task.
+    pub fn input_queue_depth(&self) -> usize {
+        self.commands.max_capacity() - self.commands.capacity()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, HandleError> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| HandleError::Gone)?;
@@ -219,6 +224,8 @@ struct Shell {
     relay_config: Option<Arc<RelayConfig>>,
     /// Links with uplink datagrams waiting for quinn, or repair copies for their time.
     backlog: Backlog<LinkId>,
+    /// When the media handled in this turn was read (the earliest, for a batch).
+    forwarding: Option<Instant>,
 }
 
 /// Starts the edge task on a bound UDP socket (and the core link in cascade mode).
@@ -262,6 +269,7 @@ pub fn start(
         relays: HashMap::new(),
         relay_config: relay_config.clone(),
         backlog: Backlog::default(),
+        forwarding: None,
     };
     let task = tokio::spawn(shell.run(rx));
     if let Some(config) = relay_config {
@@ -287,6 +295,7 @@ impl Shell {
                 },
                 r = self.socket.recv_from(&mut buf) => {
                     let now = Instant::now();
+                    self.forwarding = Some(now);
                     if let Ok((n, from)) = r {
                         let data = &buf[..n];
                         self.edge.contain(Some(from), "datagram", |e| e.handle_datagram(now, from, data));
@@ -340,7 +349,7 @@ impl Shell {
             Command::RemoveSession { resource, reply } => {
                 let found = self.resources.get(&resource).copied();
                 if let Some(id) = found {
-                    self.edge.remove_session(id, "deleted");
+                    self.edge.remove_session(id, CloseReason::Deleted);
                 }
                 let _ = reply.send(found.is_some());
             }
@@ -377,6 +386,7 @@ impl Shell {
                             received: v.downlink,
                             sent: relay.map(|r| r.media.stats()).unwrap_or_default(),
                             queue_age: relay.map_or(Duration::ZERO, |r| r.media.queue_age(now)),
+                            queue_len: relay.map_or(0, |r| r.media.queue_len()),
                             peer_reported_loss_permille: v.uplink_loss_permille,
                             repair_on: v.repair_on,
                             repair_activations: v.repair_activations,
@@ -406,7 +416,8 @@ impl Shell {
                 if now.saturating_duration_since(at) > MEDIA_AGE_BUDGET {
                     self.edge.count_drop(DropReason::RelayStale);
                 } else {
-                    self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(link, &data, now))
+                    self.edge.contain(None, "relay datagram", |e| e.handle_relay_datagram(link, &data, now));
+                    self.forwarding = Some(at);
                 }
             }
         }
@@ -429,11 +440,11 @@ impl Shell {
                     // Keep the connection to answer retransmitted flights; a close_notify ends it.
                     let mut buf = vec![0u8; 1500];
                     while established.conn.read(&mut buf, None).await.is_ok() {}
-                    let _ = commands.send(Command::DtlsEnded { id, reason: "dtls_closed" }).await;
+                    let _ = commands.send(Command::DtlsEnded { id, reason: CloseReason::DtlsClosed }).await;
                 }
                 Err(e) => {
                     debug!(session = id, error = %e, "dtls failed");
-                    let _ = commands.send(Command::DtlsEnded { id, reason: "dtls_failed" }).await;
+                    let _ = commands.send(Command::DtlsEnded { id, reason: CloseReason::DtlsFailed }).await;
                 }
             }
         };
@@ -442,9 +453,11 @@ impl Shell {
     }
 
     fn flush(&mut self) {
+        let mut forwarded = false;
         while let Some(out) = self.edge.poll_output() {
             match out {
                 Output::Transmit { to, data } => {
+                    forwarded = true;
                     if let Err(e) = self.socket.try_send_to(&data, to) {
                         self.send_errors += 1;
                         self.edge.count_send_error();
@@ -472,6 +485,7 @@ impl Shell {
                 }
                 Output::Uplink { link, data } => match self.relays.get_mut(&link) {
                     Some(relay) => {
+                        forwarded = true;
                         let before = relay.media.dropped();
                         relay.media.send(Instant::now(), data);
                         let dropped = relay.media.dropped() - before;
@@ -495,6 +509,9 @@ impl Shell {
                     }
                 }
             }
+        }
+        if let (true, Some(at)) = (forwarded, self.forwarding.take()) {
+            self.edge.observe_forwarding(at.elapsed());
         }
     }
 }

@@ -584,7 +584,7 @@ fn a_session_that_lost_its_address_does_not_take_the_new_owners_mapping_with_it(
     let mut carol = net.join("lobby", "carol", true, 1);
     carol.addr = bob.addr;
     net.ice_check(&carol);
-    net.edge.remove_session(bob.id, "deleted");
+    net.edge.remove_session(bob.id, edge_sfu::edge::CloseReason::Deleted);
     net.drain();
     // What Carol sends from the shared address still reaches her session.
     let before = net.edge.counters().rtp_in;

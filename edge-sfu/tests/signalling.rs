@@ -72,6 +72,7 @@ async fn app_under_core(
             core_url: core_url.map(str::to_owned),
             offers_rate_limited: Default::default(),
             http_stats: Default::default(),
+            join_refusals: Default::default(),
             metrics,
             node: "edge-test".into(),
         },

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_sfu::token::{unix_now, Claims, Role as TokenRole, TokenKeys};
 use loadtest::client::{self, Role, Shared};
 use media::dtls::DtlsIdentity;
 
@@ -47,6 +48,43 @@ fn names(body: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (series, help)
 }
 
+/// The value of the first sample of `name` whose labels include `label` (`key="value"`).
+fn sample(body: &str, name: &str, label: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .next()
+        .unwrap_or_else(|| panic!("no {name} with {label} in:\n{body}"))
+}
+
+/// Offers the edge at `http` must refuse, each for a reason of its own.
+async fn refused_offers(http: std::net::SocketAddr, token_secret: &str) {
+    let token = |channel: &str| {
+        TokenKeys::new(token_secret.as_bytes()).sign(&Claims {
+            sub: "refused".into(),
+            channel: channel.into(),
+            role: TokenRole::Listener,
+            exp: unix_now() + 600,
+        })
+    };
+    let client = reqwest::Client::new();
+    let url = format!("http://{http}/whep/metrics");
+    let offer = |token: Option<String>, content_type: &str, body: &str| {
+        let mut r = client.post(&url).header("content-type", content_type).body(body.to_owned());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let statuses = [
+        offer(None, "application/sdp", "v=0").await.unwrap().status().as_u16(),
+        offer(Some(token("elsewhere")), "application/sdp", "v=0").await.unwrap().status().as_u16(),
+        offer(Some(token("metrics")), "text/plain", "v=0").await.unwrap().status().as_u16(),
+        offer(Some(token("metrics")), "application/sdp", "v=0").await.unwrap().status().as_u16(),
+    ];
+    assert_eq!(statuses, [401, 403, 415, 400]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists() {
     let (cluster, token_secret) = (secret('c'), secret('t'));
@@ -56,6 +94,7 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
         edges.push(spawn_edge(i, &core.other.to_string(), &core, &cluster, &token_secret).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    refused_offers(edges[0].http, &token_secret).await;
     let shared = Arc::new(Shared::new(DtlsIdentity::generate().unwrap(), true).unwrap());
     let join = |edge, name: &str, role| support::join(&shared, &token_secret, &edges, "metrics", edge, name, role);
     let clients = vec![
@@ -69,6 +108,7 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
 
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let mut seen = BTreeSet::new();
+    let mut bodies = Vec::new();
     let nodes = [("core", core.http)].into_iter().chain(edges.iter().map(|e| ("edge", e.http)));
     for (role, http) in nodes {
         let body = get(&format!("http://{http}/metrics")).await;
@@ -87,6 +127,17 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
             assert!(line.contains(&format!("role=\"{role}\"")) && line.contains("node=\""), "{role}: {line}");
         }
         seen.extend(series);
+        // Media went through every node (speaker on edge 0, listeners on both), and each
+        // measured its time inside.
+        let forward = if role == "core" { "sfu_core_forward_seconds_count" } else { "sfu_edge_forward_seconds_count" };
+        assert!(sample(&body, forward, "node=") > 0.0, "{role}: {forward} is 0");
+        bodies.push(body);
+    }
+    for (reason, n) in
+        [("unauthorized", 1.0), ("forbidden", 1.0), ("not_sdp", 1.0), ("bad_offer", 1.0), ("edge_full", 0.0)]
+    {
+        let refused = sample(&bodies[1], "sfu_edge_join_refusals_total", &format!("reason=\"{reason}\""));
+        assert_eq!(refused, n, "edge-1's refusals for {reason}");
     }
     for s in node_kit::metrics_catalogue::SERIES {
         assert!(readme.contains(&format!("`{}", s.name)), "the README's metrics table does not list {}", s.name);
@@ -97,5 +148,12 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
     assert!(seen.contains("sfu_relay_link_rtt_seconds") && seen.contains("sfu_relay_link_datagrams_received_total"));
     for c in clients {
         drop(c.stop().await);
+    }
+    // Each client's DELETE ended its session, and was counted as such where it was.
+    for (edge, n) in [(0, 2.0), (1, 1.0)] {
+        let body = get(&format!("http://{}/metrics", edges[edge].http)).await;
+        assert_eq!(sample(&body, "sfu_edge_sessions_closed_total", "reason=\"deleted\""), n, "edge {edge}");
+        assert_eq!(sample(&body, "sfu_edge_sessions_closed_total", "reason=\"idle_timeout\""), 0.0, "edge {edge}");
+        assert_eq!(sample(&body, "sfu_edge_sessions", "node="), 0.0, "edge {edge}");
     }
 }

@@ -12,6 +12,19 @@ pub struct Histogram {
     sum: f64,
 }
 
+/// Bounds for time spent inside a node, seconds (100 µs to 50 ms).
+pub const IN_NODE_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
+
+/// Time media spends inside a node, from its read off a socket or link to its last send.
+#[derive(Clone, Debug)]
+pub struct InNode(pub Histogram);
+
+impl Default for InNode {
+    fn default() -> Self {
+        InNode(Histogram::new(IN_NODE_BOUNDS))
+    }
+}
+
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
         Histogram { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }

@@ -26,6 +26,8 @@ pub struct LinkHealth {
     pub sent: SendStats,
     /// How long the oldest datagram waiting in our send queue has waited.
     pub queue_age: Duration,
+    /// Datagrams waiting in our send queue.
+    pub queue_len: usize,
     /// The loss before repair the peer last reported for what we send it.
     pub peer_reported_loss_permille: u16,
     pub repair_on: bool,
@@ -58,6 +60,7 @@ impl LinkHealth {
         metrics::gauge!("sfu_relay_link_peer_reported_loss_ratio", labels)
             .set(f64::from(self.peer_reported_loss_permille) / 1000.0);
         metrics::gauge!("sfu_relay_link_queue_age_seconds", labels).set(self.queue_age.as_secs_f64());
+        metrics::gauge!("sfu_relay_link_queue_datagrams", labels).set(self.queue_len as f64);
         metrics::gauge!("sfu_relay_link_queue_max_wait_seconds", labels).set(self.sent.max_wait.as_secs_f64());
         for (reason, n) in
             [("stale", self.sent.dropped_stale), ("full", self.sent.dropped_full), ("refused", self.sent.refused)]

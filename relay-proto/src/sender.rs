@@ -163,6 +163,11 @@ impl DatagramSender {
         self.queue.oldest_age(now)
     }
 
+    /// Datagrams waiting in our queue, repair copies included.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len() + self.copies.len()
+    }
+
     pub fn stats(&self) -> SendStats {
         SendStats {
             sent: self.sent,
