@@ -37,6 +37,8 @@ pub struct AppState {
     pub offers_rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub http_stats: Arc<node_kit::http::HttpStats>,
     pub join_refusals: Arc<JoinRefusals>,
+    /// How long a drain lets sessions stay when the request names no deadline.
+    pub drain_deadline: std::time::Duration,
     /// This node's metrics registry (several nodes may share a process).
     pub metrics: std::sync::Arc<metrics_exporter_prometheus::PrometheusRecorder>,
     pub node: String,
@@ -75,6 +77,7 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
         .route("/join/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Join)))
         .route("/session/{resource}", delete(end_session))
         .route("/channels/{channel}", get(channel_view))
+        .route("/admin/drain", post(drain))
         .route("/demo/token", get(demo_token))
         .layer(DefaultBodyLimit::max(MAX_OFFER_LEN))
         .layer(cors)
@@ -446,6 +449,41 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
+
+#[derive(Deserialize)]
+struct DrainQuery {
+    /// How long sessions may stay, seconds (default: the configured drain deadline).
+    deadline_s: Option<u64>,
+}
+
+/// Operators (admin token): stop taking sessions; those left end at the deadline. The
+/// edge keeps running; `/readyz` reports the sessions left. A second drain may only bring
+/// the deadline closer.
+async fn drain(State(state): State<Arc<AppState>>, Query(q): Query<DrainQuery>, headers: HeaderMap) -> Response {
+    if state.admin_token.is_none() {
+        return error(StatusCode::NOT_FOUND, "no admin token is configured on this edge");
+    }
+    if !node_kit::http::bearer_is(&headers, state.admin_token.as_ref()) {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "needs the admin token")
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+            .into_response();
+    }
+    let deadline = match q.deadline_s.map(std::time::Duration::from_secs) {
+        None => state.drain_deadline,
+        Some(d) if d <= MAX_DRAIN_DEADLINE => d,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "deadline_s: at most 86400"),
+    };
+    warn!(deadline_s = deadline.as_secs(), "drain requested by an operator");
+    if let Err(e) = state.edge.drain(deadline).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    match state.edge.readiness().await {
+        Ok(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+const MAX_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 async fn end_session(State(state): State<Arc<AppState>>, Path(resource): Path<String>) -> Response {
     if resource.len() != 32 || !resource.bytes().all(|b| b.is_ascii_hexdigit()) {

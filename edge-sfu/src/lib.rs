@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod http;
 pub mod server;
@@ -81,6 +82,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         offers_rate_limited: Default::default(),
         http_stats: http_stats.clone(),
         join_refusals: Default::default(),
+        drain_deadline: settings.drain_deadline,
         metrics: std::sync::Arc::new(node_kit::metrics_catalogue::recorder()),
         node,
     };

@@ -34,6 +34,13 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Drain the edge that runs with these settings (same flags, file and variables) on
+    /// this machine: it takes no new sessions, and this waits until those left have gone
+    /// or the drain deadline ended them. For a Kubernetes preStop hook.
+    Drain {
+        #[command(flatten)]
+        run: RunArgs,
+    },
 }
 
 #[tokio::main]
@@ -51,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
             let token = TokenKeys::new(secret.expose()).sign(&Claims { sub, channel, role, exp: unix_now() + ttl });
             println!("{token}");
             Ok(())
+        }
+        Some(Command::Drain { run }) => {
+            let settings = Settings::resolve(&run)?;
+            edge_sfu::drain::drain_running_edge(&settings).await
         }
         Some(Command::Run(run)) => serve(run).await,
         None => serve(cli.run).await,

@@ -101,3 +101,62 @@ fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
     // Written to a pipe (as to a file or a journal): plain text, no colour codes.
     assert!(!log.contains('\u{1b}'), "ANSI escapes in a log that is not a terminal: {log}");
 }
+
+const ADMIN_TOKEN: &str = "an-operators-admin-token-of-40-bytes-long";
+
+/// `edge-sfu drain` (the preStop hook) with this edge's HTTP address and `admin` token.
+fn drain_command(addr: &str, admin: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-sfu"))
+        .args(["drain", "--http", addr, "--drain-deadline", "2s"])
+        .env("SFU_ADMIN_TOKEN", admin)
+        // As in a pod, the hook sees the edge's whole environment.
+        .env("SFU_TOKEN_SECRET", "the-edge-token-secret-of-forty-bytes-long")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_drain_command_drains_the_running_edge_and_waits_for_its_sessions() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-sfu"))
+        .args(["--dev", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--drain-deadline", "10m"])
+        .env("SFU_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines.by_ref().map_while(Result::ok).find_map(|l| started_http(&l)).expect("the edge starts");
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let (_, body) = http(&addr, "GET", "/demo/token?channel=lobby&name=alice&role=listener", None, "");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    assert_eq!(http(&addr, "POST", "/whep/lobby", Some(&token), &offer()).0, 201);
+
+    // A wrong admin token drains nothing.
+    let refused = drain_command(&addr, "not-the-admin-token-but-forty-bytes-long");
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{refused:?}");
+    assert_eq!(http(&addr, "GET", "/readyz", None, "").0, 200);
+
+    // The command's deadline (2 s) is the edge's for this drain: the session that never
+    // connects ends then, and the command returns once it has.
+    let drained = drain_command(&addr, ADMIN_TOKEN);
+    assert!(drained.status.success(), "{drained:?}");
+    assert!(String::from_utf8_lossy(&drained.stderr).contains("no sessions left"), "{drained:?}");
+    let (status, body) = http(&addr, "GET", "/readyz", None, "");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, body["draining"].as_bool(), body["sessions"].as_u64()), (503, Some(true), Some(0)));
+    let (_, metrics) = http(&addr, "GET", "/metrics", None, "");
+    let drained_line =
+        metrics.lines().find(|l| l.starts_with("sfu_edge_sessions_closed_total") && l.contains("drained"));
+    assert!(drained_line.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    assert!(child.try_wait().unwrap().is_none(), "a drain leaves the process running");
+
+    // Then SIGTERM (what the kubelet sends after the hook) finds nothing to wait for.
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("drain requested by an operator"), "{log}");
+}

@@ -73,6 +73,7 @@ async fn app_under_core(
             offers_rate_limited: Default::default(),
             http_stats: Default::default(),
             join_refusals: Default::default(),
+            drain_deadline: std::time::Duration::from_secs(600),
             metrics,
             node: "edge-test".into(),
         },

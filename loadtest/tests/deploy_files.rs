@@ -174,6 +174,7 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         "path: /readyz",
         "path: /healthz",
         "preStop:",
+        "command: [\"edge-sfu\", \"drain\"]",
         "terminationGracePeriodSeconds: 630",
         "value: \"10m\"",
         "kind: PodDisruptionBudget",
