@@ -33,7 +33,52 @@ pub struct HttpState {
     pub drain_deadline: Duration,
     /// Signs join tokens for operators (`POST /v1/tokens`); the edges' token secret.
     pub token_keys: Option<TokenKeys>,
+    pub placement_refusals: Arc<PlacementRefusals>,
 }
+
+/// Why a placement request got no redirect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementRefusal {
+    RateLimited,
+    BadChannel,
+    /// The client came back from too many edges.
+    TooManyEdgesTried,
+    /// The channel's lease is being settled or moves between cores.
+    ChannelMoving,
+    NoRoom,
+    StoreUnreachable,
+    ShuttingDown,
+    /// The chosen node's URL does not make a header.
+    BadUrl,
+}
+
+impl PlacementRefusal {
+    pub const ALL: [PlacementRefusal; 8] = [
+        PlacementRefusal::RateLimited,
+        PlacementRefusal::BadChannel,
+        PlacementRefusal::TooManyEdgesTried,
+        PlacementRefusal::ChannelMoving,
+        PlacementRefusal::NoRoom,
+        PlacementRefusal::StoreUnreachable,
+        PlacementRefusal::ShuttingDown,
+        PlacementRefusal::BadUrl,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementRefusal::RateLimited => "rate_limited",
+            PlacementRefusal::BadChannel => "bad_channel",
+            PlacementRefusal::TooManyEdgesTried => "too_many_edges_tried",
+            PlacementRefusal::ChannelMoving => "channel_moving",
+            PlacementRefusal::NoRoom => "no_room",
+            PlacementRefusal::StoreUnreachable => "store_unreachable",
+            PlacementRefusal::ShuttingDown => "shutting_down",
+            PlacementRefusal::BadUrl => "bad_url",
+        }
+    }
+}
+
+pub type PlacementRefusals = node_kit::reasons::ReasonCounts<{ PlacementRefusal::ALL.len() }>;
 
 /// What a client of a channel is placed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,14 +171,19 @@ async fn place(
     headers: HeaderMap,
     endpoint: Endpoint,
 ) -> Response {
+    let refuse = |reason: PlacementRefusal, response: Response| {
+        state.placement_refusals.count(reason as usize);
+        response
+    };
     if let Err(wait) = state.placement_limiter.check(peer.ip()) {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
         let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address");
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return r;
+        return refuse(PlacementRefusal::RateLimited, r);
     }
     if !relay_proto::valid_channel_name(&channel) {
-        return text(StatusCode::BAD_REQUEST, "channel names are 1-64 characters of A-Z a-z 0-9 - _ .");
+        let message = "channel names are 1-64 characters of A-Z a-z 0-9 - _ .";
+        return refuse(PlacementRefusal::BadChannel, text(StatusCode::BAD_REQUEST, message));
     }
     // Browsers drop `Authorization` on a cross-origin redirect: the token travels on in
     // the edge's URL (RFC 6750 2.3). JWTs are URL-safe; anything else is not forwarded.
@@ -144,7 +194,8 @@ async fn place(
     let exclude: Vec<String> =
         q.exclude.iter().flat_map(|e| e.split(',')).filter(|e| valid_edge_id(e)).map(str::to_owned).collect();
     if exclude.len() > MAX_EXCLUDED {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no edge could take this client");
+        let response = text(StatusCode::SERVICE_UNAVAILABLE, "no edge could take this client");
+        return refuse(PlacementRefusal::TooManyEdgesTried, response);
     }
     let hops = q.core_hops.unwrap_or(0);
     let request = PlaceRequest {
@@ -183,25 +234,34 @@ async fn place(
         }
         Some(PlaceOutcome::OtherCore(_))
         | Some(PlaceOutcome::Failed(PlaceError::Pending | PlaceError::Unavailable)) => {
-            return retry(StatusCode::SERVICE_UNAVAILABLE, "the channel is moving between cores; try again", "1");
+            let response =
+                retry(StatusCode::SERVICE_UNAVAILABLE, "the channel is moving between cores; try again", "1");
+            return refuse(PlacementRefusal::ChannelMoving, response);
         }
         Some(PlaceOutcome::Failed(PlaceError::NoRoom)) => {
-            return retry(StatusCode::SERVICE_UNAVAILABLE, "no edge has room for this client", "5");
+            let response = retry(StatusCode::SERVICE_UNAVAILABLE, "no edge has room for this client", "5");
+            return refuse(PlacementRefusal::NoRoom, response);
         }
         Some(PlaceOutcome::Failed(PlaceError::StoreUnreachable)) => {
-            return retry(
+            let response = retry(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the channel directory (Redis) cannot be reached: new channels cannot start; channels already running go on",
                 "2",
             );
+            return refuse(PlacementRefusal::StoreUnreachable, response);
         }
-        None => return text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down"),
+        None => {
+            let response = text(StatusCode::SERVICE_UNAVAILABLE, "core is shutting down");
+            return refuse(PlacementRefusal::ShuttingDown, response);
+        }
     };
     // Edge ids and region names are checked above; URLs come from edges' checked hellos or
     // the store: still, never send a header that does not parse.
     match HeaderValue::from_str(&location) {
         Ok(location) => (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response(),
-        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the chosen node has no usable URL"),
+        Err(_) => {
+            refuse(PlacementRefusal::BadUrl, text(StatusCode::SERVICE_UNAVAILABLE, "the chosen node has no usable URL"))
+        }
     }
 }
 
@@ -365,6 +425,12 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         }
         node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
+        for r in PlacementRefusal::ALL {
+            let mut l = labels.to_vec();
+            l.push(("reason", r.as_str().to_owned()));
+            metrics::counter!("sfu_core_placement_refusals_total", &l)
+                .absolute(state.placement_refusals.get(r as usize));
+        }
         metrics::gauge!("sfu_core_input_queue_depth", &labels).set(state.handle.input_queue_depth() as f64);
         // The core is ready while its task answers (as `/readyz` says).
         metrics::gauge!("sfu_node_ready", &labels).set(1.0);

@@ -85,6 +85,7 @@ pub async fn start(settings: CoreSettings) -> anyhow::Result<RunningCore> {
         placement_limiter,
         drain_deadline: settings.drain_deadline,
         token_keys: settings.token_secret.as_ref().map(|s| node_kit::token::TokenKeys::new(s.expose())),
+        placement_refusals: Default::default(),
     };
     let state_stats = state.http_stats.clone();
     let app = http::router(state, &settings.cors_allow_origin);

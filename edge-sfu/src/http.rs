@@ -152,18 +152,7 @@ impl JoinRefusal {
 }
 
 /// Refused offers by reason.
-#[derive(Debug, Default)]
-pub struct JoinRefusals([std::sync::atomic::AtomicU64; JoinRefusal::ALL.len()]);
-
-impl JoinRefusals {
-    fn count(&self, r: JoinRefusal) {
-        self.0[r as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn get(&self, r: JoinRefusal) -> u64 {
-        self.0[r as usize].load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
+pub type JoinRefusals = node_kit::reasons::ReasonCounts<{ JoinRefusal::ALL.len() }>;
 
 /// A signalling error: a status, a plain-text reason, and optional extra headers.
 #[derive(Debug)]
@@ -355,7 +344,7 @@ async fn offer(
     endpoint: Endpoint,
 ) -> Response {
     let refuse = |reason: JoinRefusal, response: Response| {
-        state.join_refusals.count(reason);
+        state.join_refusals.count(reason as usize);
         response
     };
     if let Err(e) = rate_limit(&state, peer) {
@@ -611,7 +600,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         for r in JoinRefusal::ALL {
             let mut l = labels.to_vec();
             l.push(("reason", r.as_str().to_owned()));
-            metrics::counter!("sfu_edge_join_refusals_total", &l).absolute(state.join_refusals.get(r));
+            metrics::counter!("sfu_edge_join_refusals_total", &l).absolute(state.join_refusals.get(r as usize));
         }
         for d in crate::edge::DropReason::ALL {
             let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];

@@ -95,6 +95,8 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     refused_offers(edges[0].http, &token_secret).await;
+    let placement = reqwest::Client::new().post(format!("http://{}/whep/no!such!channel", core.http)).send().await;
+    assert_eq!(placement.unwrap().status().as_u16(), 400);
     let shared = Arc::new(Shared::new(DtlsIdentity::generate().unwrap(), true).unwrap());
     let join = |edge, name: &str, role| support::join(&shared, &token_secret, &edges, "metrics", edge, name, role);
     let clients = vec![

@@ -13,6 +13,7 @@ pub mod metrics_catalogue;
 pub mod panics;
 pub mod per_ip;
 pub mod process_stats;
+pub mod reasons;
 pub mod secret;
 pub mod throttle;
 pub mod token;

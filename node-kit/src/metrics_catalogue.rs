@@ -80,6 +80,7 @@ pub const SERIES: &[Series] = &[
         "sfu_core_forward_seconds",
         "Time a datagram spends in the core: from its read off an edge link to its last copy handed to QUIC.",
     ),
+    counter("sfu_core_placement_refusals_total", "Placement requests answered without a redirect, by reason."),
     gauge("sfu_core_input_queue_depth", "Commands and edge datagrams waiting for the core's task."),
     counter("sfu_core_refused_total", "Input the core refused, by reason."),
     counter("sfu_core_links_closed_misbehaving_total", "Edge links closed for a stream of malformed input."),
