@@ -146,7 +146,7 @@ fuzz_target!(|input: Input| {
             Op::RelayDatagram(bytes) => h.edge.handle_relay_datagram(h.core, &bytes::Bytes::from(bytes), h.now),
             Op::Remove(client) => {
                 let id = h.clients[usize::from(client) % n].id;
-                h.edge.remove_session(id, "fuzz");
+                h.edge.remove_session(id, edge_sfu::edge::CloseReason::Deleted);
             }
         }
         h.drain();

@@ -48,7 +48,11 @@ fn http() -> &'static Http {
                     core_url: Some("http://127.0.0.1:9".into()),
                     offers_rate_limited: Default::default(),
                     http_stats: Default::default(),
-                    metrics: std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
+                    join_refusals: Default::default(),
+                    drain_deadline: std::time::Duration::from_secs(600),
+                    metrics: std::sync::Arc::new(
+                        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+                    ),
                     node: "fuzz".into(),
                 },
                 "*",
@@ -62,7 +66,8 @@ fn http() -> &'static Http {
 // channel, forged), the content type and the channel; the rest is the body (seeds:
 // real Chromium, Firefox and aiortc offers).
 fuzz_target!(|data: &[u8]| {
-    let Some((&[endpoint, token, content_type, channel], body)) = data.split_first_chunk::<4>().map(|(a, b)| (a, b)) else {
+    let Some((&[endpoint, token, content_type, channel], body)) = data.split_first_chunk::<4>().map(|(a, b)| (a, b))
+    else {
         return;
     };
     let h = http();
@@ -70,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
         0 => "lobby".to_owned(),
         1 => "a".repeat(65),
         2 => "..".to_owned(),
-        _ => String::from_utf8_lossy(&body[..body.len().min(8)]).chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
+        _ => {
+            String::from_utf8_lossy(&body[..body.len().min(8)]).chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+        }
     };
     let (method, path) = match endpoint % 6 {
         0 => (Method::POST, format!("/whip/{channel}")),
@@ -80,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
         4 => (Method::DELETE, format!("/session/{channel}")),
         _ => (Method::GET, format!("/demo/token?channel={channel}&name={channel}&role=listener")),
     };
-    let sign = |role, channel: &str, exp| TokenKeys::new(SECRET).sign(&Claims { sub: "fuzz".into(), channel: channel.into(), role, exp });
+    let sign = |role, channel: &str, exp| {
+        TokenKeys::new(SECRET).sign(&Claims { sub: "fuzz".into(), channel: channel.into(), role, exp })
+    };
     let token = match token % 6 {
         0 => None,
         1 => Some(sign(Role::Speaker, &channel, unix_now() + 100)),
@@ -89,7 +98,8 @@ fuzz_target!(|data: &[u8]| {
         4 => Some(sign(Role::Speaker, "elsewhere", unix_now() + 100)),
         _ => Some(String::from_utf8_lossy(body).into_owned()),
     };
-    let mut req = Request::builder().method(method).uri(path).extension(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 1))));
+    let mut req =
+        Request::builder().method(method).uri(path).extension(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 1))));
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
