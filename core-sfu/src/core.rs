@@ -318,6 +318,8 @@ const TICK: Duration = Duration::from_millis(50);
 
 pub struct Core {
     config: CoreConfig,
+    /// Stamped copies and repair copies of datagrams, held by the links' queues until sent.
+    tx: media::buf::TxArena,
     edges: HashMap<EdgeKey, EdgeState>,
     channels: HashMap<u32, Channel>,
     by_name: HashMap<Arc<str>, u32>,
@@ -341,6 +343,7 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig, now: Instant) -> Self {
         Core {
+            tx: Default::default(),
             config: config.clone(),
             edges: HashMap::new(),
             channels: HashMap::new(),
@@ -880,7 +883,19 @@ impl Core {
         };
         // The slot and selection go with the packet, so edges forward it on arrival even
         // before the selection message (written in place: the datagram is ours alone).
-        let data = relay_proto::datagram::stamp_slot(data, slot as u8, ch.selection);
+        let data = match data.try_into_mut() {
+            Ok(mut unique) => {
+                relay_proto::datagram::stamp_slot_in_place(&mut unique, slot as u8, ch.selection);
+                unique.freeze()
+            }
+            Err(shared) => {
+                // Part of a buffer still shared: stamp a copy, written without allocating.
+                let buf = self.tx.start();
+                buf.extend_from_slice(&shared);
+                relay_proto::datagram::stamp_slot_in_place(buf, slot as u8, ch.selection);
+                self.tx.finish()
+            }
+        };
         // One payload for every edge with listeners, the speaker's own included; a lossy
         // link's edge gets a repair copy too (one copy shared by all of them).
         let mut copy: Option<Bytes> = None;
@@ -889,7 +904,14 @@ impl Core {
                 self.counters.datagrams_out += 1;
                 self.outputs.push_back(CoreOutput::Datagram { edge: target, data: data.clone() });
                 if let Some(e) = self.edges.get_mut(&target).filter(|e| e.repair.is_on()) {
-                    let copy = copy.get_or_insert_with(|| relay_proto::datagram::mark_copy(&data)).clone();
+                    let copy = copy
+                        .get_or_insert_with(|| {
+                            let buf = self.tx.start();
+                            buf.extend_from_slice(&data);
+                            relay_proto::datagram::set_copy_mark(buf);
+                            self.tx.finish()
+                        })
+                        .clone();
                     e.copies_sent += 1;
                     self.outputs.push_back(CoreOutput::Datagram { edge: target, data: copy });
                 }

@@ -478,3 +478,53 @@ fn a_lossy_edge_gets_repair_copies_and_copies_from_edges_count_once() {
     let link = sim.core.links().into_iter().find(|l| l.edge == 1).unwrap();
     assert_eq!((link.uplink.repaired, link.uplink.duplicates), (10, 40), "{link:?}");
 }
+
+#[test]
+fn fan_out_allocates_nothing_per_datagram_in_steady_state() {
+    const EDGES: EdgeKey = 40;
+    const PACKETS: u64 = 500;
+    let mut sim = Sim::new();
+    for edge in 1..=EDGES {
+        sim.edge(edge, 25);
+    }
+    // Some links report loss: they get repair copies as well.
+    for edge in 1..=4 {
+        sim.core.handle_control(edge, Message::LinkQuality { lost_permille: 50 }, sim.now);
+    }
+    sim.drain();
+    // Datagrams as quinn hands them over: half the only handle on their buffer (stamped
+    // in place), half slices of a receive buffer other datagrams share (stamped on a copy).
+    let mut shared = BytesMut::with_capacity(64 * 1024);
+    let datagrams: Vec<Bytes> = (0..2 * PACKETS)
+        .map(|i| {
+            let d = sim.datagram(1, 1, LOUD);
+            if i % 2 == 0 {
+                shared.extend_from_slice(&d);
+                shared.split().freeze()
+            } else {
+                let mut own = BytesMut::with_capacity(d.len());
+                own.extend_from_slice(&d);
+                own.split().freeze()
+            }
+        })
+        .collect();
+    let mut datagrams = datagrams.into_iter();
+    let mut now = sim.now;
+    let mut feed = |core: &mut Core, d: Bytes| {
+        now += Duration::from_millis(20);
+        core.handle_datagram(1, d, now);
+        while core.poll_output().is_some() {}
+    };
+    for d in datagrams.by_ref().take(PACKETS as usize) {
+        feed(&mut sim.core, d);
+    }
+    let out_before = sim.core.counters().datagrams_out;
+    let allocations = allocation_counter::measure(|| {
+        for d in datagrams {
+            feed(&mut sim.core, d);
+        }
+    })
+    .count_total;
+    assert_eq!(sim.core.counters().datagrams_out - out_before, PACKETS * EDGES);
+    assert_eq!(allocations, 0, "{PACKETS} datagrams fanned out to {EDGES} edges");
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use media::buf::TxArena;
 use media::dtls_filter::{HelloAssembly, HelloStep};
 use media::ice::BindingRequest;
 use media::rtcp_report::{self, Feedback, NtpClock, ReceiveStats, SenderInfo};
@@ -659,7 +660,11 @@ pub struct Edge {
     /// Core datagrams ready to go on, reused.
     relay_ready: Vec<Bytes>,
     counters: Counters,
-    scratch: Vec<u8>,
+    /// Packets to listeners are written and protected here, then sent and dropped.
+    tx: TxArena,
+    /// Uplink datagrams (held by the link's queue) and the payloads publishers keep for
+    /// catch-up.
+    uplink: TxArena,
     /// Decrypted input, reused for every packet.
     plain: Vec<u8>,
     links: HashMap<LinkId, CoreLink>,
@@ -693,7 +698,8 @@ impl Edge {
             next_quality: now + QUALITY_INTERVAL,
             relay_ready: Vec::new(),
             counters: Counters::default(),
-            scratch: Vec::with_capacity(MAX_DATAGRAM),
+            tx: TxArena::default(),
+            uplink: TxArena::default(),
             plain: Vec::with_capacity(MAX_DATAGRAM),
             links: HashMap::new(),
             next_link: 1,
@@ -1159,17 +1165,18 @@ impl Edge {
             payload: view.payload(),
         };
         let local_mode = Self::local_mode(&self.links, self.config.cascade, channel);
+        // In cascade, one copy of the payload (in the uplink arena) serves the uplink
+        // datagram and the catch-up buffer.
+        let mut recent_payload = None;
         if self.config.cascade {
-            // Only the edge's own top N can be in the channel's top N: uplink those.
-            if let (Some(ChannelRelay { link, channel_id }), Some(_)) =
-                (channel.relay, channel.selector.slot_of(&local))
-            {
-                if packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
-                    // The core would refuse it and count it against this edge's link.
-                    return self.drop_packet(DropReason::UplinkTooLarge);
-                }
-                let mut out = bytes::BytesMut::with_capacity(relay_proto::datagram::HEADER_LEN + packet.payload.len());
-                MediaHeader {
+            let uplink = channel.relay.filter(|_| channel.selector.slot_of(&local).is_some());
+            if uplink.is_some() && packet.payload.len() > relay_proto::datagram::MAX_PAYLOAD {
+                // The core would refuse it and count it against this edge's link.
+                return self.drop_packet(DropReason::UplinkTooLarge);
+            }
+            let buf = self.uplink.start();
+            match channel.relay.filter(|_| packet.payload.len() <= relay_proto::datagram::MAX_PAYLOAD) {
+                Some(ChannelRelay { channel_id, .. }) => MediaHeader {
                     channel_id,
                     speaker: speaker_id,
                     sequence: packet.sequence,
@@ -1180,16 +1187,23 @@ impl Edge {
                     slot: None,
                     selection: 0,
                 }
-                .encode(packet.payload, &mut out);
+                .encode(packet.payload, buf),
+                None => buf.extend_from_slice(packet.payload),
+            }
+            let written = self.uplink.finish();
+            recent_payload = Some(written.slice(written.len() - packet.payload.len()..));
+            if let Some(ChannelRelay { link, .. }) = uplink {
                 self.counters.uplink_out += 1;
-                let data = out.freeze();
                 if let Some(l) = self.links.get_mut(&link).filter(|l| l.repair.is_on()) {
                     l.copies_sent += 1;
-                    let copy = relay_proto::datagram::mark_copy(&data);
-                    self.outputs.push_back(Output::Uplink { link, data });
+                    let copy = self.uplink.start();
+                    copy.extend_from_slice(&written);
+                    relay_proto::datagram::set_copy_mark(copy);
+                    let copy = self.uplink.finish();
+                    self.outputs.push_back(Output::Uplink { link, data: written });
                     self.outputs.push_back(Output::Uplink { link, data: copy });
                 } else {
-                    self.outputs.push_back(Output::Uplink { link, data });
+                    self.outputs.push_back(Output::Uplink { link, data: written });
                 }
             }
         }
@@ -1211,7 +1225,7 @@ impl Edge {
                     timestamp: packet.timestamp,
                     marker: packet.marker,
                     level,
-                    payload: Bytes::copy_from_slice(packet.payload),
+                    payload: recent_payload.unwrap_or_default(),
                 });
                 // Not selected: nothing sent directly to resume from.
                 publish.sent_through = slot.map(|_| packet.sequence);
@@ -1269,11 +1283,11 @@ impl Edge {
                 audio_level: p.audio_level_ext.map(|id| (id, level)),
                 csrc_level: p.csrc_level_ext.map(|id| (id, level.level)),
             }
-            .write(payload, &mut self.scratch);
-            match srtp.protect_rtp(&self.scratch) {
-                Ok(data) => {
+            .write(payload, self.tx.start());
+            match srtp.protect_rtp_in_place(self.tx.current()) {
+                Ok(()) => {
                     self.counters.rtp_out += 1;
-                    self.outputs.push_back(Output::Transmit { to, data });
+                    self.outputs.push_back(Output::Transmit { to, data: self.tx.finish() });
                 }
                 Err(e) => debug!(session = lid, error = %e, "srtp protect failed"),
             }

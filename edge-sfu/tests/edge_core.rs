@@ -17,6 +17,12 @@ use media::Ssrc;
 use relay_proto::control::{Message, SlotHolder};
 use relay_proto::datagram::MediaHeader;
 
+/// Allocations this thread made while running `f` (the test binary's allocator counts
+/// them, per thread: `allocation-counter`).
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    allocation_counter::measure(f).count_total
+}
+
 const PT: u8 = 111;
 const LEVEL_EXT: u8 = 1;
 const LOUD: AudioLevel = AudioLevel { level: 20, voice: true };
@@ -1224,4 +1230,121 @@ fn when_the_core_selects_a_local_speaker_its_listeners_get_every_packet_since_in
     let all: Vec<Seen> = caught_up.into_iter().chain(direct).collect();
     assert_eq!(all.len(), 8);
     assert_continuous(&all);
+}
+
+/// Hands every output to nobody, as a shell that has sent it.
+fn send_and_forget(edge: &mut Edge) {
+    while edge.poll_output().is_some() {}
+}
+
+#[test]
+fn forwarding_allocates_nothing_per_packet_in_steady_state() {
+    const LISTENERS: usize = 20;
+    const PACKETS: u64 = 500;
+
+    // A publisher on this edge, to its listeners (standalone).
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let _listeners: Vec<Client> = (0..LISTENERS).map(|i| net.join("lobby", &format!("l{i}"), false, 3)).collect();
+    let packets: Vec<Bytes> = (0..2 * PACKETS).map(|_| net.packet(&mut alice, LOUD)).collect();
+    let (warm_up, measured) = packets.split_at(PACKETS as usize);
+    let mut now = net.now;
+    for p in warm_up {
+        now += Duration::from_millis(20);
+        net.edge.handle_datagram(now, alice.addr, p);
+        send_and_forget(&mut net.edge);
+    }
+    let sent_before = net.edge.counters().rtp_out;
+    let allocations = allocations_in(|| {
+        for p in measured {
+            now += Duration::from_millis(20);
+            net.edge.handle_datagram(now, alice.addr, p);
+            send_and_forget(&mut net.edge);
+        }
+    });
+    assert_eq!(net.edge.counters().rtp_out - sent_before, PACKETS * LISTENERS as u64, "every packet was forwarded");
+    assert_eq!(allocations, 0, "receive, unprotect, rewrite, protect and send of {PACKETS} packets");
+
+    // The core's datagrams, to this edge's listeners (cascade).
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 5, net.now);
+    let _listeners: Vec<Client> = (0..LISTENERS).map(|i| net.join("lobby", &format!("l{i}"), false, 3)).collect();
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
+    let zoe = 9 << 20 | 1;
+    let holders = vec![Some(SlotHolder { speaker: zoe, participant: "zoe".into() }), None, None];
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Selection { channel_id: 7, selection: 1, slots: holders },
+        net.now,
+    );
+    // As quinn hands them over: slices of a shared receive buffer (a `Bytes` made from a
+    // `Vec` would allocate on its first clone instead).
+    let mut received = bytes::BytesMut::new();
+    let datagrams: Vec<Bytes> = (0..2 * PACKETS as u16)
+        .map(|seq| {
+            received.extend_from_slice(&slotted_datagram(7, zoe, seq, 0, 1));
+            received.split().freeze()
+        })
+        .collect();
+    let (warm_up, measured) = datagrams.split_at(PACKETS as usize);
+    let mut now = net.now;
+    for d in warm_up {
+        now += Duration::from_millis(20);
+        net.edge.handle_relay_datagram(net.core, d, now);
+        send_and_forget(&mut net.edge);
+    }
+    let sent_before = net.edge.counters().rtp_out;
+    let allocations = allocations_in(|| {
+        for d in measured {
+            now += Duration::from_millis(20);
+            net.edge.handle_relay_datagram(net.core, d, now);
+            send_and_forget(&mut net.edge);
+        }
+    });
+    assert_eq!(net.edge.counters().rtp_out - sent_before, PACKETS * LISTENERS as u64, "every datagram was forwarded");
+    assert_eq!(allocations, 0, "{PACKETS} core datagrams to {LISTENERS} listeners");
+
+    // A publisher in cascade: uplinked (with repair copies), kept for catch-up, and played
+    // to this edge's listeners directly.
+    let mut net = Net::new(EdgeConfig { cascade: true, ..Default::default() });
+    net.edge.relay_connected(net.core, 5, net.now);
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let _listeners: Vec<Client> = (0..LISTENERS).map(|i| net.join("lobby", &format!("l{i}"), false, 3)).collect();
+    net.edge.handle_relay_control(
+        net.core,
+        Message::Subscribed { channel: "lobby".into(), channel_id: 7, epoch: 1 },
+        net.now,
+    );
+    net.edge.handle_relay_control(net.core, Message::LinkQuality { lost_permille: 30 }, net.now);
+    let packets: Vec<Bytes> = (0..2 * PACKETS).map(|_| net.packet(&mut alice, LOUD)).collect();
+    let (warm_up, measured) = packets.split_at(PACKETS as usize);
+    let mut now = net.now;
+    for (i, p) in warm_up.iter().enumerate() {
+        now += Duration::from_millis(20);
+        net.edge.handle_datagram(now, alice.addr, p);
+        if i == 0 {
+            // The core selects her.
+            let alice_id = net.id_of("lobby", "alice").0;
+            let holders = vec![Some(SlotHolder { speaker: alice_id, participant: "alice".into() }), None, None];
+            let selection = Message::Selection { channel_id: 7, selection: 1, slots: holders };
+            net.edge.handle_relay_control(net.core, selection, now);
+        }
+        send_and_forget(&mut net.edge);
+    }
+    let (sent_before, uplinked_before) = (net.edge.counters().rtp_out, net.edge.counters().uplink_out);
+    let allocations = allocations_in(|| {
+        for p in measured {
+            now += Duration::from_millis(20);
+            net.edge.handle_datagram(now, alice.addr, p);
+            send_and_forget(&mut net.edge);
+        }
+    });
+    assert_eq!(net.edge.counters().rtp_out - sent_before, PACKETS * LISTENERS as u64);
+    assert_eq!(net.edge.counters().uplink_out - uplinked_before, PACKETS);
+    assert!(net.edge.core_links()[0].copies_sent >= PACKETS, "repair copies went too");
+    assert_eq!(allocations, 0, "{PACKETS} packets of a cascade publisher");
 }

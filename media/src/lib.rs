@@ -4,6 +4,7 @@
 //!
 //! Everything except [`dtls`] is sans-IO: plain state fed with bytes and an `Instant`.
 
+pub mod buf;
 pub mod demux;
 pub mod dtls;
 pub mod dtls_filter;

@@ -210,34 +210,42 @@ pub struct OutHeader {
 
 impl OutHeader {
     /// Writes header and payload to `out` (cleared first).
-    pub fn write(&self, payload: &[u8], out: &mut Vec<u8>) {
+    pub fn write(&self, payload: &[u8], out: &mut impl crate::buf::PacketBuf) {
         out.clear();
         let has_ext = self.audio_level.is_some() || self.csrc_level.is_some();
         let cc = u8::from(self.csrc.is_some());
-        out.push(0x80 | if has_ext { 0x10 } else { 0 } | cc);
-        out.push(if self.marker { 0x80 } else { 0 } | (self.payload_type & 0x7f));
-        out.extend_from_slice(&self.sequence.to_be_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(&self.ssrc.0.to_be_bytes());
+        let mut fixed = [0u8; 16];
+        fixed[0] = 0x80 | if has_ext { 0x10 } else { 0 } | cc;
+        fixed[1] = if self.marker { 0x80 } else { 0 } | (self.payload_type & 0x7f);
+        fixed[2..4].copy_from_slice(&self.sequence.to_be_bytes());
+        fixed[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        fixed[8..12].copy_from_slice(&self.ssrc.0.to_be_bytes());
+        let mut n = 12;
         if let Some(csrc) = self.csrc {
-            out.extend_from_slice(&csrc.0.to_be_bytes());
+            fixed[12..16].copy_from_slice(&csrc.0.to_be_bytes());
+            n = 16;
         }
+        out.append(&fixed[..n]);
         if has_ext {
-            let ext_header = out.len();
-            out.extend_from_slice(&[0xBE, 0xDE, 0, 0]);
+            // One-byte-header extension (RFC 8285): at most two elements, one word each
+            // with padding.
+            let mut ext = [0u8; 12];
+            ext[..2].copy_from_slice(&[0xBE, 0xDE]);
+            let mut len = 4;
             if let Some((id, level)) = self.audio_level {
-                out.extend_from_slice(&[(id & 0x0f) << 4, level.to_byte()]);
+                ext[len..len + 2].copy_from_slice(&[(id & 0x0f) << 4, level.to_byte()]);
+                len += 2;
             }
             if let Some((id, level)) = self.csrc_level {
-                out.extend_from_slice(&[(id & 0x0f) << 4, level & 0x7f]);
+                ext[len..len + 2].copy_from_slice(&[(id & 0x0f) << 4, level & 0x7f]);
+                len += 2;
             }
-            while !(out.len() - ext_header).is_multiple_of(4) {
-                out.push(0);
-            }
-            let words = ((out.len() - ext_header - 4) / 4) as u16;
-            out[ext_header + 2..ext_header + 4].copy_from_slice(&words.to_be_bytes());
+            let padded = 4 + (len - 4).div_ceil(4) * 4;
+            let words = ((padded - 4) / 4) as u16;
+            ext[2..4].copy_from_slice(&words.to_be_bytes());
+            out.append(&ext[..padded]);
         }
-        out.extend_from_slice(payload);
+        out.append(payload);
     }
 }
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
+use crate::buf::PacketBuf;
 use crate::rtp_header::RtpView;
 
 /// Incoming SSRCs tracked per session; packets of further SSRCs are refused.
@@ -357,8 +358,8 @@ impl SrtpSession {
     }
 
     /// Encrypts the RTP packet in `buf` in place and appends the tag.
-    pub fn protect_rtp_in_place(&mut self, buf: &mut Vec<u8>) -> Result<(), SrtpError> {
-        let view = RtpView::parse_protected(buf).map_err(|_| SrtpError::Malformed)?;
+    pub fn protect_rtp_in_place(&mut self, buf: &mut impl PacketBuf) -> Result<(), SrtpError> {
+        let view = RtpView::parse_protected(buf.as_ref()).map_err(|_| SrtpError::Malformed)?;
         let (ssrc, seq, header_len) = (view.ssrc.0, view.sequence, view.header_len());
         let stream = self.tx_rtp.get_or_insert(ssrc, || TxStream { roc: 0, last_seq: seq })?;
         if seq < stream.last_seq && stream.last_seq - seq > 0x8000 {
@@ -371,18 +372,18 @@ impl SrtpSession {
         match &self.tx {
             Keys::Cm { rtp, .. } => {
                 let index = (u64::from(roc) << 16) | u64::from(seq);
-                rtp.apply_keystream(ssrc, index, &mut buf[header_len..]);
-                let tag = rtp.tag(&[buf, &roc.to_be_bytes()]);
-                buf.extend_from_slice(&tag[..10]);
+                rtp.apply_keystream(ssrc, index, &mut buf.as_mut()[header_len..]);
+                let tag = rtp.tag(&[buf.as_ref(), &roc.to_be_bytes()]);
+                buf.append(&tag[..10]);
             }
             Keys::Gcm { rtp, .. } => {
                 let iv = rtp.iv(ssrc, roc, u32::from(seq), 2);
-                let (header, payload) = buf.split_at_mut(header_len);
+                let (header, payload) = buf.as_mut().split_at_mut(header_len);
                 let tag = rtp
                     .cipher
                     .encrypt_in_place_detached(Nonce::from_slice(&iv), header, payload)
                     .map_err(|_| SrtpError::Malformed)?;
-                buf.extend_from_slice(&tag);
+                buf.append(&tag);
             }
         }
         Ok(())

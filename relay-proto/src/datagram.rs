@@ -133,21 +133,32 @@ impl MediaHeader {
 /// the only reference to it (as a datagram just read is), else into a copy.
 pub fn stamp_slot(datagram: Bytes, slot: u8, selection: u32) -> Bytes {
     let mut d = datagram.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    stamp_slot_in_place(&mut d, slot, selection);
+    d.freeze()
+}
+
+/// Writes the slot and selection number into a datagram in place (and clears the copy
+/// mark: what the core sends on is its own original).
+pub fn stamp_slot_in_place(d: &mut [u8], slot: u8, selection: u32) {
     if d.len() >= HEADER_LEN {
         d[0] = (d[0] & 0xf0) | slot.min(NO_SLOT - 1);
         d[1] &= !COPY;
         d[16..20].copy_from_slice(&selection.to_be_bytes());
     }
-    d.freeze()
 }
 
 /// The repair copy of a datagram: the same bytes with the copy mark set.
 pub fn mark_copy(datagram: &[u8]) -> Bytes {
     let mut d = BytesMut::from(datagram);
-    if d.len() > 1 {
-        d[1] |= COPY;
-    }
+    set_copy_mark(&mut d);
     d.freeze()
+}
+
+/// Sets the copy mark on a datagram written in place.
+pub fn set_copy_mark(datagram: &mut [u8]) {
+    if datagram.len() > 1 {
+        datagram[1] |= COPY;
+    }
 }
 
 /// Whether a datagram is a repair copy.
