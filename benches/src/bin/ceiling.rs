@@ -39,6 +39,9 @@ struct Args {
     /// Also measure over a veth pair into a network namespace (needs root and `ip`).
     #[arg(long)]
     veth: bool,
+    /// Receivers never read (the kernel drops once their buffers fill): for comparison only.
+    #[arg(long)]
+    no_drain: bool,
     /// Also write the results here, as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -79,6 +82,7 @@ fn receiver(
     ip: Ipv4Addr,
     n: usize,
     netns: Option<String>,
+    drain: bool,
     ready: std::sync::mpsc::Sender<Vec<SocketAddr>>,
     stop: Arc<AtomicBool>,
 ) -> (u64, Duration) {
@@ -95,7 +99,7 @@ fn receiver(
     let start = thread_cpu();
     let mut received = 0u64;
     let mut fds: Vec<PollFd> = sockets.iter().map(|s| PollFd::new(s.as_raw_fd(), PollFlags::POLLIN)).collect();
-    while !stop.load(Ordering::Relaxed) {
+    while drain && !stop.load(Ordering::Relaxed) {
         // Readiness first, as an event loop does: only sockets with data are read.
         if !matches!(poll(&mut fds, 1), Ok(n) if n > 0) {
             continue;
@@ -115,6 +119,10 @@ fn receiver(
                 }
             }
         }
+    }
+    // Not draining: keep the sockets bound (full) until the sender is done.
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
     }
     (received, thread_cpu() - start)
 }
@@ -179,8 +187,8 @@ fn measure_udp(
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let receiving = {
-        let (stop, n) = (stop.clone(), args.sockets);
-        std::thread::spawn(move || receiver(receive_on, n, netns, ready_tx, stop))
+        let (stop, n, drain) = (stop.clone(), args.sockets, !args.no_drain);
+        std::thread::spawn(move || receiver(receive_on, n, netns, drain, ready_tx, stop))
     };
     let targets = ready.recv().expect("receivers bound");
     let (sent, send_cpu) = sender(send_from, &targets, args.size, how, args.seconds);
