@@ -43,6 +43,10 @@ pub struct Shared {
     pub client_http: Vec<reqwest::Client>,
     pub next_client_http: std::sync::atomic::AtomicUsize,
     pub live: Live,
+    /// Listeners decrypt one packet in this many (and each talk spurt's first, and each
+    /// speaker change on a slot); loss, order, jitter and gaps come from every packet's
+    /// clear header. 1: every packet.
+    pub decrypt_every: u64,
 }
 
 /// Counters for the live display; histograms are merged once a second per client.
@@ -136,6 +140,9 @@ pub struct ClientReport {
     pub max_gap: Duration,
     /// Per speaker (CSRC): when its audio last arrived and its longest gap once it had.
     pub speaker_gaps: HashMap<u32, (Instant, Duration)>,
+    /// Audio packets received, and those of them decrypted (listeners).
+    pub packets_received: u64,
+    pub packets_decrypted: u64,
 }
 
 impl ClientReport {
@@ -150,6 +157,8 @@ impl ClientReport {
             streams: Vec::new(),
             switch_times: Vec::new(),
             onset_clips: Vec::new(),
+            packets_received: 0,
+            packets_decrypted: 0,
             packets_sent: 0,
             edge_url: None,
             ended_by_edge: false,
@@ -219,6 +228,7 @@ impl Shared {
             client_http,
             next_client_http: Default::default(),
             live: Live::default(),
+            decrypt_every: 1,
         })
     }
 
@@ -434,7 +444,8 @@ async fn speak(
         let now = Instant::now();
         ts = ts.wrapping_add(960);
         let talk = talking(p.pattern, p.index, p.speakers, p.turn, now - started, seed);
-        if talk && !was_talking {
+        let spurt_begins = talk && !was_talking;
+        if spurt_begins {
             spurt_start = micros_since(shared.epoch, now);
         }
         was_talking = talk;
@@ -442,7 +453,8 @@ async fn speak(
             stamped_payload(micros_since(shared.epoch, now), spurt_start, p.payload_size, &mut payload);
             OutHeader {
                 payload_type: OFFER_OPUS_PT,
-                marker: false,
+                // RFC 3551: the first packet of a talk spurt.
+                marker: spurt_begins,
                 sequence: seq,
                 timestamp: ts,
                 ssrc,
@@ -479,6 +491,8 @@ async fn listen(
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     let mut next_consent = Instant::now() + CONSENT_INTERVAL;
     let mut buf = vec![0u8; 2048];
+    let mut plain_buf = Vec::with_capacity(2048);
+    let mut last_speaker: Vec<Option<media::Ssrc>> = vec![None; streams.len()];
     let mut packets = 0u64;
     let mut receiving_since: Option<u64> = None;
     // One timer, moved when it fires: not a new one per packet.
@@ -507,44 +521,63 @@ async fn listen(
             }
         }
         if n > 0 && classify(&buf[..n]) == PacketKind::Rtp {
-            if let Ok(plain) = c.srtp.unprotect_rtp(&buf[..n]) {
-                if let Ok(v) = RtpView::parse(&plain) {
-                    if let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == v.ssrc) {
-                        if report.join_time.is_none() {
-                            report.join_time = Some(now - c.offer_sent);
-                            shared.live.joined.fetch_add(1, Ordering::Relaxed);
-                        }
-                        streams[slot].on_packet(v.sequence, v.timestamp, now);
-                        packets += 1;
-                        if let Some(previous) = report.last_packet_at {
-                            report.max_gap = report.max_gap.max(now - previous);
-                        }
-                        report.last_packet_at = Some(now);
-                        let arrival_us = micros_since(shared.epoch, now);
-                        let receiving_since = *receiving_since.get_or_insert(arrival_us);
-                        if let Some(sent) = read_stamp(v.payload()) {
-                            let _ = interval.record((latency(sent, arrival_us).as_micros() as u64).max(1));
-                        }
-                        let speaker = v.csrcs().next();
-                        if let Some(csrc) = speaker {
-                            let (last, gap) = report.speaker_gaps.entry(csrc.0).or_insert((now, Duration::ZERO));
-                            *gap = (*gap).max(now - *last);
-                            *last = now;
-                        }
-                        // A talk spurt heard for the first time (on any slot, under any id):
-                        // how long it took to arrive, and how much of its start was lost.
-                        if let (Some(csrc), Some(sent), Some(spurt)) =
-                            (speaker, read_stamp(v.payload()), read_spurt(v.payload()))
-                        {
-                            if spurts_heard.get(&csrc.0) != Some(&spurt) {
-                                spurts_heard.insert(csrc.0, spurt);
-                                // Only talk spurts that began while this listener was receiving.
-                                if spurt > receiving_since {
-                                    report.switch_times.push(latency(spurt, arrival_us));
-                                    report.onset_clips.push(latency(spurt, sent));
-                                }
-                            }
-                        }
+            // The header is clear text: every packet counts for loss, order, jitter and
+            // gaps; only a sample is decrypted (and timed).
+            let Ok(v) = RtpView::parse_protected(&buf[..n]) else { continue };
+            let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == v.ssrc) else { continue };
+            let speaker = v.csrcs().next();
+            let (sequence, timestamp, marker) = (v.sequence, v.timestamp, v.marker);
+            let switched = speaker != last_speaker[slot];
+            last_speaker[slot] = speaker;
+            report.packets_received += 1;
+            let sampled = report.packets_received % shared.decrypt_every == 1 % shared.decrypt_every;
+            let decrypt = sampled || marker || switched || report.join_time.is_none();
+            let plain = match decrypt {
+                true => match c.srtp.unprotect_rtp_into(&buf[..n], &mut plain_buf) {
+                    Ok(()) => Some(&plain_buf[..]),
+                    // Forged or damaged: not counted as received audio.
+                    Err(_) => {
+                        report.packets_received -= 1;
+                        continue;
+                    }
+                },
+                false => None,
+            };
+            if plain.is_some() {
+                report.packets_decrypted += 1;
+                if report.join_time.is_none() {
+                    report.join_time = Some(now - c.offer_sent);
+                    shared.live.joined.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            streams[slot].on_packet(sequence, timestamp, now);
+            packets += 1;
+            if let Some(previous) = report.last_packet_at {
+                report.max_gap = report.max_gap.max(now - previous);
+            }
+            report.last_packet_at = Some(now);
+            let arrival_us = micros_since(shared.epoch, now);
+            let receiving_since = *receiving_since.get_or_insert(arrival_us);
+            if let Some(csrc) = speaker {
+                let (last, gap) = report.speaker_gaps.entry(csrc.0).or_insert((now, Duration::ZERO));
+                *gap = (*gap).max(now - *last);
+                *last = now;
+            }
+            let Some(payload) = plain.and_then(|p| RtpView::parse(p).ok()).map(|v| v.payload()) else { continue };
+            if let Some(sent) = read_stamp(payload) {
+                let _ = interval.record((latency(sent, arrival_us).as_micros() as u64).max(1));
+            }
+            // A talk spurt heard for the first time (on any slot, under any id): how long
+            // it took to arrive, and how much of its start was lost. Sampled, a spurt whose
+            // first packet was lost shows at its next decrypted packet: clips are then
+            // overstated, never hidden.
+            if let (Some(csrc), Some(sent), Some(spurt)) = (speaker, read_stamp(payload), read_spurt(payload)) {
+                if spurts_heard.get(&csrc.0) != Some(&spurt) {
+                    spurts_heard.insert(csrc.0, spurt);
+                    // Only talk spurts that began while this listener was receiving.
+                    if spurt > receiving_since {
+                        report.switch_times.push(latency(spurt, arrival_us));
+                        report.onset_clips.push(latency(spurt, sent));
                     }
                 }
             }

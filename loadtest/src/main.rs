@@ -177,6 +177,11 @@ struct LoadArgs {
     /// Join every client through the core's placement (it redirects each to an edge).
     #[arg(long)]
     via_core: bool,
+    /// Listeners decrypt (and time) one audio packet in this many, plus each talk
+    /// spurt's first and each speaker change; loss, order, jitter and gaps come from
+    /// every packet's clear header. Keeps the load generator from being the bottleneck.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    decrypt_every: u64,
 }
 
 /// Impairment of every core-edge link, both ways (`local` only), through a user-space
@@ -252,6 +257,7 @@ impl LoadArgs {
             progress: !self.quiet,
             attack: None,
             via_core: None,
+            decrypt_every: self.decrypt_every,
         }
     }
 

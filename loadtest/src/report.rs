@@ -85,6 +85,10 @@ pub struct Report {
     /// Packets the speakers sent (each reaches every listener of its slot).
     pub packets_sent: u64,
     pub packets_expected: u64,
+    /// Audio packets listeners received, and those they decrypted (and timed): the
+    /// latency sample.
+    pub packets_received: u64,
+    pub packets_decrypted: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
     pub duplicates: u64,
@@ -193,6 +197,8 @@ impl Report {
             speaker_switch: Percentiles::of_durations(listeners.iter().flat_map(|c| c.switch_times.iter().copied())),
             packets_sent: clients.iter().filter(|c| !c.listener).map(|c| c.packets_sent).sum(),
             packets_expected: expected,
+            packets_received: listeners.iter().map(|c| c.packets_received).sum(),
+            packets_decrypted: listeners.iter().map(|c| c.packets_decrypted).sum(),
             packets_lost: lost,
             loss_percent: percent(lost, expected),
             duplicates: streams().map(|x| x.duplicates).sum(),
@@ -278,6 +284,18 @@ impl fmt::Display for Report {
             ),
         )?;
         row(f, "duplicates / out of order", format!("{} / {}", self.duplicates, self.out_of_order))?;
+        if self.packets_decrypted < self.packets_received {
+            row(
+                f,
+                "decrypted (latency sample)",
+                format!(
+                    "{} of {} received ({:.1} %); loss, order and jitter from every header",
+                    self.packets_decrypted,
+                    self.packets_received,
+                    percent(self.packets_decrypted, self.packets_received)
+                ),
+            )?;
+        }
         row(f, "jitter (RFC 3550)", format!("mean {:.2} ms, max {:.2} ms", self.jitter_mean_ms, self.jitter_max_ms))?;
         writeln!(f, "\n  {:<6} {:>10} {:>10} {:>10}", "edge", "listeners", "loss %", "p99 ms")?;
         for e in &self.per_edge {

@@ -47,6 +47,8 @@ pub struct Scenario {
     /// Join every client through this core's placement (`POST` there, follow the 307)
     /// instead of spreading clients over `edges` in turn.
     pub via_core: Option<String>,
+    /// Listeners decrypt one packet in this many (see `Shared::decrypt_every`).
+    pub decrypt_every: u64,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -85,7 +87,9 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             .and_then(|u| u.host_str().map(str::to_owned))
             .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
     });
-    let shared = Arc::new(Shared::new(DtlsIdentity::generate()?, loopback)?);
+    let mut shared = Shared::new(DtlsIdentity::generate()?, loopback)?;
+    shared.decrypt_every = s.decrypt_every.max(1);
+    let shared = Arc::new(shared);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed_precise} joined {pos}/{len} {msg}").expect("valid template"),

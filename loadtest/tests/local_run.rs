@@ -113,3 +113,31 @@ fn five_hundred_joins_at_once_through_the_core_fill_edges_to_their_cap() {
     assert!(report["loss_percent"].as_f64().unwrap() < 5.0, "{report}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_sampling_load_generator_counts_every_packet_and_times_a_sample() {
+    let _one = one_at_a_time();
+    let dir = std::env::temp_dir().join(format!("loadtest-sample-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["local", "--edges", "2", "--listeners", "10", "--speakers", "3", "--duration", "3s", "--ramp", "20"])
+        .args(["--pattern", "turn-taking", "--turn", "500ms", "--decrypt-every", "10", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("loadtest runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let n = |key: &str| report[key].as_u64().unwrap_or_else(|| panic!("{key}: {report}"));
+    // Every packet is counted from its clear header ...
+    assert_eq!(n("packets_received"), n("packets_expected") - n("packets_lost"), "{report}");
+    assert!(n("packets_received") > 10 * 100, "{report}");
+    // ... a tenth of them decrypted and timed, plus each turn's first packets.
+    let (decrypted, received) = (n("packets_decrypted"), n("packets_received"));
+    assert!(decrypted * 10 >= received && decrypted * 3 < received, "{decrypted} of {received}");
+    assert_eq!(report["latency"]["count"].as_u64().unwrap(), decrypted, "each decrypted packet is timed");
+    // Turns are still seen: the first packet of each talk spurt is marked and decrypted.
+    assert!(report["speaker_switch"]["count"].as_u64().unwrap() >= 10 * 3, "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
