@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// On SIGTERM (or a drain from the core), how long sessions may stay (default 10m).
     #[arg(long, env = "SFU_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
     pub drain_deadline: Option<Duration>,
+    /// How long a session's DTLS connection is kept after its handshake (to answer
+    /// retransmitted flights and notice close_notify) before it is let go (default 60s).
+    #[arg(long, env = "SFU_DTLS_LINGER", value_parser = humantime::parse_duration)]
+    pub dtls_linger: Option<Duration>,
     /// PEM CA certificate to verify the core's QUIC certificate (default: the core is
     /// authenticated by its cluster-secret proof alone).
     #[arg(long, env = "SFU_CORE_CA")]
@@ -128,6 +132,8 @@ struct FileConfig {
     core_url: Option<String>,
     #[serde(default, with = "humantime_serde")]
     drain_deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    dtls_linger: Option<Duration>,
     core_ca: Option<PathBuf>,
 }
 
@@ -219,6 +225,7 @@ impl Settings {
             args.max_listeners_per_channel.or(file.max_listeners_per_channel).unwrap_or(edge.max_listeners_per_channel);
         edge.slots = args.slots.or(file.slots).unwrap_or(edge.slots);
         edge.relay_repair = args.relay_repair.or(file.relay_repair).unwrap_or(true);
+        edge.dtls_linger = args.dtls_linger.or(file.dtls_linger).unwrap_or(edge.dtls_linger);
         edge.max_sessions = args.max_sessions.or(file.max_sessions).unwrap_or(edge.max_sessions);
         edge.max_pending_sessions =
             args.max_pending_sessions.or(file.max_pending_sessions).unwrap_or(edge.max_pending_sessions);

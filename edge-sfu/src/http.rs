@@ -579,6 +579,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_edge_relay_in_total", &labels).absolute(c.relay_in);
         metrics::counter!("sfu_edge_stale_epoch_total", &labels).absolute(c.stale_epoch);
         metrics::counter!("sfu_edge_link_stalls_total", &labels).absolute(c.link_stalls);
+        metrics::counter!("sfu_edge_dtls_retired_total", &labels).absolute(c.dtls_retired);
         metrics::counter!("sfu_edge_send_errors_total", &labels).absolute(c.send_errors);
         metrics::counter!("sfu_edge_panics_total", &labels).absolute(c.panics);
         metrics::counter!("sfu_process_panics_total", &labels).absolute(node_kit::panics::total());

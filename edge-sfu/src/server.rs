@@ -52,6 +52,10 @@ enum Command {
         id: SessionId,
         reason: CloseReason,
     },
+    /// The DTLS connection was kept its linger after the handshake and let go.
+    DtlsRetired {
+        id: SessionId,
+    },
     /// The handshake task panicked (contained; the session ends).
     DtlsPanicked {
         id: SessionId,
@@ -357,6 +361,10 @@ impl Shell {
             Command::DtlsDone { id, keys } => self.edge.dtls_established(id, &keys, now),
             Command::DtlsEnded { id, reason } => self.edge.remove_session(id, reason),
             Command::DtlsPanicked { id } => self.edge.session_panicked(id, "dtls handshake"),
+            Command::DtlsRetired { id } => {
+                self.dtls.remove(&id);
+                self.edge.dtls_retired(id);
+            }
             Command::ChannelView { name, reply } => {
                 let _ = reply.send(self.edge.channel_view(&name));
             }
@@ -432,15 +440,21 @@ impl Shell {
         });
         let identity = self.identity.clone();
         let timeout = self.handshake_timeout;
+        let linger = self.edge.config().dtls_linger;
         let placeholder = SocketAddr::from(([0, 0, 0, 0], 0));
         let handshake = async move {
             match dtls::handshake(&identity, false, rx, sink, placeholder, peer_fingerprint, timeout).await {
                 Ok(established) => {
                     let _ = commands.send(Command::DtlsDone { id, keys: established.keys }).await;
-                    // Keep the connection to answer retransmitted flights; a close_notify ends it.
+                    // Keep the connection a while to answer retransmitted flights (a
+                    // close_notify meanwhile ends the session), then let it go.
                     let mut buf = vec![0u8; 1500];
-                    while established.conn.read(&mut buf, None).await.is_ok() {}
-                    let _ = commands.send(Command::DtlsEnded { id, reason: CloseReason::DtlsClosed }).await;
+                    let read_until_closed = async { while established.conn.read(&mut buf, None).await.is_ok() {} };
+                    let command = match tokio::time::timeout(linger, read_until_closed).await {
+                        Ok(()) => Command::DtlsEnded { id, reason: CloseReason::DtlsClosed },
+                        Err(_) => Command::DtlsRetired { id },
+                    };
+                    let _ = commands.send(command).await;
                 }
                 Err(e) => {
                     debug!(session = id, error = %e, "dtls failed");

@@ -1348,3 +1348,25 @@ fn forwarding_allocates_nothing_per_packet_in_steady_state() {
     assert!(net.edge.core_links()[0].copies_sent >= PACKETS, "repair copies went too");
     assert_eq!(allocations, 0, "{PACKETS} packets of a cascade publisher");
 }
+
+#[test]
+fn after_its_dtls_connection_is_let_go_a_session_still_forwards_and_late_dtls_is_dropped() {
+    let mut net = Net::new(EdgeConfig::default());
+    let mut alice = net.join("lobby", "alice", true, 3);
+    let mut bob = net.join("lobby", "bob", false, 3);
+    net.edge.dtls_retired(alice.id);
+    net.edge.dtls_retired(bob.id);
+    assert_eq!(net.edge.counters().dtls_retired, 2);
+
+    // A DTLS record (an alert, epoch 1) from bob goes nowhere and is counted.
+    net.dtls.clear();
+    net.send(bob.addr, &dtls_record(21, 1, &[0; 24]));
+    assert!(net.dtls.is_empty(), "nothing reaches a DTLS task that is gone");
+    assert_eq!(net.edge.counters().dropped(DropReason::DtlsLate), 1);
+
+    // Media is SRTP: it goes on.
+    net.talk(&mut [&mut alice], &[LOUD], 20);
+    let (heard, _) = net.received(&mut bob);
+    assert!(heard.len() >= 19, "bob hears alice: {}", heard.len());
+    assert_continuous(&heard);
+}

@@ -119,6 +119,9 @@ enum Node {
         id: String,
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         relay_repair: bool,
+        /// How long each session's DTLS connection is kept after its handshake.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dtls_linger: Option<Duration>,
     },
 }
 
@@ -468,7 +471,17 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             procs::announce_ready(core.http_addr, "quic", core.handle.quic_addr);
             let _ = core.quic_task.await;
         }
-        Node::Edge { core, core_url, cluster_secret, token_secret, max_listeners, slots, id, relay_repair } => {
+        Node::Edge {
+            core,
+            core_url,
+            cluster_secret,
+            token_secret,
+            max_listeners,
+            slots,
+            id,
+            relay_repair,
+            dtls_linger,
+        } => {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
                 udp: "127.0.0.1:0".parse()?,
@@ -487,6 +500,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             s.edge.cascade = true;
             s.edge.slots = slots;
             s.edge.relay_repair = relay_repair;
+            s.edge.dtls_linger = dtls_linger.unwrap_or(s.edge.dtls_linger);
             s.edge.max_listeners_per_channel = max_listeners;
             s.edge.max_sessions = max_listeners * 4 + 100;
             let edge = edge_sfu::start(s).await?;

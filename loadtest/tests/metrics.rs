@@ -14,7 +14,7 @@ use loadtest::client::{self, Role, Shared};
 use media::dtls::DtlsIdentity;
 
 mod support;
-use support::{secret, spawn_core, spawn_edge};
+use support::{secret, spawn_core, spawn_edge_with};
 
 async fn get(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
@@ -90,8 +90,10 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
     let (cluster, token_secret) = (secret('c'), secret('t'));
     let core = spawn_core(&cluster, &[]).await;
     let mut edges = Vec::new();
+    // DTLS connections are let go a second after each handshake; sessions go on.
+    let linger = ["--dtls-linger", "1s"];
     for i in 1..=2 {
-        edges.push(spawn_edge(i, &core.other.to_string(), &core, &cluster, &token_secret).await);
+        edges.push(spawn_edge_with(i, &core.other.to_string(), &core, &cluster, &token_secret, &linger).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     refused_offers(edges[0].http, &token_secret).await;
@@ -105,8 +107,9 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
         join(1, "far", Role::Listener { slots: 3 }),
     ];
     tokio::time::timeout(Duration::from_secs(60), shared.wait_joined(3)).await.expect("joins").unwrap();
-    // Past a link-quality report, so every per-link series has been set.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Past a link-quality report, so every per-link series has been set, and past the
+    // DTLS linger.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let mut seen = BTreeSet::new();
@@ -141,6 +144,9 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
         let refused = sample(&bodies[1], "sfu_edge_join_refusals_total", &format!("reason=\"{reason}\""));
         assert_eq!(refused, n, "edge-1's refusals for {reason}");
     }
+    // Every session's DTLS connection was let go (2 sessions on edge 1, 1 on edge 2).
+    assert_eq!(sample(&bodies[1], "sfu_edge_dtls_retired_total", "node="), 2.0);
+    assert_eq!(sample(&bodies[2], "sfu_edge_dtls_retired_total", "node="), 1.0);
     for s in node_kit::metrics_catalogue::SERIES {
         assert!(readme.contains(&format!("`{}", s.name)), "the README's metrics table does not list {}", s.name);
     }
@@ -148,9 +154,16 @@ async fn every_node_exposes_metrics_that_promtool_accepts_and_the_readme_lists()
     assert!(seen.contains("sfu_edge_listener_loss_ratio_bucket") && seen.contains("sfu_edge_join_seconds_count"));
     // The link series are on both ends of a live link.
     assert!(seen.contains("sfu_relay_link_rtt_seconds") && seen.contains("sfu_relay_link_datagrams_received_total"));
+    let mut heard = Vec::new();
     for c in clients {
-        drop(c.stop().await);
+        let report = c.stop().await;
+        if report.listener {
+            heard.push(report.streams.iter().map(|s| s.expected - s.lost).sum::<u64>());
+        }
     }
+    // Audio went on after the DTLS connections were let go (at 1 s): 3 s and more of
+    // 50 packets a second, where a stop at the linger would leave about 50.
+    assert!(heard.len() == 2 && heard.iter().all(|&n| n >= 100), "packets heard: {heard:?}");
     // Each client's DELETE ended its session, and was counted as such where it was.
     for (edge, n) in [(0, 2.0), (1, 1.0)] {
         let body = get(&format!("http://{}/metrics", edges[edge].http)).await;

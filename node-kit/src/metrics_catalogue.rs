@@ -57,6 +57,7 @@ pub const SERIES: &[Series] = &[
     histogram("sfu_edge_listener_loss_ratio", "Loss listeners report (RTCP fraction lost), per report."),
     histogram("sfu_edge_listener_jitter_seconds", "Interarrival jitter listeners report, per report."),
     histogram("sfu_edge_listener_rtt_seconds", "Round-trip time to listeners, from their reports."),
+    counter("sfu_edge_dtls_retired_total", "DTLS connections let go after their linger (sessions go on)."),
     histogram(
         "sfu_edge_forward_seconds",
         "Time media spends in the edge: from its read (socket batch or core link) to its last send.",

@@ -67,6 +67,11 @@ pub struct EdgeConfig {
     pub limits: SessionLimits,
     /// Uplink repair copies when the core reports loss (on by default).
     pub relay_repair: bool,
+    /// How long after its handshake a session's DTLS connection is kept (to answer
+    /// retransmitted flights and notice close_notify) before it is let go: it is most of a
+    /// session's memory. Later DTLS records are dropped (`dtls_late`); a client that
+    /// closes without DELETE then ends by the idle timeout.
+    pub dtls_linger: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -85,6 +90,7 @@ impl Default for EdgeConfig {
             cascade: false,
             limits: SessionLimits::default(),
             relay_repair: true,
+            dtls_linger: Duration::from_secs(60),
         }
     }
 }
@@ -118,10 +124,12 @@ pub enum DropReason {
     /// An uplink datagram dropped in the link's queue (waited past the age budget behind a
     /// slow link, or refused by QUIC).
     UplinkQueue,
+    /// A DTLS record after the session's DTLS connection was let go.
+    DtlsLate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Oversize,
         DropReason::UnknownKind,
         DropReason::StunMalformed,
@@ -145,6 +153,7 @@ impl DropReason {
         DropReason::UplinkTooLarge,
         DropReason::RelayStale,
         DropReason::UplinkQueue,
+        DropReason::DtlsLate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +181,7 @@ impl DropReason {
             DropReason::UplinkTooLarge => "uplink_too_large",
             DropReason::RelayStale => "relay_stale",
             DropReason::UplinkQueue => "uplink_queue",
+            DropReason::DtlsLate => "dtls_late",
         }
     }
 }
@@ -275,6 +285,8 @@ pub struct Counters {
     pub stale_epoch: u64,
     /// Times a core link went silent and this edge served its own speakers meanwhile.
     pub link_stalls: u64,
+    /// DTLS connections let go after their linger.
+    pub dtls_retired: u64,
 }
 
 impl Counters {
@@ -543,6 +555,8 @@ struct Session {
     /// whole and checked (within the handshake allowance).
     hello: HelloAssembly,
     held_dtls: Vec<Bytes>,
+    /// The DTLS connection was let go after its linger.
+    dtls_retired: bool,
     /// The offer's address key, for the count of pending sessions per address.
     client: Option<IpAddr>,
 }

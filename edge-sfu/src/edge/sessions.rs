@@ -100,6 +100,7 @@ impl Edge {
             budget: SessionBudget::new(&self.config.limits, now),
             hello: HelloAssembly::default(),
             held_dtls: Vec::new(),
+            dtls_retired: false,
             client: new.client_ip.map(node_kit::per_ip::key),
         };
         let slots = self.config.slots;
@@ -217,6 +218,15 @@ impl Edge {
         }
     }
 
+    /// The shell let the session's DTLS connection go after its linger: later DTLS
+    /// records are dropped here.
+    pub fn dtls_retired(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.dtls_retired = true;
+            self.counters.dtls_retired += 1;
+        }
+    }
+
     /// An outgoing DTLS datagram of the session's handshake task.
     pub fn send_dtls(&mut self, id: SessionId, data: Bytes) {
         if let Some(to) = self.sessions.get(&id).and_then(|s| s.remote) {
@@ -256,6 +266,9 @@ impl Edge {
     /// session's handshake allowance (and a slow rate once connected).
     pub(super) fn handle_dtls(&mut self, now: Instant, id: SessionId, buf: &[u8]) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.dtls_retired {
+            return self.drop_packet(DropReason::DtlsLate);
+        }
         let shape = match media::dtls_filter::inspect(buf) {
             Ok(shape) => shape,
             Err(reject) => {

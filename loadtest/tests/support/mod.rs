@@ -29,6 +29,18 @@ pub async fn spawn_core(cluster: &str, extra: &[&str]) -> NodeProcess {
 
 /// Edge `edge-{i}` (25 listeners a channel, 3 slots) linked to the core at `core_quic`.
 pub async fn spawn_edge(i: usize, core_quic: &str, core: &NodeProcess, cluster: &str, tokens: &str) -> NodeProcess {
+    spawn_edge_with(i, core_quic, core, cluster, tokens, &[]).await
+}
+
+/// [`spawn_edge`] with `extra` arguments after the others.
+pub async fn spawn_edge_with(
+    i: usize,
+    core_quic: &str,
+    core: &NodeProcess,
+    cluster: &str,
+    tokens: &str,
+    extra: &[&str],
+) -> NodeProcess {
     let args = [
         "edge",
         "--core",
@@ -46,7 +58,8 @@ pub async fn spawn_edge(i: usize, core_quic: &str, core: &NodeProcess, cluster: 
         "--id",
         &format!("edge-{i}"),
     ];
-    spawn_exe(exe(), &format!("edge-{i}"), &args.map(String::from)).await.unwrap()
+    let args: Vec<String> = args.iter().chain(extra).map(|a| a.to_string()).collect();
+    spawn_exe(exe(), &format!("edge-{i}"), &args).await.unwrap()
 }
 
 /// A client of `channel` on `edges[edge]`, with a token signed with `tokens`.
