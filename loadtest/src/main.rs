@@ -212,6 +212,10 @@ struct LinkArgs {
     /// Turn the relay's loss repair off on every node (to measure what it saves).
     #[arg(long)]
     no_relay_repair: bool,
+    /// Every edge keeps a session's DTLS connection this long after its handshake
+    /// (default: the edge's 60 s), e.g. to see the memory it frees within a short run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    dtls_linger: Option<Duration>,
 }
 
 impl LinkArgs {
@@ -367,7 +371,11 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
             "--id",
             &format!("edge-{i}"),
         ];
-        nodes.push(procs::spawn(&format!("edge-{i}"), &args.map(String::from)).await?);
+        let mut args: Vec<String> = args.map(String::from).to_vec();
+        if let Some(linger) = link.dtls_linger {
+            args.extend(["--dtls-linger".to_owned(), format!("{}ms", linger.as_millis())]);
+        }
+        nodes.push(procs::spawn(&format!("edge-{i}"), &args).await?);
     }
     let urls = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
     let mut watched: Vec<(String, u32)> = vec![("core".into(), core.pid().unwrap_or(0))];
