@@ -888,12 +888,9 @@ impl Core {
                 relay_proto::datagram::stamp_slot_in_place(&mut unique, slot as u8, ch.selection);
                 unique.freeze()
             }
+            // Part of a buffer still shared: stamp a copy, written without allocating.
             Err(shared) => {
-                // Part of a buffer still shared: stamp a copy, written without allocating.
-                let buf = self.tx.start();
-                buf.extend_from_slice(&shared);
-                relay_proto::datagram::stamp_slot_in_place(buf, slot as u8, ch.selection);
-                self.tx.finish()
+                self.tx.copy_of(&shared, |d| relay_proto::datagram::stamp_slot_in_place(d, slot as u8, ch.selection))
             }
         };
         // One payload for every edge with listeners, the speaker's own included; a lossy
@@ -905,12 +902,7 @@ impl Core {
                 self.outputs.push_back(CoreOutput::Datagram { edge: target, data: data.clone() });
                 if let Some(e) = self.edges.get_mut(&target).filter(|e| e.repair.is_on()) {
                     let copy = copy
-                        .get_or_insert_with(|| {
-                            let buf = self.tx.start();
-                            buf.extend_from_slice(&data);
-                            relay_proto::datagram::set_copy_mark(buf);
-                            self.tx.finish()
-                        })
+                        .get_or_insert_with(|| self.tx.copy_of(&data, relay_proto::datagram::set_copy_mark))
                         .clone();
                     e.copies_sent += 1;
                     self.outputs.push_back(CoreOutput::Datagram { edge: target, data: copy });

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusRecorder;
+use node_kit::metrics_catalogue::counters_by;
 use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -425,12 +426,8 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         }
         node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_core_edges", &labels).set(edges as f64);
-        for r in PlacementRefusal::ALL {
-            let mut l = labels.to_vec();
-            l.push(("reason", r.as_str().to_owned()));
-            metrics::counter!("sfu_core_placement_refusals_total", &l)
-                .absolute(state.placement_refusals.get(r as usize));
-        }
+        let placement_refusals = PlacementRefusal::ALL.map(|r| (r.as_str(), state.placement_refusals.get(r as usize)));
+        counters_by("sfu_core_placement_refusals_total", &labels, "reason", placement_refusals);
         metrics::gauge!("sfu_core_input_queue_depth", &labels).set(state.handle.input_queue_depth() as f64);
         // The core is ready while its task answers (as `/readyz` says).
         metrics::gauge!("sfu_node_ready", &labels).set(1.0);
@@ -450,15 +447,13 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
         metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
         metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
-        for (status, n) in state.http_stats.responses() {
-            let mut l = labels.to_vec();
-            l.push(("status", status.to_string()));
-            metrics::counter!("sfu_http_responses_total", &l).absolute(n);
-        }
-        for r in core::Refusal::ALL {
-            let labels = [("node", node.clone()), ("role", "core".to_owned()), ("reason", r.as_str().to_owned())];
-            metrics::counter!("sfu_core_refused_total", &labels).absolute(c.refused(r));
-        }
+        counters_by("sfu_http_responses_total", &labels, "status", state.http_stats.responses());
+        counters_by(
+            "sfu_core_refused_total",
+            &labels,
+            "reason",
+            core::Refusal::ALL.map(|r| (r.as_str(), c.refused(r))),
+        );
     });
     let mut text = state.recorder.handle().render();
     let name = "sfu_core_forward_seconds";

@@ -588,25 +588,14 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("sfu_http_connections_refused_total", &labels).absolute(state.http_stats.refused());
         metrics::counter!("sfu_http_header_timeouts_total", &labels).absolute(state.http_stats.timeouts());
         metrics::gauge!("sfu_http_connections", &labels).set(state.http_stats.open() as f64);
-        for (status, n) in state.http_stats.responses() {
-            let mut l = labels.to_vec();
-            l.push(("status", status.to_string()));
-            metrics::counter!("sfu_http_responses_total", &l).absolute(n);
-        }
-        for r in crate::edge::CloseReason::ALL {
-            let mut l = labels.to_vec();
-            l.push(("reason", r.as_str().to_owned()));
-            metrics::counter!("sfu_edge_sessions_closed_total", &l).absolute(c.sessions_closed(r));
-        }
-        for r in JoinRefusal::ALL {
-            let mut l = labels.to_vec();
-            l.push(("reason", r.as_str().to_owned()));
-            metrics::counter!("sfu_edge_join_refusals_total", &l).absolute(state.join_refusals.get(r as usize));
-        }
-        for d in crate::edge::DropReason::ALL {
-            let labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("reason", d.as_str().to_owned())];
-            metrics::counter!("sfu_edge_dropped_total", &labels).absolute(c.dropped(d));
-        }
+        use node_kit::metrics_catalogue::counters_by;
+        counters_by("sfu_http_responses_total", &labels, "status", state.http_stats.responses());
+        let closed = crate::edge::CloseReason::ALL.map(|r| (r.as_str(), c.sessions_closed(r)));
+        counters_by("sfu_edge_sessions_closed_total", &labels, "reason", closed);
+        let refused = JoinRefusal::ALL.map(|r| (r.as_str(), state.join_refusals.get(r as usize)));
+        counters_by("sfu_edge_join_refusals_total", &labels, "reason", refused);
+        let dropped = crate::edge::DropReason::ALL.map(|d| (d.as_str(), c.dropped(d)));
+        counters_by("sfu_edge_dropped_total", &labels, "reason", dropped);
     });
     let mut text = state.metrics.handle().render();
     let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];

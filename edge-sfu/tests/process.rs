@@ -54,10 +54,16 @@ fn offer() -> String {
     })
 }
 
-#[test]
-fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
+/// The edge binary in development mode on loopback with `drain_deadline` and `env`: the
+/// process, its HTTP address, and its log (read to the end, so it never blocks on a full
+/// pipe).
+fn start_edge(
+    drain_deadline: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, std::thread::JoinHandle<Vec<String>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-sfu"))
-        .args(["--dev", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--drain-deadline", "2s"])
+        .args(["--dev", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--drain-deadline", drain_deadline])
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -65,14 +71,21 @@ fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = lines.by_ref().map_while(Result::ok).find_map(|l| started_http(&l)).expect("the edge starts");
-    // Keep reading its log so it never blocks on a full pipe.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let token = |name: &str| -> String {
-        let (_, body) = http(&addr, "GET", &format!("/demo/token?channel=lobby&name={name}&role=listener"), None, "");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    };
-    let post = |name: &str| http(&addr, "POST", "/whep/lobby", Some(&token(name)), &offer()).0;
+    (child, addr, log)
+}
+
+/// A listener token of channel `lobby` from the edge's demo endpoint.
+fn demo_token(addr: &str, name: &str) -> String {
+    let (_, body) = http(addr, "GET", &format!("/demo/token?channel=lobby&name={name}&role=listener"), None, "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn sigterm_drains_then_the_edge_exits_at_its_deadline() {
+    let (mut child, addr, log) = start_edge("2s", &[]);
+    let post = |name: &str| http(&addr, "POST", "/whep/lobby", Some(&demo_token(&addr, name)), &offer()).0;
     let readyz = || {
         let (status, body) = http(&addr, "GET", "/readyz", None, "");
         (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
@@ -118,21 +131,8 @@ fn drain_command(addr: &str, admin: &str) -> std::process::Output {
 
 #[test]
 fn the_drain_command_drains_the_running_edge_and_waits_for_its_sessions() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-sfu"))
-        .args(["--dev", "--http", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--drain-deadline", "10m"])
-        .env("SFU_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = lines.by_ref().map_while(Result::ok).find_map(|l| started_http(&l)).expect("the edge starts");
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let (_, body) = http(&addr, "GET", "/demo/token?channel=lobby&name=alice&role=listener", None, "");
-    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let token = token["token"].as_str().unwrap().to_owned();
-    assert_eq!(http(&addr, "POST", "/whep/lobby", Some(&token), &offer()).0, 201);
+    let (mut child, addr, log) = start_edge("10m", &[("SFU_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert_eq!(http(&addr, "POST", "/whep/lobby", Some(&demo_token(&addr, "alice")), &offer()).0, 201);
 
     // A wrong admin token drains nothing.
     let refused = drain_command(&addr, "not-the-admin-token-but-forty-bytes-long");

@@ -95,6 +95,14 @@ impl TxArena {
         self.spares.push_back(full);
     }
 
+    /// A copy of `data` in the arena, changed in place by `edit` (a stamp, a mark).
+    pub fn copy_of(&mut self, data: &[u8], edit: impl FnOnce(&mut [u8])) -> Bytes {
+        let buf = self.start();
+        buf.extend_from_slice(data);
+        edit(buf);
+        self.finish()
+    }
+
     /// Chunks allocated so far (the first included).
     pub fn chunks_allocated(&self) -> u64 {
         self.chunks_allocated

@@ -122,6 +122,21 @@ pub fn describe() {
     }
 }
 
+/// Sets counter `name` to each of `counts`, labelled with `labels` and `key` (a reason,
+/// a status) on the current recorder.
+pub fn counters_by<K: ToString>(
+    name: &'static str,
+    labels: &[(&'static str, String)],
+    key: &'static str,
+    counts: impl IntoIterator<Item = (K, u64)>,
+) {
+    for (value, n) in counts {
+        let mut l = labels.to_vec();
+        l.push((key, value.to_string()));
+        metrics::counter!(name, &l).absolute(n);
+    }
+}
+
 /// The series `name` belongs to (a histogram's `_bucket`, `_sum` and `_count` included).
 pub fn find(name: &str) -> Option<&'static Series> {
     SERIES.iter().find(|s| s.name == name).or_else(|| {

@@ -108,10 +108,7 @@ impl Edge {
                 self.counters.uplink_out += 1;
                 if let Some(l) = self.links.get_mut(&link).filter(|l| l.repair.is_on()) {
                     l.copies_sent += 1;
-                    let copy = self.uplink.start();
-                    copy.extend_from_slice(&written);
-                    relay_proto::datagram::set_copy_mark(copy);
-                    let copy = self.uplink.finish();
+                    let copy = self.uplink.copy_of(&written, relay_proto::datagram::set_copy_mark);
                     self.outputs.push_back(Output::Uplink { link, data: written });
                     self.outputs.push_back(Output::Uplink { link, data: copy });
                 } else {
