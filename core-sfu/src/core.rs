@@ -621,13 +621,15 @@ impl Core {
     /// Stops (or resumes) placing clients on an edge; a drain also tells the edge to end
     /// its sessions within `deadline`. False if there is no such edge.
     pub fn set_draining(&mut self, edge_id: &str, drain: Option<Duration>) -> bool {
-        let Some(key) = self.directory.set_draining(edge_id, drain.is_some()) else { return false };
-        if let Some(deadline) = drain {
-            let deadline_ms = deadline.as_millis().min(u128::from(u32::MAX)) as u32;
-            self.outputs.push_back(CoreOutput::Control { edge: key, message: Message::Drain { deadline_ms } });
+        let keys = self.directory.set_draining(edge_id, drain.is_some());
+        for &key in &keys {
+            if let Some(deadline) = drain {
+                let deadline_ms = deadline.as_millis().min(u128::from(u32::MAX)) as u32;
+                self.outputs.push_back(CoreOutput::Control { edge: key, message: Message::Drain { deadline_ms } });
+            }
+            info!(edge = key, id = ?edge_id, draining = drain.is_some(), "edge placement state changed");
         }
-        info!(edge = key, id = ?edge_id, draining = drain.is_some(), "edge placement state changed");
-        true
+        !keys.is_empty()
     }
 
     /// Whether `speaker` is an id `edge` may use (it carries the edge's number).

@@ -117,6 +117,15 @@ pub struct Directory {
     edges: HashMap<EdgeKey, DirEdge>,
 }
 
+/// `id` is `edge_id`, or one of its media workers' ids (`{edge_id}:w{k}`).
+fn is_edge_or_its_worker(id: &str, edge_id: &str) -> bool {
+    match id.strip_prefix(edge_id) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(":w").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 impl Directory {
     pub fn new(region: String) -> Self {
         Directory { region, edges: HashMap::new() }
@@ -161,11 +170,18 @@ impl Directory {
         }
     }
 
-    /// Marks an edge draining (no new placements) or not; its key if it exists.
-    pub fn set_draining(&mut self, edge_id: &str, draining: bool) -> Option<EdgeKey> {
-        let (&key, e) = self.edges.iter_mut().find(|(_, e)| e.info.id == edge_id)?;
-        e.draining = draining;
-        Some(key)
+    /// Marks an edge draining (no new placements) or not, with all its media workers
+    /// (`{edge_id}:w{k}`); the keys of those marked.
+    pub fn set_draining(&mut self, edge_id: &str, draining: bool) -> Vec<EdgeKey> {
+        let mut keys: Vec<EdgeKey> = Vec::new();
+        for (&key, e) in self.edges.iter_mut() {
+            if is_edge_or_its_worker(&e.info.id, edge_id) {
+                e.draining = draining;
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        keys
     }
 
     /// The edge told us it drains (its own SIGTERM).
@@ -185,8 +201,9 @@ impl Directory {
             e.pending.retain(|p| now.saturating_duration_since(p.at) < PLACEMENT_TTL);
         }
         let channel: Arc<str> = req.channel.as_str().into();
-        let open =
-            |e: &&DirEdge| !e.draining && !req.exclude.contains(&e.info.id) && e.total_load() < e.info.max_sessions;
+        // An edge the client came back from is excluded with all its workers.
+        let excluded = |e: &DirEdge| req.exclude.iter().any(|x| is_edge_or_its_worker(&e.info.id, x));
+        let open = |e: &&DirEdge| !e.draining && !excluded(e) && e.total_load() < e.info.max_sessions;
         let has_room = |e: &&DirEdge| !req.listens || e.channel_load(&channel) < e.info.capacity;
         // An edge that serves the channel and has room: the fullest, so channels pack onto
         // few edges and the core feeds few.
@@ -328,5 +345,21 @@ mod tests {
         assert_eq!(d.place(&back, t0), Err(PlaceError::NoRoom), "us-1 drains, eu-1 refused this client");
         d.set_draining("us-1", false);
         assert_eq!(d.place(&back, t0).unwrap().edge_id, "us-1");
+    }
+
+    #[test]
+    fn an_edges_workers_drain_and_are_excluded_with_it() {
+        let t0 = Instant::now();
+        let mut d = Directory::new("eu".into());
+        d.edge_joined(1, info("e1:w0", "eu"));
+        d.edge_joined(2, info("e1:w1", "eu"));
+        d.edge_joined(3, info("e10", "eu"));
+        d.edge_joined(4, info("e1:wx", "eu"));
+        assert_eq!(d.set_draining("e1", true), vec![1, 2], "not e10, not a look-alike");
+        assert!(d.set_draining("e2", true).is_empty());
+        d.set_draining("e1", false);
+        let mut back = listener("c");
+        back.exclude = vec!["e1".into(), "e1:wx".into()];
+        assert_eq!(d.place(&back, t0).unwrap().edge_id, "e10");
     }
 }

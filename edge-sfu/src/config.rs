@@ -13,6 +13,9 @@ use node_kit::{Secret, SecretText};
 
 use crate::edge::EdgeConfig;
 
+/// Media workers one edge runs, at most.
+pub const MAX_WORKERS: usize = 64;
+
 /// The region of an edge or core that names none.
 pub const DEFAULT_REGION: &str = "local";
 
@@ -24,9 +27,14 @@ pub struct RunArgs {
     /// HTTP address for signalling, the demo page and health (default 127.0.0.1:8080).
     #[arg(long, env = "SFU_HTTP")]
     pub http: Option<SocketAddr>,
-    /// UDP address for all client media (default 127.0.0.1:3478).
+    /// UDP address for client media (default 127.0.0.1:3478); with several workers, worker
+    /// k takes the port after it k times (a port of 0: any free port for each).
     #[arg(long, env = "SFU_UDP")]
     pub udp: Option<SocketAddr>,
+    /// Media workers, each a thread's worth of forwarding with its own UDP port and core
+    /// links; 0 = one per available core (default 1).
+    #[arg(long, env = "SFU_WORKERS")]
+    pub workers: Option<usize>,
     /// Address put in ICE candidates (default: the UDP address, or 127.0.0.1 if unspecified).
     #[arg(long, env = "SFU_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
@@ -110,6 +118,7 @@ pub struct RunArgs {
 struct FileConfig {
     http: Option<SocketAddr>,
     udp: Option<SocketAddr>,
+    workers: Option<usize>,
     public_ip: Option<IpAddr>,
     token_secret: Option<SecretText>,
     admin_token: Option<SecretText>,
@@ -155,6 +164,8 @@ pub struct CascadeSettings {
 pub struct Settings {
     pub http: SocketAddr,
     pub udp: SocketAddr,
+    /// Media workers (at least 1), on consecutive UDP ports from `udp`.
+    pub workers: usize,
     pub public_ip: Option<IpAddr>,
     /// `None` only with `dev`: a random secret is made at start.
     pub token_secret: Option<Secret>,
@@ -178,6 +189,7 @@ impl Default for Settings {
         Settings {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             udp: SocketAddr::from(([127, 0, 0, 1], 3478)),
+            workers: 1,
             public_ip: None,
             token_secret: None,
             admin_token: None,
@@ -284,9 +296,21 @@ impl Settings {
         let mut http_limits = d.http_limits;
         http_limits.max_connections =
             args.max_http_connections.or(file.max_http_connections).unwrap_or(http_limits.max_connections);
+        let udp = args.udp.or(file.udp).unwrap_or(d.udp);
+        let workers = match args.workers.or(file.workers).unwrap_or(d.workers) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        anyhow::ensure!(workers <= MAX_WORKERS, "--workers: at most {MAX_WORKERS}");
+        anyhow::ensure!(
+            udp.port() == 0 || usize::from(udp.port()) + workers - 1 <= usize::from(u16::MAX),
+            "--udp port {} leaves no room for {workers} workers' ports",
+            udp.port()
+        );
         let settings = Settings {
             http: args.http.or(file.http).unwrap_or(d.http),
-            udp: args.udp.or(file.udp).unwrap_or(d.udp),
+            udp,
+            workers,
             public_ip: args.public_ip.or(file.public_ip),
             token_secret,
             admin_token,

@@ -17,15 +17,15 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{debug, warn};
 
 use crate::edge::{AdmitError, NewSession, PublishParams, SlotParams};
-use crate::server::EdgeHandle;
 use crate::token::{unix_now, Claims, Role, TokenError, TokenKeys};
+use crate::workers::Workers;
 
 const DEMO_PAGE: &str = include_str!("demo.html");
 const RETRY_AFTER_SECS: &str = "5";
 
 #[derive(Clone)]
 pub struct AppState {
-    pub edge: EdgeHandle,
+    pub edge: Workers,
     pub tokens: TokenKeys,
     pub demo_tokens: bool,
     /// Operators' bearer token for channel detail; without one, only join tokens of the channel.
@@ -75,6 +75,10 @@ pub fn router(state: AppState, cors_allow_origin: &str) -> Router {
         .route("/whip/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Publish)))
         .route("/whep/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Listen)))
         .route("/join/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Join)))
+        // The same, on the worker the core placed the client on.
+        .route("/w/{worker}/whip/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Publish)))
+        .route("/w/{worker}/whep/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Listen)))
+        .route("/w/{worker}/join/{channel}", post(|s, p, c, q, h, b| offer(s, p, c, q, h, b, Endpoint::Join)))
         .route("/session/{resource}", delete(end_session))
         .route("/channels/{channel}", get(channel_view))
         .route("/admin/drain", post(drain))
@@ -334,10 +338,17 @@ fn plan(offer: &Offer, endpoint: Endpoint, slots: usize) -> Result<Plan, String>
     }
 }
 
+/// An offer's path: the channel, and the worker when the core placed the client on one.
+#[derive(Deserialize)]
+struct OfferPath {
+    worker: Option<usize>,
+    channel: String,
+}
+
 async fn offer(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(channel): Path<String>,
+    Path(OfferPath { worker, channel }): Path<OfferPath>,
     Query(query): Query<OfferQuery>,
     headers: HeaderMap,
     body: String,
@@ -353,6 +364,9 @@ async fn offer(
     if !valid_channel(&channel) {
         let message = "channel names are 1-64 characters of A-Z a-z 0-9 - _ .";
         return refuse(JoinRefusal::BadChannel, error(StatusCode::BAD_REQUEST, message));
+    }
+    if worker.is_some_and(|k| k >= state.edge.len()) {
+        return error(StatusCode::NOT_FOUND, "no such worker on this edge");
     }
     let claims = match authorize(&state, &headers, &query, &channel, endpoint) {
         Ok(c) => c,
@@ -371,7 +385,7 @@ async fn offer(
         Ok(o) => o,
         Err(e) => return refuse(JoinRefusal::BadOffer, error(StatusCode::BAD_REQUEST, e.to_string())),
     };
-    let Plan { answers, publish, slots } = match plan(&offer, endpoint, state.edge.config.slots) {
+    let Plan { answers, publish, slots } = match plan(&offer, endpoint, state.edge.config().slots) {
         Ok(p) => p,
         Err(e) => return refuse(JoinRefusal::NoUsableAudio, error(StatusCode::BAD_REQUEST, e)),
     };
@@ -388,8 +402,11 @@ async fn offer(
         rtcp_ssrc: Ssrc(rand::random::<u32>() | 1),
         client_ip: Some(peer.ip()),
     };
-    match state.edge.add_session(new, resource.clone(), offer.fingerprint).await {
-        Ok(Ok(id)) => debug!(session = id, %channel, participant = ?claims.sub, ?endpoint, "offer answered"),
+    let candidate = match state.edge.add_session(worker, new, resource.clone(), offer.fingerprint).await {
+        Ok(Ok(placed)) => {
+            debug!(session = placed.session, worker = placed.worker, %channel, participant = ?claims.sub, ?endpoint, "offer answered");
+            placed.candidate
+        }
         Ok(Err(e)) => {
             let reason = JoinRefusal::of(e);
             let status = match e {
@@ -408,15 +425,15 @@ async fn offer(
             return refuse(reason, response);
         }
         Err(e) => return refuse(JoinRefusal::ShuttingDown, error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-    }
+    };
     let answer = build_answer(
         &offer,
         &AnswerParams {
             ice_ufrag: &local_ufrag,
             ice_pwd: &local_pwd,
             fingerprint: state.edge.fingerprint(),
-            candidates: &[state.edge.candidate],
-            cname: &state.edge.config.cname,
+            candidates: &[candidate],
+            cname: &state.edge.config().cname,
             session_id: rand::random::<u64>() >> 1,
         },
         &answers,
@@ -554,20 +571,38 @@ async fn demo_token(
 /// Prometheus text: the edge's counters, copied from one snapshot at scrape time so the
 /// media path never touches the metrics registry.
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let (Ok((c, sessions)), Ok(links), Ok(readiness)) =
-        (state.edge.stats().await, state.edge.links().await, state.edge.readiness().await)
+    let (Ok(by_worker), Ok(links), Ok(readiness)) =
+        (state.edge.stats_by_worker().await, state.edge.links().await, state.edge.readiness().await)
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     };
+    let mut c = by_worker[0].0.clone();
+    for (other, _) in &by_worker[1..] {
+        c.absorb(other);
+    }
+    let sessions: usize = by_worker.iter().map(|(_, s)| s).sum();
+    let several = by_worker.len() > 1;
     metrics::with_local_recorder(state.metrics.as_ref(), || {
         let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];
-        for link in &links {
-            link.record(&labels);
+        for (k, worker_links) in links.iter().enumerate() {
+            // Each worker links to the cores on its own: its links are told apart by worker.
+            let mut link_labels = labels.to_vec();
+            if several {
+                link_labels.push(("worker", k.to_string()));
+            }
+            for link in worker_links {
+                link.record(&link_labels);
+            }
         }
         node_kit::process_stats::record(&labels);
         metrics::gauge!("sfu_edge_sessions", &labels).set(sessions as f64);
+        metrics::gauge!("sfu_edge_workers", &labels).set(by_worker.len() as f64);
+        for (k, (_, worker_sessions)) in by_worker.iter().enumerate() {
+            let worker_labels = [("node", state.node.clone()), ("role", "edge".to_owned()), ("worker", k.to_string())];
+            metrics::gauge!("sfu_edge_worker_sessions", &worker_labels).set(*worker_sessions as f64);
+        }
         metrics::gauge!("sfu_edge_input_queue_depth", &labels).set(state.edge.input_queue_depth() as f64);
-        metrics::gauge!("sfu_edge_session_capacity", &labels).set(state.edge.config.max_sessions as f64);
+        metrics::gauge!("sfu_edge_session_capacity", &labels).set(state.edge.config().max_sessions as f64);
         metrics::gauge!("sfu_node_ready", &labels).set(f64::from(u8::from(readiness.ready)));
         metrics::counter!("sfu_edge_sessions_opened_total", &labels).absolute(c.sessions_opened);
         metrics::counter!("sfu_edge_rtp_in_total", &labels).absolute(c.rtp_in);

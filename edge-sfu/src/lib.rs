@@ -7,6 +7,7 @@ pub mod edge;
 pub mod http;
 pub mod server;
 pub mod token;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ pub use config::{RunArgs, Settings};
 /// A running edge: its HTTP and UDP addresses, and the tasks to await or abort.
 pub struct RunningEdge {
     pub http_addr: std::net::SocketAddr,
-    pub handle: server::EdgeHandle,
+    pub handle: workers::Workers,
     pub http_task: tokio::task::JoinHandle<()>,
     pub udp_task: tokio::task::JoinHandle<()>,
 }
@@ -48,26 +49,51 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
     let http_addr = listener.local_addr()?;
-    let udp =
-        tokio::net::UdpSocket::bind(settings.udp).await.with_context(|| format!("binding UDP {}", settings.udp))?;
-    let relay = match &settings.cascade {
-        Some(c) => Some(relay_config(c, &settings, http_addr, udp.local_addr()?)?),
-        None => None,
-    };
-    let candidate_settings = settings.clone();
-    let (handle, udp_task) = server::start(
-        settings.edge.clone(),
-        udp,
-        move |bound| candidate_settings.candidate(bound),
-        identity,
-        settings.handshake_timeout,
-        relay,
-    )?;
-    let node = settings
-        .cascade
-        .as_ref()
-        .and_then(|c| c.edge_id.clone())
-        .unwrap_or_else(|| format!("edge-{}", handle.udp_addr));
+    let n = settings.workers.max(1);
+    let mut worker_config = settings.edge.clone();
+    worker_config.max_sessions = workers::share(settings.edge.max_sessions, n);
+    worker_config.max_pending_sessions = workers::share(settings.edge.max_pending_sessions, n);
+    if settings.cascade.is_some() {
+        // The core feeds each worker: a channel's listeners may spread over them.
+        worker_config.max_listeners_per_channel = workers::share(settings.edge.max_listeners_per_channel, n);
+    }
+    let mut handles = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    let mut edge_id = None;
+    for k in 0..n {
+        let mut addr = settings.udp;
+        if addr.port() != 0 {
+            addr.set_port(settings.udp.port() + k as u16);
+        }
+        let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+        let udp_addr = udp.local_addr()?;
+        let id = edge_id
+            .get_or_insert_with(|| {
+                settings.cascade.as_ref().and_then(|c| c.edge_id.clone()).unwrap_or_else(|| format!("edge-{udp_addr}"))
+            })
+            .clone();
+        let relay = match &settings.cascade {
+            Some(c) => Some(relay_config(c, &settings, http_addr, &id, k, n)?),
+            None => None,
+        };
+        let candidate_settings = settings.clone();
+        let (handle, task) = server::start(
+            worker_config.clone(),
+            udp,
+            move |bound| candidate_settings.candidate(bound),
+            identity.clone(),
+            settings.handshake_timeout,
+            relay,
+        )?;
+        handles.push(handle);
+        tasks.push(task);
+    }
+    let node = edge_id.expect("at least one worker");
+    let handle = workers::Workers::new(handles, settings.edge.clone());
+    // The media task ends when any worker's does.
+    let udp_task = tokio::spawn(async move {
+        let _ = futures_util::future::select_all(tasks).await;
+    });
     let offer_limiter =
         node_kit::per_ip::PerIpLimiter::new(settings.offers_per_sec_per_ip, 4 * settings.offers_per_sec_per_ip);
     offer_limiter.spawn_housekeeping(Duration::from_secs(30));
@@ -88,15 +114,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
     };
     let app = http::router(state, &settings.cors_allow_origin);
     let http_task = tokio::spawn(node_kit::http::serve(listener, app, settings.http_limits, http_stats));
-    info!(http = %http_addr, udp = %handle.udp_addr, candidate = %handle.candidate, "edge started");
+    info!(http = %http_addr, udp = ?handle.udp_addrs(), workers = n, "edge started");
     Ok(RunningEdge { http_addr, handle, http_task, udp_task })
 }
 
+/// How worker `k` of `n` reaches the cores: as an edge of its own to them.
 fn relay_config(
     c: &config::CascadeSettings,
     settings: &Settings,
     http_addr: std::net::SocketAddr,
-    udp_addr: std::net::SocketAddr,
+    edge_id: &str,
+    k: usize,
+    n: usize,
 ) -> anyhow::Result<server::RelayConfig> {
     use relay_proto::endpoint::Trust;
     use rustls_pki_types::pem::PemObject;
@@ -111,10 +140,14 @@ fn relay_config(
     Ok(server::RelayConfig {
         cores: c.core.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         cluster_secret: c.cluster_secret.expose().to_vec(),
-        edge_id: c.edge_id.clone().unwrap_or_else(|| format!("edge-{udp_addr}")),
-        signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
-        capacity: settings.edge.max_listeners_per_channel as u32,
-        max_sessions: settings.edge.max_sessions as u32,
+        edge_id: workers::worker_edge_id(edge_id, k, n),
+        signalling_url: workers::worker_url(
+            &c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+            k,
+            n,
+        ),
+        capacity: workers::share(settings.edge.max_listeners_per_channel, n) as u32,
+        max_sessions: workers::share(settings.edge.max_sessions, n) as u32,
         region: c.region.clone(),
         trust,
         slots: settings.edge.slots,

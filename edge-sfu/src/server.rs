@@ -78,6 +78,11 @@ enum Command {
     Ready {
         reply: oneshot::Sender<Readiness>,
     },
+    /// What placing a session of `channel` here would join.
+    Load {
+        channel: String,
+        reply: oneshot::Sender<WorkerLoad>,
+    },
     RelayUp {
         link: LinkId,
         relay: RelayLink,
@@ -140,7 +145,18 @@ pub struct Readiness {
     pub sessions: usize,
 }
 
-/// A cheap, cloneable handle to a running edge.
+/// One worker as signalling weighs it for a new session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerLoad {
+    /// Sessions of the channel already here.
+    pub channel_members: usize,
+    /// Whether the channel may take another listener here.
+    pub channel_room: bool,
+    pub sessions: usize,
+    pub ready: bool,
+}
+
+/// A cheap, cloneable handle to a running edge (one worker of it).
 #[derive(Clone)]
 pub struct EdgeHandle {
     commands: mpsc::Sender<Command>,
@@ -205,6 +221,10 @@ impl EdgeHandle {
 
     pub async fn readiness(&self) -> Result<Readiness, HandleError> {
         self.ask(|reply| Command::Ready { reply }).await
+    }
+
+    pub async fn load(&self, channel: String) -> Result<WorkerLoad, HandleError> {
+        self.ask(|reply| Command::Load { channel, reply }).await
     }
 }
 
@@ -374,6 +394,14 @@ impl Shell {
                     ready: self.edge.is_ready(),
                     draining: self.edge.is_draining(),
                     sessions: self.edge.session_count(),
+                });
+            }
+            Command::Load { channel, reply } => {
+                let _ = reply.send(WorkerLoad {
+                    channel_members: self.edge.channel_members(&channel),
+                    channel_room: self.edge.channel_has_room(&channel),
+                    sessions: self.edge.session_count(),
+                    ready: self.edge.is_ready(),
                 });
             }
             Command::Links { reply } => {

@@ -51,20 +51,35 @@ async fn app_under_core(
     offers_per_sec: u32,
     core_url: Option<&str>,
 ) -> Router {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (handle, _task) = edge_sfu::server::start(
-        config,
-        socket,
-        |a| a,
-        DtlsIdentity::generate().unwrap(),
-        std::time::Duration::from_secs(5),
-        None,
-    )
-    .unwrap();
+    app_on_workers(config, demo_tokens, offers_per_sec, core_url, 1).await
+}
+
+async fn app_on_workers(
+    config: edge_sfu::edge::EdgeConfig,
+    demo_tokens: bool,
+    offers_per_sec: u32,
+    core_url: Option<&str>,
+    workers: usize,
+) -> Router {
+    let identity = DtlsIdentity::generate().unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (handle, _task) = edge_sfu::server::start(
+            config.clone(),
+            socket,
+            |a| a,
+            identity.clone(),
+            std::time::Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
+        handles.push(handle);
+    }
     let metrics = std::sync::Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
     router(
         AppState {
-            edge: handle,
+            edge: edge_sfu::workers::Workers::new(handles, config),
             tokens: TokenKeys::new(SECRET),
             demo_tokens,
             admin_token: Some(node_kit::Secret::new("admin token", ADMIN).unwrap()),
@@ -455,4 +470,49 @@ async fn a_full_edge_sends_clients_back_to_the_core_which_places_them_elsewhere(
     // Sent back by four edges already: the client gets the edge's own answer.
     let many = post("/whep/lobby?exclude=e1,e2,e3,e4", Some(&bob), "application/sdp", offer(&["recvonly"]));
     assert_eq!(send(&app, many).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The port of the answer's host candidate: the worker the session was placed on.
+fn candidate_port(answer: &str) -> u16 {
+    let line = answer.lines().find(|l| l.starts_with("a=candidate:")).expect("a candidate");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    fields[5].parse().expect("a port")
+}
+
+#[tokio::test]
+async fn sessions_of_a_channel_share_a_worker_and_new_channels_go_to_the_least_loaded() {
+    let app = app_on_workers(Default::default(), false, 1000, None, 2).await;
+    let join = |channel: &'static str, path: String, sub: &'static str| {
+        let t = token_of(sub, channel, Role::Listener, unix_now() + 60);
+        let app = app.clone();
+        async move {
+            let (status, headers, answer) =
+                send(&app, post(&path, Some(&t), "application/sdp", offer(&["recvonly"]))).await;
+            assert_eq!(status, StatusCode::CREATED, "{path}: {answer}");
+            (candidate_port(&answer), headers[header::LOCATION].to_str().unwrap().to_owned())
+        }
+    };
+    let (a1, _) = join("a", "/whep/a".into(), "p1").await;
+    let (a2, _) = join("a", "/whep/a".into(), "p2").await;
+    assert_eq!(a1, a2, "a channel's sessions share its worker");
+    let (b1, b_session) = join("b", "/whep/b".into(), "p3").await;
+    assert_ne!(b1, a1, "a new channel goes to the worker with fewer sessions");
+    let (c1, _) = join("c", "/whep/c".into(), "p4").await;
+    assert_eq!(c1, b1, "then to the one with fewer again");
+    // The core names the worker in its redirect; that placement stands.
+    let (b_on_a, _) = join("b", "/w/0/whep/b".into(), "p5").await;
+    assert_eq!(b_on_a, a1);
+    let (b_on_b, _) = join("b", "/w/1/whep/b".into(), "p6").await;
+    assert_eq!(b_on_b, b1);
+    let t = token("a", Role::Listener, unix_now() + 60);
+    let (status, _, _) = send(&app, post("/w/2/whep/a", Some(&t), "application/sdp", offer(&["recvonly"]))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no third worker");
+    let ready = Request::builder().uri("/readyz").body(Body::empty()).unwrap();
+    let (_, _, body) = send(&app, ready).await;
+    assert!(body.contains("\"sessions\":6"), "{body}");
+    // A session is ended wherever it lives.
+    let delete = Request::builder().method(Method::DELETE).uri(&b_session).body(Body::empty()).unwrap();
+    assert_eq!(send(&app, delete).await.0, StatusCode::OK);
+    let ready = Request::builder().uri("/readyz").body(Body::empty()).unwrap();
+    assert!(send(&app, ready).await.2.contains("\"sessions\":5"));
 }

@@ -40,7 +40,7 @@ fn http() -> &'static Http {
             .unwrap();
             router(
                 AppState {
-                    edge,
+                    edge: edge_sfu::workers::Workers::new(vec![edge], Default::default()),
                     tokens: TokenKeys::new(SECRET),
                     demo_tokens: true,
                     admin_token: Some(node_kit::Secret::new("admin", "fuzz-admin-token-of-32-bytes-or-more").unwrap()),

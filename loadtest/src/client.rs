@@ -131,6 +131,8 @@ pub struct ClientReport {
     pub packets_sent: u64,
     /// The edge the client ended up on (placement through the core chooses it).
     pub edge_url: Option<String>,
+    /// Where its media went (the answer's candidate: an edge worker's UDP address).
+    pub media_addr: Option<std::net::SocketAddr>,
     /// The edge ended the session (RTCP BYE for every slot), e.g. at a drain deadline.
     pub ended_by_edge: bool,
     /// When the last audio packet arrived (listeners).
@@ -161,6 +163,7 @@ impl ClientReport {
             packets_decrypted: 0,
             packets_sent: 0,
             edge_url: None,
+            media_addr: None,
             ended_by_edge: false,
             last_packet_at: None,
             max_gap: Duration::ZERO,
@@ -379,6 +382,7 @@ async fn session(
 ) -> anyhow::Result<()> {
     let mut c = connect(spec, shared).await?;
     report.edge_url = Some(c.edge_url.clone());
+    report.media_addr = c.answer.candidates.first().copied();
     let result = match &spec.role {
         Role::Speaker(params) => {
             report.join_time = Some(c.offer_sent.elapsed());

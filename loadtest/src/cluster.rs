@@ -11,7 +11,7 @@ use anyhow::Context;
 use core_sfu::server::CoreHandle;
 use core_sfu::CoreSettings;
 use edge_sfu::config::CascadeSettings;
-use edge_sfu::server::EdgeHandle;
+use edge_sfu::workers::Workers;
 use edge_sfu::Settings;
 use tokio::sync::oneshot;
 
@@ -94,7 +94,7 @@ pub fn start_core(settings: CoreSettings) -> anyhow::Result<CoreNode> {
     Ok(CoreNode { node, quic_addr })
 }
 
-pub fn start_edge(name: String, settings: Settings) -> anyhow::Result<Node<EdgeHandle>> {
+pub fn start_edge(name: String, settings: Settings) -> anyhow::Result<Node<Workers>> {
     spawn_node(name, move || async move {
         let edge = edge_sfu::start(settings).await?;
         Ok((edge.http_addr, edge.handle))
@@ -124,6 +124,8 @@ pub struct ClusterSpec {
     pub redis: Option<String>,
     /// First core's HTTP port (the others follow); 0 picks free ones.
     pub core_http_port: u16,
+    /// Media workers on each edge.
+    pub edge_workers: usize,
 }
 
 impl Default for ClusterSpec {
@@ -142,6 +144,7 @@ impl Default for ClusterSpec {
             cores: 1,
             redis: None,
             core_http_port: 0,
+            edge_workers: 1,
         }
     }
 }
@@ -152,7 +155,7 @@ pub struct LocalCluster {
     pub core: Option<CoreNode>,
     /// The other cores of a fleet.
     pub more_cores: Vec<CoreNode>,
-    pub edges: Vec<Node<EdgeHandle>>,
+    pub edges: Vec<Node<Workers>>,
 }
 
 fn port(first: u16, i: usize) -> u16 {
@@ -194,6 +197,7 @@ impl LocalCluster {
                     region: edge_sfu::config::DEFAULT_REGION.to_owned(),
                     core_url: Some(format!("http://{}", core.node.http_addr)),
                 }),
+                workers: spec.edge_workers.max(1),
                 ..Settings::default()
             };
             s.edge.cascade = true;

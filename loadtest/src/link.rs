@@ -43,8 +43,10 @@ pub struct LinkParams {
 }
 
 impl LinkParams {
+    /// Nothing to emulate: the queue limit and burst length matter only with a rate or
+    /// bursts.
     pub fn is_clean(&self) -> bool {
-        *self == LinkParams { queue_limit: self.queue_limit, ..Default::default() }
+        *self == LinkParams { queue_limit: self.queue_limit, burst_len: self.burst_len, ..Default::default() }
     }
 }
 
@@ -307,6 +309,15 @@ async fn relay(outside: UdpSocket, inside: UdpSocket, control: LinkControl, seed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_with_no_impairment_is_clean_whatever_its_burst_length_and_buffer() {
+        let clean = LinkParams { burst_len: 5.0, queue_limit: Duration::from_millis(100), ..Default::default() };
+        assert!(clean.is_clean());
+        assert!(!LinkParams { loss: 0.01, ..clean }.is_clean());
+        assert!(!LinkParams { burst_start: 0.01, ..clean }.is_clean());
+        assert!(!LinkParams { rate_bps: 1000, ..clean }.is_clean());
+    }
 
     fn run(params: LinkParams, packets: usize, gap: Duration) -> (Vec<(u32, Duration)>, LinkCounters) {
         let t0 = Instant::now();

@@ -122,6 +122,8 @@ enum Node {
         /// How long each session's DTLS connection is kept after its handshake.
         #[arg(long, value_parser = humantime::parse_duration)]
         dtls_linger: Option<Duration>,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
 }
 
@@ -216,6 +218,10 @@ struct LinkArgs {
     /// (default: the edge's 60 s), e.g. to see the memory it frees within a short run.
     #[arg(long, value_parser = humantime::parse_duration)]
     dtls_linger: Option<Duration>,
+    /// Media workers on every edge (each its own thread of work and UDP port); 0: one per
+    /// core.
+    #[arg(long, default_value_t = 1)]
+    edge_workers: usize,
 }
 
 impl LinkArgs {
@@ -313,10 +319,21 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, admin_token, load))
         }
         Command::Node { node } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(node.threads())
             .enable_all()
             .build()?
             .block_on(node_main(node)),
+    }
+}
+
+impl Node {
+    /// Runtime threads: one, or one per media worker of an edge.
+    fn threads(&self) -> usize {
+        match self {
+            Node::Edge { workers: 0, .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Node::Edge { workers, .. } => *workers,
+            _ => 1,
+        }
     }
 }
 
@@ -370,6 +387,8 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
             &repair,
             "--id",
             &format!("edge-{i}"),
+            "--workers",
+            &link.edge_workers.to_string(),
         ];
         let mut args: Vec<String> = args.map(String::from).to_vec();
         if let Some(linger) = link.dtls_linger {
@@ -489,6 +508,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             id,
             relay_repair,
             dtls_linger,
+            workers,
         } => {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
@@ -503,6 +523,11 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                     region: edge_sfu::config::DEFAULT_REGION.to_owned(),
                     core_url: Some(core_url),
                 }),
+                workers: if workers == 0 {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    workers
+                },
                 ..edge_sfu::Settings::default()
             };
             s.edge.cascade = true;
@@ -512,7 +537,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             s.edge.max_listeners_per_channel = max_listeners;
             s.edge.max_sessions = max_listeners * 4 + 100;
             let edge = edge_sfu::start(s).await?;
-            procs::announce_ready(edge.http_addr, "udp", edge.handle.udp_addr);
+            procs::announce_ready(edge.http_addr, "udp", edge.handle.udp_addr());
             let _ = edge.udp_task.await;
         }
     }

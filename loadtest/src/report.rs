@@ -96,6 +96,8 @@ pub struct Report {
     pub jitter_mean_ms: f64,
     pub jitter_max_ms: f64,
     pub per_edge: Vec<EdgeRow>,
+    /// Distinct media addresses (edge workers' UDP ports) listeners were answered with.
+    pub media_addresses: usize,
     pub processes: Vec<ProcessRow>,
     /// All SFU nodes' RSS when every listener had joined, and at the end: a leak shows
     /// as growth over a long `--duration`.
@@ -206,6 +208,11 @@ impl Report {
             jitter_mean_ms: jitters.iter().sum::<f64>() / jitters.len().max(1) as f64,
             jitter_max_ms: jitters.iter().copied().fold(0.0, f64::max),
             per_edge,
+            media_addresses: listeners
+                .iter()
+                .filter_map(|c| c.media_addr)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             processes,
             sfu_rss_steady_start_mb: timeline
                 .iter()

@@ -39,6 +39,17 @@ impl Histogram {
         self.sum += v;
     }
 
+    /// Adds another histogram's observations (the same bounds; others are ignored).
+    pub fn absorb(&mut self, other: &Histogram) {
+        if self.bounds != other.bounds {
+            return;
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -83,5 +94,21 @@ mod tests {
         assert!(out.contains("sfu_x_bucket{node=\"e\\\"1\",le=\"+Inf\"} 4"), "{out}");
         assert!(out.contains("sfu_x_count{node=\"e\\\"1\"} 4"), "{out}");
         assert!(out.contains("sfu_x_sum{node=\"e\\\"1\"} 0.555"), "{out}");
+    }
+
+    #[test]
+    fn absorbing_adds_counts_and_sums_of_the_same_bounds_only() {
+        let mut a = Histogram::new(&[0.01, 0.1]);
+        let mut b = Histogram::new(&[0.01, 0.1]);
+        a.observe(0.005);
+        b.observe(0.05);
+        b.observe(0.5);
+        a.absorb(&b);
+        assert_eq!(a.counts, vec![1, 1, 1]);
+        assert_eq!(a.count(), 3);
+        assert!((a.sum - 0.555).abs() < 1e-9);
+        let other = Histogram::new(&[1.0]);
+        a.absorb(&other);
+        assert_eq!(a.count(), 3);
     }
 }

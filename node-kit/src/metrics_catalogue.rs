@@ -32,6 +32,8 @@ pub const SERIES: &[Series] = &[
     gauge("sfu_node_ready", "1 while the node is ready for new work (as its /readyz says)."),
     gauge("sfu_edge_sessions", "Sessions on the edge."),
     gauge("sfu_edge_session_capacity", "Sessions the edge accepts in all."),
+    gauge("sfu_edge_workers", "Media workers of the edge (each its own thread of work, UDP port and core links)."),
+    gauge("sfu_edge_worker_sessions", "Sessions on each media worker of the edge."),
     counter("sfu_edge_sessions_opened_total", "Sessions admitted."),
     counter("sfu_edge_sessions_closed_total", "Sessions ended, by reason."),
     counter(

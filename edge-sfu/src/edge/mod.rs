@@ -301,6 +301,56 @@ impl Counters {
     pub fn sessions_closed_total(&self) -> u64 {
         self.closed.values().sum()
     }
+
+    /// Adds another worker's counters to these (an edge with several workers reports one
+    /// set).
+    pub fn absorb(&mut self, other: &Counters) {
+        let q = &mut self.quality;
+        q.join.absorb(&other.quality.join);
+        q.listener_loss.absorb(&other.quality.listener_loss);
+        q.listener_jitter.absorb(&other.quality.listener_jitter);
+        q.listener_rtt.absorb(&other.quality.listener_rtt);
+        q.forwarding.0.absorb(&other.quality.forwarding.0);
+        for (reason, n) in &other.drops {
+            *self.drops.entry(*reason).or_default() += n;
+        }
+        for (reason, n) in &other.closed {
+            *self.closed.entry(*reason).or_default() += n;
+        }
+        let Counters {
+            quality: _,
+            drops: _,
+            closed: _,
+            rtp_in,
+            rtp_out,
+            rtcp_in,
+            rtcp_out,
+            nacks_in,
+            uplink_out,
+            relay_in,
+            relay_duplicates,
+            send_errors,
+            sessions_opened,
+            panics,
+            stale_epoch,
+            link_stalls,
+            dtls_retired,
+        } = other;
+        self.rtp_in += rtp_in;
+        self.rtp_out += rtp_out;
+        self.rtcp_in += rtcp_in;
+        self.rtcp_out += rtcp_out;
+        self.nacks_in += nacks_in;
+        self.uplink_out += uplink_out;
+        self.relay_in += relay_in;
+        self.relay_duplicates += relay_duplicates;
+        self.send_errors += send_errors;
+        self.sessions_opened += sessions_opened;
+        self.panics += panics;
+        self.stale_epoch += stale_epoch;
+        self.link_stalls += link_stalls;
+        self.dtls_retired += dtls_retired;
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -749,6 +799,16 @@ impl Edge {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether `channel` may take another listener here.
+    pub fn channel_has_room(&self, channel: &str) -> bool {
+        self.channels.get(channel).map_or(0, |c| c.listeners.len()) < self.config.max_listeners_per_channel
+    }
+
+    /// Sessions of `channel` here, connected or not (0 if none).
+    pub fn channel_members(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |c| c.members)
     }
 
     fn drop_packet(&mut self, reason: DropReason) {

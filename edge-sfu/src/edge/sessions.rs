@@ -20,11 +20,8 @@ impl Edge {
         if from_client >= self.config.max_pending_per_address {
             return Err(AdmitError::TooManyPendingFromAddress);
         }
-        if listens {
-            let listeners = self.channels.get(channel).map_or(0, |c| c.listeners.len());
-            if listeners >= self.config.max_listeners_per_channel {
-                return Err(AdmitError::ChannelFull);
-            }
+        if listens && !self.channel_has_room(channel) {
+            return Err(AdmitError::ChannelFull);
         }
         Ok(())
     }
