@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,11 +79,6 @@ enum Command {
     Ready {
         reply: oneshot::Sender<Readiness>,
     },
-    /// What placing a session of `channel` here would join.
-    Load {
-        channel: String,
-        reply: oneshot::Sender<WorkerLoad>,
-    },
     RelayUp {
         link: LinkId,
         relay: RelayLink,
@@ -145,6 +141,54 @@ pub struct Readiness {
     pub sessions: usize,
 }
 
+/// A worker's load as signalling reads it without asking the worker's task: its sessions
+/// in all and per channel, counted when signalling adds one and when the task ends one,
+/// and its readiness as of the task's last turn.
+#[derive(Debug, Default)]
+pub struct WorkerGauge {
+    sessions: AtomicUsize,
+    ready: AtomicBool,
+    channels: std::sync::Mutex<HashMap<Arc<str>, ChannelCount>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ChannelCount {
+    members: usize,
+    listeners: usize,
+}
+
+impl WorkerGauge {
+    fn load(&self, channel: &str, max_listeners: usize) -> WorkerLoad {
+        let count = self.channels.lock().expect("worker gauge").get(channel).copied().unwrap_or_default();
+        WorkerLoad {
+            channel_members: count.members,
+            channel_room: count.listeners < max_listeners,
+            sessions: self.sessions.load(Ordering::Relaxed),
+            ready: self.ready.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reserve(&self, channel: &Arc<str>, listens: bool) {
+        let mut channels = self.channels.lock().expect("worker gauge");
+        let count = channels.entry(channel.clone()).or_default();
+        count.members += 1;
+        count.listeners += usize::from(listens);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn release(&self, channel: &str, listens: bool) {
+        let mut channels = self.channels.lock().expect("worker gauge");
+        if let Some(count) = channels.get_mut(channel) {
+            count.members = count.members.saturating_sub(1);
+            count.listeners = count.listeners.saturating_sub(usize::from(listens));
+            if count.members == 0 {
+                channels.remove(channel);
+            }
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One worker as signalling weighs it for a new session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerLoad {
@@ -160,6 +204,7 @@ pub struct WorkerLoad {
 #[derive(Clone)]
 pub struct EdgeHandle {
     commands: mpsc::Sender<Command>,
+    gauge: Arc<WorkerGauge>,
     identity: DtlsIdentity,
     pub udp_addr: SocketAddr,
     pub candidate: SocketAddr,
@@ -194,7 +239,23 @@ impl EdgeHandle {
         resource: String,
         peer_fingerprint: [u8; 32],
     ) -> Result<Result<SessionId, AdmitError>, HandleError> {
-        self.ask(|reply| Command::AddSession { new, resource, peer_fingerprint, reply }).await
+        self.reserve(&new);
+        self.submit(new, resource, peer_fingerprint).await
+    }
+
+    /// Adds a session [`Self::reserve`] counted.
+    pub async fn submit(
+        &self,
+        new: NewSession,
+        resource: String,
+        peer_fingerprint: [u8; 32],
+    ) -> Result<Result<SessionId, AdmitError>, HandleError> {
+        let (channel, listens) = (new.channel.clone(), !new.slots.is_empty());
+        let result = self.ask(|reply| Command::AddSession { new, resource, peer_fingerprint, reply }).await;
+        if !matches!(result, Ok(Ok(_))) {
+            self.gauge.release(&channel, listens);
+        }
+        result
     }
 
     pub async fn remove_session(&self, resource: String) -> Result<bool, HandleError> {
@@ -223,8 +284,15 @@ impl EdgeHandle {
         self.ask(|reply| Command::Ready { reply }).await
     }
 
-    pub async fn load(&self, channel: String) -> Result<WorkerLoad, HandleError> {
-        self.ask(|reply| Command::Load { channel, reply }).await
+    /// What placing a session of `channel` here would join, without asking the task.
+    pub fn load(&self, channel: &str) -> WorkerLoad {
+        self.gauge.load(channel, self.config.max_listeners_per_channel)
+    }
+
+    /// Counts a session about to be added (placement sees it at once); [`Self::submit`]
+    /// then adds it, and takes the count back if it is refused.
+    pub fn reserve(&self, new: &NewSession) {
+        self.gauge.reserve(&new.channel, !new.slots.is_empty());
     }
 }
 
@@ -250,6 +318,9 @@ struct Shell {
     backlog: Backlog<LinkId>,
     /// When the media handled in this turn was read (the earliest, for a batch).
     forwarding: Option<Instant>,
+    gauge: Arc<WorkerGauge>,
+    /// Each session's channel and whether it listens, for the gauge when it ends.
+    placed: HashMap<SessionId, (Arc<str>, bool)>,
 }
 
 /// Starts the edge task on a bound UDP socket (and the core link in cascade mode).
@@ -265,8 +336,11 @@ pub fn start(
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let now = Instant::now();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let gauge = Arc::new(WorkerGauge::default());
+    gauge.ready.store(!config.cascade, Ordering::Relaxed);
     let handle = EdgeHandle {
         commands: commands.clone(),
+        gauge: gauge.clone(),
         identity: identity.clone(),
         udp_addr,
         candidate: candidate_for(udp_addr),
@@ -294,6 +368,8 @@ pub fn start(
         relay_config: relay_config.clone(),
         backlog: Backlog::default(),
         forwarding: None,
+        gauge,
+        placed: HashMap::new(),
     };
     let task = tokio::spawn(shell.run(rx));
     if let Some(config) = relay_config {
@@ -362,8 +438,10 @@ impl Shell {
         let now = Instant::now();
         match cmd {
             Command::AddSession { new, resource, peer_fingerprint, reply } => {
+                let placed = (new.channel.clone(), !new.slots.is_empty());
                 let result = self.edge.add_session(new, now);
                 if let Ok(id) = result {
+                    self.placed.insert(id, placed);
                     self.resources.insert(resource.clone(), id);
                     self.resource_of.insert(id, resource);
                     self.spawn_dtls(id, peer_fingerprint);
@@ -394,14 +472,6 @@ impl Shell {
                     ready: self.edge.is_ready(),
                     draining: self.edge.is_draining(),
                     sessions: self.edge.session_count(),
-                });
-            }
-            Command::Load { channel, reply } => {
-                let _ = reply.send(WorkerLoad {
-                    channel_members: self.edge.channel_members(&channel),
-                    channel_room: self.edge.channel_has_room(&channel),
-                    sessions: self.edge.session_count(),
-                    ready: self.edge.is_ready(),
                 });
             }
             Command::Links { reply } => {
@@ -543,6 +613,9 @@ impl Shell {
                     }
                 }
                 Output::Closed { session, .. } => {
+                    if let Some((channel, listens)) = self.placed.remove(&session) {
+                        self.gauge.release(&channel, listens);
+                    }
                     if let Some(t) = self.dtls.remove(&session) {
                         t.task.abort();
                     }
@@ -555,6 +628,7 @@ impl Shell {
         if let (true, Some(at)) = (forwarded, self.forwarding.take()) {
             self.edge.observe_forwarding(at.elapsed());
         }
+        self.gauge.ready.store(self.edge.is_ready(), Ordering::Relaxed);
     }
 }
 

@@ -26,8 +26,9 @@ struct Inner {
     handles: Vec<EdgeHandle>,
     /// The edge's whole configuration (each worker has its share of the session limits).
     config: Arc<EdgeConfig>,
-    /// Held while a session is placed, so two first joins of a channel share a worker.
-    placing: tokio::sync::Mutex<()>,
+    /// Held while a session's worker is chosen and counted, so two first joins of a
+    /// channel share a worker.
+    placing: std::sync::Mutex<()>,
 }
 
 /// Where a new session went.
@@ -86,19 +87,33 @@ impl Workers {
         peer_fingerprint: [u8; 32],
     ) -> Result<Result<Placed, AdmitError>, HandleError> {
         let handles = &self.inner.handles;
-        let _placing;
         let worker = match worker {
-            Some(k) => k.min(handles.len() - 1),
-            None if handles.len() == 1 => 0,
+            Some(k) => {
+                let k = k.min(handles.len() - 1);
+                handles[k].reserve(&new);
+                k
+            }
             None => {
-                _placing = self.inner.placing.lock().await;
-                let loads = join_all(handles.iter().map(|h| h.load(new.channel.to_string()))).await;
-                let loads: Vec<WorkerLoad> = loads.into_iter().collect::<Result<_, _>>()?;
-                choose(&loads, self.inner.config.cascade)
+                // Chosen and counted at once, so two first joins of a channel agree.
+                let _placing = self.inner.placing.lock().expect("placement");
+                let loads: Vec<WorkerLoad> = handles.iter().map(|h| h.load(&new.channel)).collect();
+                let k = choose(&loads, self.inner.config.cascade);
+                handles[k].reserve(&new);
+                k
             }
         };
-        let handle = &handles[worker];
-        let admitted = handle.add_session(new, resource, peer_fingerprint).await?;
+        self.submit(worker, new, resource, peer_fingerprint).await
+    }
+
+    async fn submit(
+        &self,
+        worker: usize,
+        new: NewSession,
+        resource: String,
+        peer_fingerprint: [u8; 32],
+    ) -> Result<Result<Placed, AdmitError>, HandleError> {
+        let handle = &self.inner.handles[worker];
+        let admitted = handle.submit(new, resource, peer_fingerprint).await?;
         Ok(admitted.map(|session| Placed { worker, session, candidate: handle.candidate }))
     }
 

@@ -47,6 +47,10 @@ pub struct Shared {
     /// speaker change on a slot); loss, order, jitter and gaps come from every packet's
     /// clear header. 1: every packet.
     pub decrypt_every: u64,
+    /// Listeners join, then never read their socket again (the kernel drops what
+    /// overflows it) and only keep consent: the SFU's sending is measured without the
+    /// generator's receiving. Nothing is counted for them.
+    pub deaf: bool,
 }
 
 /// Counters for the live display; histograms are merged once a second per client.
@@ -232,6 +236,7 @@ impl Shared {
             next_client_http: Default::default(),
             live: Live::default(),
             decrypt_every: 1,
+            deaf: false,
         })
     }
 
@@ -487,6 +492,17 @@ async fn listen(
     stop: &mut watch::Receiver<bool>,
     report: &mut ClientReport,
 ) -> anyhow::Result<()> {
+    if shared.deaf {
+        // Joined: connected, and the edge sends to it from now on.
+        report.join_time = Some(c.offer_sent.elapsed());
+        shared.live.joined.fetch_add(1, Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                _ = tokio::time::sleep(CONSENT_INTERVAL) => c.consent().await?,
+            }
+        }
+    }
     let answer = c.answer.clone();
     let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
     let mut spurts_heard: HashMap<u32, u64> = HashMap::new();

@@ -187,6 +187,11 @@ struct LoadArgs {
     /// every packet's clear header. Keeps the load generator from being the bottleneck.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     decrypt_every: u64,
+    /// Listeners join, then never read again: measures what the SFU can send without
+    /// the generator receiving it (loss and latency are then not measured; `local`
+    /// reports the edges' forwarded packets per second instead).
+    #[arg(long)]
+    deaf_listeners: bool,
 }
 
 /// Impairment of every core-edge link, both ways (`local` only), through a user-space
@@ -222,6 +227,12 @@ struct LinkArgs {
     /// core.
     #[arg(long, default_value_t = 1)]
     edge_workers: usize,
+    /// Pin every edge's threads to these CPUs (`taskset` list, e.g. 1 or 0-1).
+    #[arg(long)]
+    pin_edges: Option<String>,
+    /// Pin the core and the load generator to these CPUs.
+    #[arg(long)]
+    pin_others: Option<String>,
 }
 
 impl LinkArgs {
@@ -271,6 +282,7 @@ impl LoadArgs {
             attack: None,
             via_core: None,
             decrypt_every: self.decrypt_every,
+            deaf: self.deaf_listeners,
         }
     }
 
@@ -396,6 +408,15 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
         }
         nodes.push(procs::spawn(&format!("edge-{i}"), &args).await?);
     }
+    if let Some(cpus) = &link.pin_edges {
+        for n in &nodes {
+            pin(n.pid(), cpus)?;
+        }
+    }
+    if let Some(cpus) = &link.pin_others {
+        pin(core.pid(), cpus)?;
+        pin(Some(std::process::id()), cpus)?;
+    }
     let urls = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
     let mut watched: Vec<(String, u32)> = vec![("core".into(), core.pid().unwrap_or(0))];
     watched.extend(nodes.iter().map(|n| (n.name.clone(), n.pid().unwrap_or(0))));
@@ -424,7 +445,13 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
             if p.rate_bps > 0 { format!(", {} kbit/s", p.rate_bps / 1000) } else { String::new() }
         );
     }
-    let report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
+    let edge_metrics: Vec<String> = nodes.iter().map(|n| format!("http://{}/metrics", n.http)).collect();
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(loadtest::forwarding::sample(edge_metrics, samples.clone()));
+    let mut report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
+    sampler.abort();
+    let samples = samples.lock().expect("samples").clone();
+    report.edge_forwarding = loadtest::forwarding::best_window(&samples, FORWARDING_WINDOW);
     if !links.is_empty() {
         let (mut up, mut down) = (loadtest::link::LinkCounters::default(), loadtest::link::LinkCounters::default());
         for l in &links {
@@ -445,6 +472,9 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     drop(core);
     load.finish(&report)
 }
+
+/// The window the edges' forwarding rate is reported over (its best in the run).
+const FORWARDING_WINDOW: usize = 5;
 
 async fn run(
     core: Option<String>,
@@ -541,6 +571,21 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             let _ = edge.udp_task.await;
         }
     }
+    Ok(())
+}
+
+/// Pins every thread of a process to `cpus` (a `taskset` list).
+fn pin(pid: Option<u32>, cpus: &str) -> anyhow::Result<()> {
+    let pid = pid.context("the process has exited")?;
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-cp", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -cp {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 

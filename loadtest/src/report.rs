@@ -96,6 +96,9 @@ pub struct Report {
     pub jitter_mean_ms: f64,
     pub jitter_max_ms: f64,
     pub per_edge: Vec<EdgeRow>,
+    /// The edges' own count of packets sent to listeners, over the run's busiest window
+    /// (`local` only).
+    pub edge_forwarding: Option<crate::forwarding::ForwardingRate>,
     /// Distinct media addresses (edge workers' UDP ports) listeners were answered with.
     pub media_addresses: usize,
     pub processes: Vec<ProcessRow>,
@@ -208,6 +211,7 @@ impl Report {
             jitter_mean_ms: jitters.iter().sum::<f64>() / jitters.len().max(1) as f64,
             jitter_max_ms: jitters.iter().copied().fold(0.0, f64::max),
             per_edge,
+            edge_forwarding: None,
             media_addresses: listeners
                 .iter()
                 .filter_map(|c| c.media_addr)
@@ -307,6 +311,13 @@ impl fmt::Display for Report {
         writeln!(f, "\n  {:<6} {:>10} {:>10} {:>10}", "edge", "listeners", "loss %", "p99 ms")?;
         for e in &self.per_edge {
             writeln!(f, "  {:<6} {:>10} {:>10.3} {:>10.1}", e.edge, e.listeners, e.loss_percent, e.p99_ms)?;
+        }
+        if let Some(r) = &self.edge_forwarding {
+            writeln!(
+                f,
+                "\n  edges forwarded {:.0} packets/s on {:.2} cores: {:.0} per CPU-second (best {:.0} s)",
+                r.packets_per_s, r.cpu_cores, r.packets_per_cpu_second, r.window_s
+            )?;
         }
         if let (Some(a), Some(b)) = (self.sfu_rss_steady_start_mb, self.sfu_rss_end_mb) {
             writeln!(f, "\n  SFU memory, all nodes: {a:.1} MB when all had joined, {b:.1} MB at the end")?;

@@ -49,6 +49,8 @@ pub struct Scenario {
     pub via_core: Option<String>,
     /// Listeners decrypt one packet in this many (see `Shared::decrypt_every`).
     pub decrypt_every: u64,
+    /// Listeners join and then stop reading (see `Shared::deaf`).
+    pub deaf: bool,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -89,6 +91,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     });
     let mut shared = Shared::new(DtlsIdentity::generate()?, loopback)?;
     shared.decrypt_every = s.decrypt_every.max(1);
+    shared.deaf = s.deaf;
     let shared = Arc::new(shared);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
     bar.set_style(

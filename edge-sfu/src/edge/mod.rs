@@ -806,11 +806,6 @@ impl Edge {
         self.channels.get(channel).map_or(0, |c| c.listeners.len()) < self.config.max_listeners_per_channel
     }
 
-    /// Sessions of `channel` here, connected or not (0 if none).
-    pub fn channel_members(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, |c| c.members)
-    }
-
     fn drop_packet(&mut self, reason: DropReason) {
         trace!(reason = reason.as_str(), "drop");
         *self.counters.drops.entry(reason).or_default() += 1;

@@ -1,0 +1,108 @@
+//! The edges' own account of what they forwarded: `sfu_edge_rtp_out_total` and the
+//! process CPU time from each edge's `/metrics`, sampled every second, and the best
+//! window of the run as packets per second and per CPU-second.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// All edges' packets sent to listeners and CPU seconds, summed, at one instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub at: Instant,
+    pub packets_out: u64,
+    pub cpu_seconds: f64,
+}
+
+/// The edges' forwarding over the busiest window of the run.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ForwardingRate {
+    pub window_s: f64,
+    pub packets_per_s: f64,
+    /// The edges' CPU over the window, in cores (1.0 = one core busy throughout).
+    pub cpu_cores: f64,
+    pub packets_per_cpu_second: f64,
+}
+
+/// The window of `width` samples with the most packets out.
+pub fn best_window(samples: &[Sample], width: usize) -> Option<ForwardingRate> {
+    samples
+        .windows(width + 1)
+        .filter_map(|w| {
+            let (a, b) = (w.first()?, w.last()?);
+            let secs = b.at.saturating_duration_since(a.at).as_secs_f64();
+            let cpu = b.cpu_seconds - a.cpu_seconds;
+            (secs > 0.0 && cpu > 0.0).then(|| ForwardingRate {
+                window_s: secs,
+                packets_per_s: b.packets_out.saturating_sub(a.packets_out) as f64 / secs,
+                cpu_cores: cpu / secs,
+                packets_per_cpu_second: b.packets_out.saturating_sub(a.packets_out) as f64 / cpu,
+            })
+        })
+        .max_by(|x, y| x.packets_per_s.total_cmp(&y.packets_per_s))
+}
+
+/// The value of the first series named `name` in Prometheus text.
+fn value_of(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Samples every edge's `/metrics` each second into `out` until aborted; a sample is
+/// kept only when every edge answered.
+pub async fn sample(metrics_urls: Vec<String>, out: Arc<Mutex<Vec<Sample>>>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let at = Instant::now();
+        let mut sample = Sample { at, packets_out: 0, cpu_seconds: 0.0 };
+        let mut complete = true;
+        for url in &metrics_urls {
+            let text = match http.get(url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            match (value_of(&text, "sfu_edge_rtp_out_total"), value_of(&text, "sfu_process_cpu_seconds")) {
+                (Some(p), Some(c)) => {
+                    sample.packets_out += p as u64;
+                    sample.cpu_seconds += c;
+                }
+                _ => complete = false,
+            }
+        }
+        if complete {
+            out.lock().expect("samples").push(sample);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_window_gives_rate_and_cost() {
+        let t0 = Instant::now();
+        let s = |secs: u64, packets_out: u64, cpu_seconds: f64| Sample {
+            at: t0 + Duration::from_secs(secs),
+            packets_out,
+            cpu_seconds,
+        };
+        let samples = [s(0, 0, 0.0), s(1, 100, 0.1), s(2, 1100, 0.6), s(3, 2100, 1.1), s(4, 2200, 1.2)];
+        let best = best_window(&samples, 2).unwrap();
+        assert_eq!(best.packets_per_s, 1000.0);
+        assert!((best.cpu_cores - 0.5).abs() < 1e-9);
+        assert!((best.packets_per_cpu_second - 2000.0).abs() < 1e-6);
+        assert_eq!(best_window(&samples[..2], 2), None);
+    }
+
+    #[test]
+    fn series_are_read_with_or_without_labels() {
+        let text = "# HELP x\nsfu_edge_rtp_out_total_other 9\nsfu_edge_rtp_out_total{node=\"e\"} 42\nsfu_process_cpu_seconds 1.5\n";
+        assert_eq!(value_of(text, "sfu_edge_rtp_out_total"), Some(42.0));
+        assert_eq!(value_of(text, "sfu_process_cpu_seconds"), Some(1.5));
+        assert_eq!(value_of(text, "sfu_missing"), None);
+    }
+}
