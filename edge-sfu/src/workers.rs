@@ -1,10 +1,11 @@
 //! An edge's media workers: each is a whole [`Edge`](crate::edge::Edge) with its own UDP
 //! socket, task and core links, serving its own sessions; signalling places each new
-//! session on one. A channel's sessions on an edge share a worker (the one that already
+//! session on one. Standalone, a channel's sessions share a worker (the one that already
 //! serves it), so a publisher and its listeners never cross between workers; new
 //! channels go to the least loaded. In cascade mode each worker is one more edge to the
 //! core, with its own signalling URL (`{url}/w/{k}`), so the core's directory places
-//! clients on workers exactly as it places them on edges.
+//! clients on workers exactly as it places them on edges; a client that comes to the
+//! edge directly goes to the least loaded worker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,19 +193,18 @@ impl Workers {
     }
 }
 
-/// The worker for a session of a channel: the one with most of the channel's sessions,
-/// else the ready one with fewest sessions (an unready worker refuses by itself).
-/// Standalone, a channel never leaves its worker (its selection lives there); in cascade
-/// each worker hears the channel from the core, so a worker whose share of the channel
-/// is full passes new listeners to another.
+/// The worker for a session of a channel. Standalone, a channel never leaves its worker
+/// (its selection lives there): the one with the channel's sessions, else the ready one
+/// with fewest sessions. In cascade each worker hears the channel from the core, so
+/// sessions go to the ready worker with fewest sessions and room in the channel: the
+/// workers share the edge's load evenly, at the cost of one more copy of the channel's
+/// speakers from the core per worker. An unready or full worker refuses by itself.
 fn choose(loads: &[WorkerLoad], cascade: bool) -> usize {
-    let serving = loads
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.channel_members > 0 && (l.channel_room || !cascade))
-        .max_by_key(|(_, l)| l.channel_members);
+    let serving =
+        || loads.iter().enumerate().filter(|(_, l)| l.channel_members > 0).max_by_key(|(_, l)| l.channel_members);
     let least = || loads.iter().enumerate().filter(|(_, l)| l.channel_room).min_by_key(|(_, l)| (!l.ready, l.sessions));
-    serving.or_else(least).map_or(0, |(k, _)| k)
+    let chosen = if cascade { least() } else { serving().or_else(least) };
+    chosen.map_or(0, |(k, _)| k)
 }
 
 /// Each worker's share of an edge-wide limit (at least 1).
@@ -246,21 +246,21 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_stays_on_its_worker_and_new_channels_go_to_the_least_loaded() {
-        for cascade in [false, true] {
-            assert_eq!(
-                choose(&[load(0, 10, true), load(3, 50, true)], cascade),
-                1,
-                "the channel's worker, though fuller"
-            );
-            assert_eq!(choose(&[load(1, 10, true), load(3, 50, true)], cascade), 1, "the one with most of the channel");
-            assert_eq!(choose(&[load(0, 10, true), load(0, 5, true)], cascade), 1);
-            assert_eq!(choose(&[load(0, 10, true), load(0, 5, false)], cascade), 0, "a ready worker first");
-            assert_eq!(choose(&[load(0, 7, true)], cascade), 0);
-        }
-        let full_there = [load(0, 10, true), full(load(25, 50, true))];
-        assert_eq!(choose(&full_there, false), 1, "standalone: the channel's worker refuses by itself");
-        assert_eq!(choose(&full_there, true), 0, "cascade: another worker takes the channel on");
+    fn standalone_a_channel_stays_on_its_worker_and_new_channels_go_to_the_least_loaded() {
+        assert_eq!(choose(&[load(0, 10, true), load(3, 50, true)], false), 1, "the channel's worker, though fuller");
+        assert_eq!(choose(&[load(1, 10, true), load(3, 50, true)], false), 1, "the one with most of the channel");
+        assert_eq!(choose(&[load(0, 10, true), full(load(25, 50, true))], false), 1, "it refuses by itself");
+        assert_eq!(choose(&[load(0, 10, true), load(0, 5, true)], false), 1);
+        assert_eq!(choose(&[load(0, 10, true), load(0, 5, false)], false), 0, "a ready worker first");
+        assert_eq!(choose(&[load(0, 7, true)], false), 0);
+    }
+
+    #[test]
+    fn in_cascade_sessions_go_to_the_least_loaded_worker_with_room() {
+        assert_eq!(choose(&[load(0, 10, true), load(3, 50, true)], true), 0);
+        assert_eq!(choose(&[load(5, 10, true), load(0, 5, true)], true), 1);
+        assert_eq!(choose(&[full(load(5, 10, true)), load(9, 50, true)], true), 1, "room in the channel");
+        assert_eq!(choose(&[load(0, 10, true), load(0, 5, false)], true), 0, "a ready worker first");
     }
 
     #[test]

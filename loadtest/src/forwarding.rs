@@ -56,8 +56,7 @@ pub async fn sample(metrics_urls: Vec<String>, out: Arc<Mutex<Vec<Sample>>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let at = Instant::now();
-        let mut sample = Sample { at, packets_out: 0, cpu_seconds: 0.0 };
+        let mut sample = Sample { at: Instant::now(), packets_out: 0, cpu_seconds: 0.0 };
         let mut complete = true;
         for url in &metrics_urls {
             let text = match http.get(url).send().await {
@@ -72,6 +71,8 @@ pub async fn sample(metrics_urls: Vec<String>, out: Arc<Mutex<Vec<Sample>>>) {
                 _ => complete = false,
             }
         }
+        // The counters are read as each answer is made: time the sample by the last.
+        sample.at = Instant::now();
         if complete {
             out.lock().expect("samples").push(sample);
         }
