@@ -51,6 +51,9 @@ pub struct Shared {
     /// overflows it) and only keep consent: the SFU's sending is measured without the
     /// generator's receiving. Nothing is counted for them.
     pub deaf: bool,
+    /// Clients join this VideoRoom room of the Janus at their base URL instead of an
+    /// edge (for the side-by-side benchmark).
+    pub janus_room: Option<u64>,
 }
 
 /// Counters for the live display; histograms are merged once a second per client.
@@ -194,10 +197,15 @@ struct Connected {
     socket: Arc<UdpSocket>,
     srtp: SrtpSession,
     answer: Answer,
-    /// Our ICE ufrag, for consent checks.
+    /// Our ICE ufrag, for consent checks, and password, to answer the server's.
     ufrag: String,
+    pwd: String,
     location: Option<String>,
     offer_sent: Instant,
+    /// The SSRC the offer named for what we send.
+    send_ssrc: Option<Ssrc>,
+    /// The Janus session, kept alive until the client ends, then destroyed.
+    janus: Option<Arc<crate::janus::Session>>,
 }
 
 impl Connected {
@@ -237,6 +245,7 @@ impl Shared {
             live: Live::default(),
             decrypt_every: 1,
             deaf: false,
+            janus_room: None,
         })
     }
 
@@ -251,8 +260,9 @@ impl Shared {
 pub struct Joined {
     pub socket: Arc<UdpSocket>,
     pub answer: Answer,
-    /// Our ICE ufrag.
+    /// Our ICE ufrag and password (a full ICE server checks us too).
     pub ufrag: String,
+    pub pwd: String,
     /// The session's URL, for DELETE.
     pub location: Option<String>,
     pub offer_sent: Instant,
@@ -316,12 +326,27 @@ pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> 
     }
     anyhow::ensure!(checked, "no answer to the ICE check from {remote}");
     let edge_url = final_url.origin().ascii_serialization();
-    Ok(Joined { socket, answer, ufrag, location: location.transpose()?, offer_sent, edge_url })
+    Ok(Joined { socket, answer, ufrag, pwd, location: location.transpose()?, offer_sent, edge_url })
 }
 
 /// The DTLS handshake as client through the pipe, pumping the socket meanwhile; the
 /// session's SRTP keys.
 pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSession> {
+    handshake_as(j, shared, true).await
+}
+
+/// Answers a server's connectivity check (a full ICE agent such as Janus's checks its
+/// peers, and keeps checking for consent).
+fn answer_check(socket: &UdpSocket, packet: &[u8], pwd: &str) {
+    if let (Ok(request), Ok(from)) = (media::ice::BindingRequest::parse(packet), socket.peer_addr()) {
+        if let Ok(response) = request.respond(pwd, from) {
+            let _ = socket.try_send(&response);
+        }
+    }
+}
+
+/// The DTLS handshake in the given role.
+pub async fn handshake_as(j: &Joined, shared: &Shared, dtls_client: bool) -> anyhow::Result<SrtpSession> {
     let remote = *j.answer.candidates.first().ok_or_else(|| anyhow::anyhow!("answer has no candidate"))?;
     let (tx, rx) = mpsc::channel(dtls::DTLS_QUEUE);
     let out = j.socket.clone();
@@ -330,7 +355,7 @@ pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSessio
     });
     let handshake = dtls::handshake(
         &shared.identity,
-        true,
+        dtls_client,
         rx,
         sink,
         remote,
@@ -344,8 +369,10 @@ pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSessio
             r = &mut handshake => break r?,
             n = j.socket.recv(&mut buf) => {
                 let n = n?;
-                if classify(&buf[..n]) == PacketKind::Dtls {
-                    let _ = tx.try_send(Bytes::copy_from_slice(&buf[..n]));
+                match classify(&buf[..n]) {
+                    PacketKind::Dtls => { let _ = tx.try_send(Bytes::copy_from_slice(&buf[..n])); }
+                    PacketKind::Stun => answer_check(&j.socket, &buf[..n], &j.pwd),
+                    _ => {}
                 }
             }
         }
@@ -354,6 +381,9 @@ pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSessio
 }
 
 async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected> {
+    if let Some(room) = shared.janus_room {
+        return connect_janus(spec, shared, room).await;
+    }
     let (path, send_ssrc, receive_sections) = match &spec.role {
         Role::Speaker(_) => ("whip", Some(Ssrc(rand::random::<u32>() | 1)), 0),
         Role::Listener { slots } => ("whep", None, *slots),
@@ -374,8 +404,129 @@ async fn connect(spec: &ClientSpec, shared: &Shared) -> anyhow::Result<Connected
         srtp,
         answer: j.answer,
         ufrag: j.ufrag,
+        pwd: j.pwd,
         location: j.location,
         offer_sent: j.offer_sent,
+        send_ssrc,
+        janus: None,
+    })
+}
+
+/// Joins a Janus VideoRoom room: a publisher offers with `joinandconfigure`; a listener
+/// subscribes to the room's publishers (up to its slots) and answers Janus's offer. Then
+/// the same ICE check and DTLS handshake as against an edge (Janus runs ICE-lite here).
+async fn connect_janus(spec: &ClientSpec, shared: &Shared, room: u64) -> anyhow::Result<Connected> {
+    use crate::janus;
+    let offer_sent = Instant::now();
+    let session = Arc::new(janus::Session::open(shared.offer_http().clone(), &spec.base_url).await?);
+    let (ufrag, pwd) = media::ice::random_credentials();
+    let fingerprint = *shared.identity.fingerprint();
+    let send_ssrc = matches!(spec.role, Role::Speaker(_)).then(|| Ssrc(rand::random::<u32>() | 1));
+    // Janus wants a candidate of ours before it takes our checks: the address our socket
+    // has towards Janus's own candidate, trickled (publishers) or in our answer.
+    let socket = Arc::new(UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?);
+    let towards = |sdp: &str| -> anyhow::Result<SocketAddr> {
+        Answer::parse(sdp)?.candidates.first().copied().ok_or_else(|| anyhow::anyhow!("Janus gave no host candidate"))
+    };
+    let (server_sdp, dtls_client) = match &spec.role {
+        Role::Speaker(_) => {
+            let offer = build_offer(&OfferParams {
+                ice_ufrag: &ufrag,
+                ice_pwd: &pwd,
+                fingerprint: &fingerprint,
+                send_ssrc,
+                receive_sections: 0,
+            });
+            let body = serde_json::json!({"request": "joinandconfigure", "room": room, "ptype": "publisher",
+                                          "display": spec.name, "audio": true, "video": false});
+            let joined = session.call(body, Some(serde_json::json!({"type": "offer", "sdp": offer}))).await?;
+            let answer = janus::sdp_of(&joined)?;
+            socket.connect(towards(&answer)?).await?;
+            session.trickle(socket.local_addr()?).await?;
+            let client = janus::we_are_dtls_client(&answer);
+            (answer, client)
+        }
+        Role::Listener { slots } => {
+            // The speakers joined first, but a publisher is listed once its media is up.
+            let mut feeds = session.publishers(room).await?;
+            for _ in 0..100 {
+                if !feeds.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                feeds = session.publishers(room).await?;
+            }
+            anyhow::ensure!(!feeds.is_empty(), "no publisher in Janus room {room}");
+            feeds.truncate(*slots);
+            let streams: Vec<serde_json::Value> = feeds.iter().map(|f| serde_json::json!({"feed": f})).collect();
+            let body = serde_json::json!({"request": "join", "room": room, "ptype": "subscriber", "streams": streams});
+            let attached = session.call(body, None).await?;
+            let offer = janus::sdp_of(&attached)?;
+            socket.connect(towards(&offer)?).await?;
+            let candidate = janus::host_candidate(socket.local_addr()?);
+            let answer = janus::with_candidate(&janus::answer_offer(&offer, &ufrag, &pwd, &fingerprint)?, &candidate);
+            session
+                .call(
+                    serde_json::json!({"request": "start"}),
+                    Some(serde_json::json!({"type": "answer", "sdp": answer})),
+                )
+                .await?;
+            (offer, true)
+        }
+    };
+    session.end_of_candidates().await?;
+    let answer = Answer::parse(&server_sdp)?;
+    let remote = socket.peer_addr()?;
+    let mut buf = vec![0u8; 2048];
+    let mut checked = false;
+    // We offered as a publisher (so we control ICE), Janus offered to a subscriber.
+    let controlling = send_ssrc.is_some();
+    'attempts: for _ in 0..ICE_ATTEMPTS {
+        let (req, tid) = media::ice::binding_request_as(&answer.ice_ufrag, &ufrag, &answer.ice_pwd, controlling)?;
+        socket.send(&req).await?;
+        let until = tokio::time::Instant::now() + ICE_RETRY;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, socket.recv(&mut buf)).await {
+            if classify(&buf[..n]) == PacketKind::Stun {
+                answer_check(&socket, &buf[..n], &pwd);
+            }
+            if parse_binding_success(&buf[..n], &tid, &answer.ice_pwd).is_ok() {
+                checked = true;
+                break 'attempts;
+            }
+        }
+    }
+    anyhow::ensure!(checked, "no answer to the ICE check from Janus at {remote}");
+    let joined = Joined {
+        socket,
+        answer,
+        ufrag,
+        pwd,
+        location: None,
+        offer_sent,
+        edge_url: spec.base_url.trim_end_matches('/').to_owned(),
+    };
+    let srtp = handshake_as(&joined, shared, dtls_client).await?;
+    let keepalive = session.clone();
+    tokio::spawn(async move {
+        // Ends when the client has destroyed the session (the last other handle gone).
+        while Arc::strong_count(&keepalive) > 1 {
+            tokio::time::sleep(janus::KEEPALIVE_INTERVAL).await;
+            if Arc::strong_count(&keepalive) > 1 && keepalive.keepalive().await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Connected {
+        edge_url: joined.edge_url,
+        socket: joined.socket,
+        srtp,
+        answer: joined.answer,
+        ufrag: joined.ufrag,
+        pwd: joined.pwd,
+        location: None,
+        offer_sent,
+        send_ssrc,
+        janus: Some(session),
     })
 }
 
@@ -398,6 +549,9 @@ async fn session(
     };
     if let Some(location) = &c.location {
         let _ = shared.http.delete(location).send().await;
+    }
+    if let Some(session) = &c.janus {
+        session.destroy().await;
     }
     result
 }
@@ -431,7 +585,7 @@ async fn speak(
     report: &mut ClientReport,
     p: &SpeakerParams,
 ) -> anyhow::Result<()> {
-    let ssrc = Ssrc(rand::random::<u32>() | 1);
+    let ssrc = c.send_ssrc.unwrap_or(Ssrc(rand::random::<u32>() | 1));
     let started = Instant::now();
     let mut ticker = tokio::time::interval(FRAME);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -448,7 +602,14 @@ async fn speak(
             _ = stop.changed() => break,
             _ = ticker.tick() => {}
             // Drain what the edge sends (RTCP, consent answers) so the socket never fills.
-            _ = c.socket.recv(&mut buf) => continue,
+            r = c.socket.recv(&mut buf) => {
+                if let Ok(n) = r {
+                    if classify(&buf[..n]) == PacketKind::Stun {
+                        answer_check(&c.socket, &buf[..n], &c.pwd);
+                    }
+                }
+                continue;
+            }
         }
         let now = Instant::now();
         ts = ts.wrapping_add(960);
@@ -525,6 +686,9 @@ async fn listen(
             _ = &mut timer => 0,
         };
         let now = Instant::now();
+        if n > 0 && classify(&buf[..n]) == PacketKind::Stun {
+            answer_check(&c.socket, &buf[..n], &c.pwd);
+        }
         if n > 0 && classify(&buf[..n]) == PacketKind::Rtcp {
             if let Ok(plain) = c.srtp.unprotect_rtcp(&buf[..n]) {
                 for fb in parse_feedback(&plain).unwrap_or_default() {

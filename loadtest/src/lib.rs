@@ -5,6 +5,7 @@ pub mod attack;
 pub mod client;
 pub mod cluster;
 pub mod forwarding;
+pub mod janus;
 pub mod link;
 pub mod measure;
 pub mod plot;

@@ -59,7 +59,7 @@ enum Command {
     /// Load a running deployment.
     Run {
         /// The core's HTTP URL; its /edges lists the edges to use.
-        #[arg(long, required_unless_present = "edge")]
+        #[arg(long, required_unless_present_any = ["edge", "janus"])]
         core: Option<String>,
         /// An edge's signalling URL (repeat for several) instead of --core.
         #[arg(long)]
@@ -70,6 +70,15 @@ enum Command {
         /// The core's admin token, to list its edges with --core.
         #[arg(long, env = "SFU_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Load a Janus (its HTTP API's base URL, e.g. http://127.0.0.1:8088) instead:
+        /// clients join a VideoRoom room, created audio-only if missing.
+        #[arg(long, conflicts_with_all = ["core", "edge"])]
+        janus: Option<String>,
+        #[arg(long, default_value_t = 1234)]
+        janus_room: u64,
+        /// Sample this process (the server under test) for the report's CPU and memory.
+        #[arg(long)]
+        watch_pid: Option<u32>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -283,6 +292,7 @@ impl LoadArgs {
             via_core: None,
             decrypt_every: self.decrypt_every,
             deaf: self.deaf_listeners,
+            janus_room: None,
         }
     }
 
@@ -327,8 +337,12 @@ fn main() -> anyhow::Result<()> {
             redis,
         ),
         Command::Local { edges, link, load } => tokio::runtime::Runtime::new()?.block_on(local(edges, link, load)),
-        Command::Run { core, edge, token_secret, admin_token, load } => {
-            tokio::runtime::Runtime::new()?.block_on(run(core, edge, token_secret, admin_token, load))
+        Command::Run { core, edge, token_secret, admin_token, janus, janus_room, watch_pid, load } => {
+            let target = match janus {
+                Some(url) => Target::Janus { url, room: janus_room },
+                None => Target::Sfu { core, edge, token_secret, admin_token },
+            };
+            tokio::runtime::Runtime::new()?.block_on(run(target, watch_pid, load))
         }
         Command::Node { node } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(node.threads())
@@ -476,33 +490,57 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
 /// The window the edges' forwarding rate is reported over (its best in the run).
 const FORWARDING_WINDOW: usize = 5;
 
-async fn run(
-    core: Option<String>,
-    edge: Vec<String>,
-    token_secret: Option<String>,
-    admin_token: Option<String>,
-    load: LoadArgs,
-) -> anyhow::Result<()> {
-    let core_url = core.clone();
-    let edges = match core {
-        Some(core) => {
-            let url = format!("{}/edges", core.trim_end_matches('/'));
-            let admin = admin_token.context("listing the core's edges needs its admin token (--admin-token)")?;
-            let body =
-                reqwest::Client::new().get(&url).bearer_auth(admin).send().await?.error_for_status()?.text().await?;
-            let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-            list.iter().filter_map(|e| e["url"].as_str().map(str::to_owned)).collect()
-        }
-        None => edge,
-    };
-    anyhow::ensure!(!edges.is_empty(), "the deployment lists no edges");
-    let tokens = token_secret.map_or(Tokens::Demo, Tokens::Secret);
+/// What `run` loads.
+enum Target {
+    Sfu { core: Option<String>, edge: Vec<String>, token_secret: Option<String>, admin_token: Option<String> },
+    Janus { url: String, room: u64 },
+}
+
+async fn run(target: Target, watch_pid: Option<u32>, load: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(load.attack.is_none(), "--attack runs against a local cluster (loadtest local)");
-    let mut scenario = load.scenario(edges, tokens);
-    if load.via_core {
-        scenario.via_core = Some(core_url.context("--via-core needs --core")?);
-    }
-    let report = scenario::run(scenario, None).await?;
+    let sampler = watch_pid
+        .map(|pid| ProcSampler::new(vec![("server".into(), pid), (procs::LOAD_GENERATOR.into(), std::process::id())]));
+    let scenario = match target {
+        Target::Sfu { core, edge, token_secret, admin_token } => {
+            let core_url = core.clone();
+            let edges = match core {
+                Some(core) => {
+                    let url = format!("{}/edges", core.trim_end_matches('/'));
+                    let admin =
+                        admin_token.context("listing the core's edges needs its admin token (--admin-token)")?;
+                    let body = reqwest::Client::new()
+                        .get(&url)
+                        .bearer_auth(admin)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .text()
+                        .await?;
+                    let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+                    list.iter().filter_map(|e| e["url"].as_str().map(str::to_owned)).collect()
+                }
+                None => edge,
+            };
+            anyhow::ensure!(!edges.is_empty(), "the deployment lists no edges");
+            let tokens = token_secret.map_or(Tokens::Demo, Tokens::Secret);
+            let mut scenario = load.scenario(edges, tokens);
+            if load.via_core {
+                scenario.via_core = Some(core_url.context("--via-core needs --core")?);
+            }
+            scenario
+        }
+        Target::Janus { url, room } => {
+            anyhow::ensure!(!load.via_core, "--via-core is for our core");
+            loadtest::janus::create_room(&reqwest::Client::new(), &url, room, load.speakers)
+                .await
+                .with_context(|| format!("creating room {room} on the Janus at {url}"))?;
+            // Janus checks no tokens; the scenario signs throwaway ones.
+            let mut scenario = load.scenario(vec![url], Tokens::Secret(random_secret()));
+            scenario.janus_room = Some(room);
+            scenario
+        }
+    };
+    let report = scenario::run(scenario, sampler).await?;
     load.finish(&report)
 }
 

@@ -51,6 +51,8 @@ pub struct Scenario {
     pub decrypt_every: u64,
     /// Listeners join and then stop reading (see `Shared::deaf`).
     pub deaf: bool,
+    /// Clients join this room of a Janus VideoRoom (see `Shared::janus_room`).
+    pub janus_room: Option<u64>,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -92,6 +94,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let mut shared = Shared::new(DtlsIdentity::generate()?, loopback)?;
     shared.decrypt_every = s.decrypt_every.max(1);
     shared.deaf = s.deaf;
+    shared.janus_room = s.janus_room;
     let shared = Arc::new(shared);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
     bar.set_style(

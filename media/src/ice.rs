@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_ICE_CONTROLLING, ATTR_USERNAME, ATTR_USE_CANDIDATE};
+use stun::attributes::{ATTR_ICE_CONTROLLED, ATTR_ICE_CONTROLLING, ATTR_USERNAME, ATTR_USE_CANDIDATE};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{Getter, Message, Setter, BINDING_REQUEST, BINDING_SUCCESS};
@@ -84,14 +84,31 @@ pub fn binding_request(
     client_ufrag: &str,
     server_pwd: &str,
 ) -> Result<(Vec<u8>, [u8; 12]), IceError> {
+    binding_request_as(server_ufrag, client_ufrag, server_pwd, true)
+}
+
+/// A binding request as the controlling agent (nominating the pair) or the controlled one.
+pub fn binding_request_as(
+    server_ufrag: &str,
+    client_ufrag: &str,
+    server_pwd: &str,
+    controlling: bool,
+) -> Result<(Vec<u8>, [u8; 12]), IceError> {
     let mut msg = Message::new();
     let tie_breaker = rand::random::<u64>().to_be_bytes();
+    let role: Box<dyn Setter> = if controlling {
+        Box::new(RawAttr(ATTR_ICE_CONTROLLING, tie_breaker.to_vec()))
+    } else {
+        Box::new(RawAttr(ATTR_ICE_CONTROLLED, tie_breaker.to_vec()))
+    };
+    let nominate: Box<dyn Setter> =
+        if controlling { Box::new(RawAttr(ATTR_USE_CANDIDATE, Vec::new())) } else { Box::new(NoAttr) };
     let setters: [Box<dyn Setter>; 7] = [
         Box::new(BINDING_REQUEST),
         Box::new(TransactionId::new()),
         Box::new(TextAttribute::new(ATTR_USERNAME, format!("{server_ufrag}:{client_ufrag}"))),
-        Box::new(RawAttr(ATTR_ICE_CONTROLLING, tie_breaker.to_vec())),
-        Box::new(RawAttr(ATTR_USE_CANDIDATE, Vec::new())),
+        role,
+        nominate,
         Box::new(MessageIntegrity::new_short_term_integrity(server_pwd.to_owned())),
         Box::new(FINGERPRINT),
     ];
@@ -112,6 +129,14 @@ pub fn parse_binding_success(buf: &[u8], transaction: &[u8; 12], server_pwd: &st
     let mut mapped = XorMappedAddress::default();
     mapped.get_from(&msg).map_err(|_| IceError::NotStun)?;
     Ok(SocketAddr::new(mapped.ip, mapped.port))
+}
+
+struct NoAttr;
+
+impl Setter for NoAttr {
+    fn add_to(&self, _: &mut Message) -> Result<(), stun::Error> {
+        Ok(())
+    }
 }
 
 struct RawAttr(stun::attributes::AttrType, Vec<u8>);
