@@ -252,7 +252,8 @@ impl EdgeHandle {
     ) -> Result<Result<SessionId, AdmitError>, HandleError> {
         let (channel, listens) = (new.channel.clone(), !new.slots.is_empty());
         let result = self.ask(|reply| Command::AddSession { new, resource, peer_fingerprint, reply }).await;
-        if !matches!(result, Ok(Ok(_))) {
+        // A refusal the task takes back itself (even if this request is gone by then).
+        if result.is_err() {
             self.gauge.release(&channel, listens);
         }
         result
@@ -440,6 +441,9 @@ impl Shell {
             Command::AddSession { new, resource, peer_fingerprint, reply } => {
                 let placed = (new.channel.clone(), !new.slots.is_empty());
                 let result = self.edge.add_session(new, now);
+                if result.is_err() {
+                    self.gauge.release(&placed.0, placed.1);
+                }
                 if let Ok(id) = result {
                     self.placed.insert(id, placed);
                     self.resources.insert(resource.clone(), id);

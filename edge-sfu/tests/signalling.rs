@@ -516,3 +516,26 @@ async fn sessions_of_a_channel_share_a_worker_and_new_channels_go_to_the_least_l
     let ready = Request::builder().uri("/readyz").body(Body::empty()).unwrap();
     assert!(send(&app, ready).await.2.contains("\"sessions\":5"));
 }
+
+#[tokio::test]
+async fn a_refused_join_leaves_no_count_behind_on_its_worker() {
+    let config = edge_sfu::edge::EdgeConfig { max_listeners_per_channel: 1, ..Default::default() };
+    let app = app_on_workers(config, false, 1000, None, 2).await;
+    let join = |channel: &'static str, sub: &'static str| {
+        let t = token_of(sub, channel, Role::Listener, unix_now() + 60);
+        let app = app.clone();
+        async move {
+            let path = format!("/whep/{channel}");
+            let (status, _, answer) = send(&app, post(&path, Some(&t), "application/sdp", offer(&["recvonly"]))).await;
+            (status, (status == StatusCode::CREATED).then(|| candidate_port(&answer)))
+        }
+    };
+    let (_, a) = join("a", "p1").await;
+    let (_, b) = join("b", "p2").await;
+    assert_ne!(a, b);
+    let (status, _) = join("a", "p3").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the channel is full on its worker");
+    // Both workers hold one session again: the next channel goes to the first.
+    let (_, c) = join("c", "p4").await;
+    assert_eq!(c, a, "the refused join still counts on its worker");
+}
