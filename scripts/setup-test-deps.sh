@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need: Debian's chromium, redis-server and prometheus (for
-# promtool and a real scrape), and a Python venv with aiortc and the deployment-file
+# Installs what the tests need: Debian's chromium, redis-server, prometheus (for
+# promtool and a real scrape) and janus (the load tester's Janus client), and a Python venv with aiortc and the deployment-file
 # validators (kubernetes-validate, check-jsonschema).
 # Idempotent; safe to run on every CI run.
 set -euo pipefail
@@ -11,6 +11,7 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v janus >/dev/null 2>&1 || need_apt+=(janus)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
