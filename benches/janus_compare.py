@@ -184,7 +184,7 @@ def main():
     p.add_argument("--duration", default="15s", help="steady phase of each run")
     p.add_argument("--ramp", type=int, default=100, help="listener joins per second")
     p.add_argument("--servers", default="edge,janus,janus-2-loops")
-    p.add_argument("--out", default="janus-compare.md", help="where the table goes (also printed)")
+    p.add_argument("--out", default=os.path.join(ROOT, "target/janus-compare.md"), help="where the table goes (also printed)")
     args = p.parse_args()
     loads = [int(x) for x in args.loads.split(",")]
     ensure_janus()

@@ -6,7 +6,7 @@ never read), capacity with the load generator on the same machine (a core, one e
 two workers, listeners that decrypt 1 packet in 10), and the side-by-side with Janus
 (`janus_compare.py`). Writes one markdown report.
 
-    python3 benches/performance_run.py [--out performance-run.md] [--quick]
+    python3 benches/performance_run.py [--out target/performance-run.md] [--quick]
 """
 
 import argparse
@@ -43,7 +43,7 @@ def local(work, name, args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="performance-run.md")
+    p.add_argument("--out", default=os.path.join(ROOT, "target/performance-run.md"))
     p.add_argument("--quick", action="store_true", help="small loads, short runs (to try the command)")
     args = p.parse_args()
     jc.ensure_janus()
