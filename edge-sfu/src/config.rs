@@ -16,6 +16,14 @@ use crate::edge::EdgeConfig;
 /// Media workers one edge runs, at most.
 pub const MAX_WORKERS: usize = 64;
 
+/// Media workers for a `--workers` value: 0 means one per core the process may use.
+pub fn workers_or_cores(workers: usize) -> usize {
+    match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// The region of an edge or core that names none.
 pub const DEFAULT_REGION: &str = "local";
 
@@ -297,10 +305,7 @@ impl Settings {
         http_limits.max_connections =
             args.max_http_connections.or(file.max_http_connections).unwrap_or(http_limits.max_connections);
         let udp = args.udp.or(file.udp).unwrap_or(d.udp);
-        let workers = match args.workers.or(file.workers).unwrap_or(d.workers) {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let workers = workers_or_cores(args.workers.or(file.workers).unwrap_or(d.workers));
         anyhow::ensure!(workers <= MAX_WORKERS, "--workers: at most {MAX_WORKERS}");
         anyhow::ensure!(
             udp.port() == 0 || usize::from(udp.port()) + workers - 1 <= usize::from(u16::MAX),

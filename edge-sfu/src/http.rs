@@ -576,11 +576,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "edge is shutting down");
     };
-    let mut c = by_worker[0].0.clone();
-    for (other, _) in &by_worker[1..] {
-        c.absorb(other);
-    }
-    let sessions: usize = by_worker.iter().map(|(_, s)| s).sum();
+    let (c, sessions) = crate::workers::merged(&by_worker);
     let several = by_worker.len() > 1;
     metrics::with_local_recorder(state.metrics.as_ref(), || {
         let labels = [("node", state.node.clone()), ("role", "edge".to_owned())];

@@ -60,6 +60,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
     let mut handles = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     let mut edge_id = None;
+    // How the edge reaches its cores (read once); each worker links as an edge of its own.
+    let mut edge_relay: Option<server::RelayConfig> = None;
     for k in 0..n {
         let mut addr = settings.udp;
         if addr.port() != 0 {
@@ -73,7 +75,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
             })
             .clone();
         let relay = match &settings.cascade {
-            Some(c) => Some(relay_config(c, &settings, http_addr, &id, k, n)?),
+            Some(c) => {
+                if edge_relay.is_none() {
+                    edge_relay = Some(relay_config(c, &worker_config, http_addr, &id)?);
+                }
+                let edge = edge_relay.as_ref().expect("set above");
+                let mut worker = edge.clone();
+                worker.edge_id = workers::worker_edge_id(&edge.edge_id, k, n);
+                worker.signalling_url = workers::worker_url(&edge.signalling_url, k, n);
+                Some(worker)
+            }
             None => None,
         };
         let candidate_settings = settings.clone();
@@ -118,14 +129,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
     Ok(RunningEdge { http_addr, handle, http_task, udp_task })
 }
 
-/// How worker `k` of `n` reaches the cores: as an edge of its own to them.
+/// How the edge reaches its cores, with one worker's share (`edge`) of its limits.
 fn relay_config(
     c: &config::CascadeSettings,
-    settings: &Settings,
+    edge: &edge::EdgeConfig,
     http_addr: std::net::SocketAddr,
     edge_id: &str,
-    k: usize,
-    n: usize,
 ) -> anyhow::Result<server::RelayConfig> {
     use relay_proto::endpoint::Trust;
     use rustls_pki_types::pem::PemObject;
@@ -140,17 +149,13 @@ fn relay_config(
     Ok(server::RelayConfig {
         cores: c.core.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         cluster_secret: c.cluster_secret.expose().to_vec(),
-        edge_id: workers::worker_edge_id(edge_id, k, n),
-        signalling_url: workers::worker_url(
-            &c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
-            k,
-            n,
-        ),
-        capacity: workers::share(settings.edge.max_listeners_per_channel, n) as u32,
-        max_sessions: workers::share(settings.edge.max_sessions, n) as u32,
+        edge_id: edge_id.to_owned(),
+        signalling_url: c.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+        capacity: edge.max_listeners_per_channel as u32,
+        max_sessions: edge.max_sessions as u32,
         region: c.region.clone(),
         trust,
-        slots: settings.edge.slots,
+        slots: edge.slots,
     })
 }
 

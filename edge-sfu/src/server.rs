@@ -233,16 +233,6 @@ impl EdgeHandle {
         self.identity.fingerprint()
     }
 
-    pub async fn add_session(
-        &self,
-        new: NewSession,
-        resource: String,
-        peer_fingerprint: [u8; 32],
-    ) -> Result<Result<SessionId, AdmitError>, HandleError> {
-        self.reserve(&new);
-        self.submit(new, resource, peer_fingerprint).await
-    }
-
     /// Adds a session [`Self::reserve`] counted.
     pub async fn submit(
         &self,

@@ -157,13 +157,7 @@ impl Workers {
 
     /// The edge's counters (all workers') and sessions.
     pub async fn stats(&self) -> Result<(Counters, usize), HandleError> {
-        let mut all = self.stats_by_worker().await?.into_iter();
-        let (mut counters, mut sessions) = all.next().expect("at least one worker");
-        for (c, s) in all {
-            counters.absorb(&c);
-            sessions += s;
-        }
-        Ok((counters, sessions))
+        Ok(merged(&self.stats_by_worker().await?))
     }
 
     /// Each worker's core links.
@@ -191,6 +185,17 @@ impl Workers {
         }
         Ok(merged)
     }
+}
+
+/// Workers' counters and sessions as one edge's.
+pub fn merged(by_worker: &[(Counters, usize)]) -> (Counters, usize) {
+    let mut counters = Counters::default();
+    let mut sessions = 0;
+    for (c, s) in by_worker {
+        counters.absorb(c);
+        sessions += s;
+    }
+    (counters, sessions)
 }
 
 /// The worker for a session of a channel. Standalone, a channel never leaves its worker

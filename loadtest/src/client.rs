@@ -311,20 +311,7 @@ pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> 
     let remote = *answer.candidates.first().ok_or_else(|| anyhow::anyhow!("answer has no candidate"))?;
     socket.connect(remote).await?;
 
-    // ICE: a check with the answer's credentials until it is answered.
-    let mut buf = vec![0u8; 2048];
-    let mut checked = false;
-    for _ in 0..ICE_ATTEMPTS {
-        let (req, tid) = binding_request(&answer.ice_ufrag, &ufrag, &answer.ice_pwd)?;
-        socket.send(&req).await?;
-        if let Ok(Ok(n)) = tokio::time::timeout(ICE_RETRY, socket.recv(&mut buf)).await {
-            if parse_binding_success(&buf[..n], &tid, &answer.ice_pwd).is_ok() {
-                checked = true;
-                break;
-            }
-        }
-    }
-    anyhow::ensure!(checked, "no answer to the ICE check from {remote}");
+    ice_check(&socket, &answer, &ufrag, &pwd, true).await?;
     let edge_url = final_url.origin().ascii_serialization();
     Ok(Joined { socket, answer, ufrag, pwd, location: location.transpose()?, offer_sent, edge_url })
 }
@@ -333,6 +320,32 @@ pub async fn join(o: &OfferSpec<'_>, shared: &Shared) -> anyhow::Result<Joined> 
 /// session's SRTP keys.
 pub async fn handshake(j: &Joined, shared: &Shared) -> anyhow::Result<SrtpSession> {
     handshake_as(j, shared, true).await
+}
+
+/// ICE: a check with the answer's credentials until it is answered, answering the
+/// server's own checks meanwhile (a full agent such as Janus's checks us too).
+async fn ice_check(
+    socket: &UdpSocket,
+    answer: &Answer,
+    ufrag: &str,
+    pwd: &str,
+    controlling: bool,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..ICE_ATTEMPTS {
+        let (req, tid) = media::ice::binding_request_as(&answer.ice_ufrag, ufrag, &answer.ice_pwd, controlling)?;
+        socket.send(&req).await?;
+        let until = tokio::time::Instant::now() + ICE_RETRY;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, socket.recv(&mut buf)).await {
+            if parse_binding_success(&buf[..n], &tid, &answer.ice_pwd).is_ok() {
+                return Ok(());
+            }
+            if classify(&buf[..n]) == PacketKind::Stun {
+                answer_check(socket, &buf[..n], pwd);
+            }
+        }
+    }
+    anyhow::bail!("no answer to the ICE check from {}", socket.peer_addr()?)
 }
 
 /// Answers a server's connectivity check (a full ICE agent such as Janus's checks its
@@ -476,26 +489,8 @@ async fn connect_janus(spec: &ClientSpec, shared: &Shared, room: u64) -> anyhow:
     };
     session.end_of_candidates().await?;
     let answer = Answer::parse(&server_sdp)?;
-    let remote = socket.peer_addr()?;
-    let mut buf = vec![0u8; 2048];
-    let mut checked = false;
     // We offered as a publisher (so we control ICE), Janus offered to a subscriber.
-    let controlling = send_ssrc.is_some();
-    'attempts: for _ in 0..ICE_ATTEMPTS {
-        let (req, tid) = media::ice::binding_request_as(&answer.ice_ufrag, &ufrag, &answer.ice_pwd, controlling)?;
-        socket.send(&req).await?;
-        let until = tokio::time::Instant::now() + ICE_RETRY;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(until, socket.recv(&mut buf)).await {
-            if classify(&buf[..n]) == PacketKind::Stun {
-                answer_check(&socket, &buf[..n], &pwd);
-            }
-            if parse_binding_success(&buf[..n], &tid, &answer.ice_pwd).is_ok() {
-                checked = true;
-                break 'attempts;
-            }
-        }
-    }
-    anyhow::ensure!(checked, "no answer to the ICE check from Janus at {remote}");
+    ice_check(&socket, &answer, &ufrag, &pwd, send_ssrc.is_some()).await?;
     let joined = Joined {
         socket,
         answer,

@@ -41,12 +41,13 @@ pub fn best_window(samples: &[Sample], width: usize) -> Option<ForwardingRate> {
         .max_by(|x, y| x.packets_per_s.total_cmp(&y.packets_per_s))
 }
 
-/// The value of the first series named `name` in Prometheus text.
-fn value_of(text: &str, name: &str) -> Option<f64> {
+/// The sum of the series named `name` (any labels) whose line contains `filter`, in
+/// Prometheus text; `None` if there is none.
+pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
     text.lines()
-        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// Samples every edge's `/metrics` each second into `out` until aborted; a sample is
@@ -63,7 +64,7 @@ pub async fn sample(metrics_urls: Vec<String>, out: Arc<Mutex<Vec<Sample>>>) {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
             };
-            match (value_of(&text, "sfu_edge_rtp_out_total"), value_of(&text, "sfu_process_cpu_seconds")) {
+            match (series_sum(&text, "sfu_edge_rtp_out_total", ""), series_sum(&text, "sfu_process_cpu_seconds", "")) {
                 (Some(p), Some(c)) => {
                     sample.packets_out += p as u64;
                     sample.cpu_seconds += c;
@@ -102,8 +103,11 @@ mod tests {
     #[test]
     fn series_are_read_with_or_without_labels() {
         let text = "# HELP x\nsfu_edge_rtp_out_total_other 9\nsfu_edge_rtp_out_total{node=\"e\"} 42\nsfu_process_cpu_seconds 1.5\n";
-        assert_eq!(value_of(text, "sfu_edge_rtp_out_total"), Some(42.0));
-        assert_eq!(value_of(text, "sfu_process_cpu_seconds"), Some(1.5));
-        assert_eq!(value_of(text, "sfu_missing"), None);
+        assert_eq!(series_sum(text, "sfu_edge_rtp_out_total", ""), Some(42.0));
+        assert_eq!(series_sum(text, "sfu_process_cpu_seconds", ""), Some(1.5));
+        assert_eq!(series_sum(text, "sfu_missing", ""), None);
+        let two = "sfu_x{reason=\"a\"} 2\nsfu_x{reason=\"b\"} 3\n";
+        assert_eq!(series_sum(two, "sfu_x", ""), Some(5.0));
+        assert_eq!(series_sum(two, "sfu_x", "reason=\"b\""), Some(3.0));
     }
 }

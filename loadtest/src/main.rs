@@ -356,8 +356,7 @@ impl Node {
     /// Runtime threads: one, or one per media worker of an edge.
     fn threads(&self) -> usize {
         match self {
-            Node::Edge { workers: 0, .. } => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Node::Edge { workers, .. } => *workers,
+            Node::Edge { workers, .. } => edge_sfu::config::workers_or_cores(*workers),
             _ => 1,
         }
     }
@@ -591,11 +590,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
                     region: edge_sfu::config::DEFAULT_REGION.to_owned(),
                     core_url: Some(core_url),
                 }),
-                workers: if workers == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    workers
-                },
+                workers: edge_sfu::config::workers_or_cores(workers),
                 ..edge_sfu::Settings::default()
             };
             s.edge.cascade = true;

@@ -97,10 +97,7 @@ impl Cascade {
 
     async fn metric(&self, url: String, name: &str, filter: &str) -> f64 {
         let body = self.http.get(&url).send().await.unwrap().text().await.unwrap();
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        loadtest::forwarding::series_sum(&body, name, filter).unwrap_or(0.0)
     }
 }
 

@@ -95,6 +95,13 @@ async fn standalone_each_channel_lives_on_one_worker_and_its_listeners_hear_its_
     assert!(counters.rtp_out > 0 && counters.sessions_opened == 8, "{counters:?}");
 }
 
+/// The edges (here: workers) the core's directory lists.
+async fn core_edges(http: &reqwest::Client, core: &str, admin_token: &str) -> Vec<serde_json::Value> {
+    let edges: serde_json::Value =
+        http.get(format!("{core}/v1/edges")).bearer_auth(admin_token).send().await.unwrap().json().await.unwrap();
+    edges.as_array().expect("a list of edges").clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_core_one_channel_spreads_over_the_workers_and_the_edge_drains_as_one() {
     let cluster = LocalCluster::start(ClusterSpec {
@@ -112,16 +119,8 @@ async fn under_a_core_one_channel_spreads_over_the_workers_and_the_edge_drains_a
     let http = reqwest::Client::new();
     let both_linked = async {
         loop {
-            let edges: serde_json::Value = http
-                .get(format!("{core}/v1/edges"))
-                .bearer_auth(&cluster.spec.admin_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if edges.as_array().is_some_and(|e| e.len() == 2) {
+            let edges = core_edges(&http, &core, &cluster.spec.admin_token).await;
+            if edges.len() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -148,16 +147,8 @@ async fn under_a_core_one_channel_spreads_over_the_workers_and_the_edge_drains_a
     let both_draining = async {
         loop {
             let r = cluster.edges[0].handle.readiness().await.unwrap();
-            let edges: serde_json::Value = http
-                .get(format!("{core}/v1/edges"))
-                .bearer_auth(&cluster.spec.admin_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let all = edges.as_array().unwrap().iter().all(|e| e["state"] == "draining");
+            let edges = core_edges(&http, &core, &cluster.spec.admin_token).await;
+            let all = edges.iter().all(|e| e["state"] == "draining");
             if r.draining && all {
                 break;
             }
