@@ -119,6 +119,11 @@ impl ProcSampler {
         }
     }
 
+    /// CPU-seconds each process has used so far (`None` for one that is gone).
+    pub fn cpu_seconds(&self) -> Vec<Option<f64>> {
+        self.procs.iter().map(|(_, pid)| cpu_ticks(*pid).map(|t| t as f64 / TICKS_PER_SECOND)).collect()
+    }
+
     /// Total RSS at the last sample of the processes named other than `except`, MB.
     pub fn total_rss_except(&self, except: &str) -> Option<f64> {
         let rss: Vec<f64> =
@@ -143,6 +148,8 @@ mod tests {
         assert!(sampler.samples[0][0].1 > 1.0);
         assert!(sampler.samples[1].is_empty(), "a missing process is skipped");
         assert!(sampler.total_rss_except("gone").unwrap() > 1.0);
+        let cpu = sampler.cpu_seconds();
+        assert!(cpu[0].is_some() && cpu[1].is_none());
         assert_eq!(sampler.total_rss_except("self"), None);
     }
 }

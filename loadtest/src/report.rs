@@ -59,6 +59,23 @@ pub struct ProcessRow {
     pub rss_max_mb: f64,
 }
 
+/// The steady phase alone (every client joined, before the stop): what forwarding
+/// costs, without the handshakes of the ramp.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyPhase {
+    pub seconds: f64,
+    /// Audio packets listeners received per second.
+    pub packets_per_s: f64,
+    /// Cores each sampled process used.
+    pub processes: Vec<SteadyCpu>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyCpu {
+    pub name: String,
+    pub cpu_cores: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Tick {
     pub t_s: f64,
@@ -102,6 +119,8 @@ pub struct Report {
     /// Distinct media addresses (edge workers' UDP ports) listeners were answered with.
     pub media_addresses: usize,
     pub processes: Vec<ProcessRow>,
+    /// CPU and packets over the steady phase only (when processes were sampled).
+    pub steady: Option<SteadyPhase>,
     /// All SFU nodes' RSS when every listener had joined, and at the end: a leak shows
     /// as growth over a long `--duration`.
     pub sfu_rss_steady_start_mb: Option<f64>,
@@ -218,6 +237,7 @@ impl Report {
                 .collect::<std::collections::HashSet<_>>()
                 .len(),
             processes,
+            steady: None,
             sfu_rss_steady_start_mb: timeline
                 .iter()
                 .find(|t| t.joined >= (s.listeners + s.speakers) as u64)
@@ -331,6 +351,16 @@ impl fmt::Display for Report {
                     p.name, p.cpu_mean_percent, p.cpu_max_percent, p.rss_max_mb
                 )?;
             }
+        }
+        if let Some(s) = &self.steady {
+            let cores: Vec<String> = s.processes.iter().map(|p| format!("{} {:.2}", p.name, p.cpu_cores)).collect();
+            writeln!(
+                f,
+                "\n  steady phase ({:.0} s): {:.0} packets/s heard; cores used: {}",
+                s.seconds,
+                s.packets_per_s,
+                cores.join(", ")
+            )?;
         }
         if let Some(a) = &self.attack {
             let kind = a.kind.map(|k| format!("{k:?}")).unwrap_or_default();

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use crate::attack::{self, AttackPlan, AttackReport};
 use crate::client::{self, ClientReport, ClientSpec, Role, Shared, SpeakerParams, TalkPattern};
 use crate::procs::ProcSampler;
-use crate::report::{Report, Tick};
+use crate::report::{Report, SteadyCpu, SteadyPhase, Tick};
 
 #[derive(Clone, Debug)]
 pub enum Tokens {
@@ -148,6 +148,9 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let (attack_stop, attack_stop_rx) = watch::channel(false);
     let mut rss_before_attack = None;
     let mut attack_task: Option<tokio::task::JoinHandle<AttackReport>> = None;
+    // When the steady phase began: packets heard and each process's CPU-seconds then.
+    let mut steady_mark: Option<(Instant, u64, Vec<Option<f64>>)> = None;
+    let live_packets = || shared.live.packets.load(std::sync::atomic::Ordering::Relaxed);
     loop {
         let now = Instant::now();
         if now >= end {
@@ -159,6 +162,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
             if settled >= (s.speakers + s.listeners) as u64 || now >= ramp_end + JOIN_GRACE {
                 steady = true;
                 end = now + s.duration;
+                steady_mark = sampler.as_ref().map(|sm| (now, live_packets(), sm.cpu_seconds()));
                 next_churn = now + churn_gap.unwrap_or_default();
             }
         }
@@ -247,6 +251,17 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         tokio::time::sleep_until(wake.into()).await;
     }
     bar.finish_and_clear();
+    let steady_phase = steady_mark.zip(sampler.as_ref()).map(|((at, packets, cpu), sm)| {
+        let seconds = at.elapsed().as_secs_f64().max(1e-3);
+        let processes = sm
+            .names()
+            .zip(cpu.iter().zip(sm.cpu_seconds()))
+            .filter_map(|(name, (before, after))| {
+                Some(SteadyCpu { name: name.to_owned(), cpu_cores: (after? - (*before)?) / seconds })
+            })
+            .collect();
+        SteadyPhase { seconds, packets_per_s: live_packets().saturating_sub(packets) as f64 / seconds, processes }
+    });
     let mut attack_report = None;
     if let Some(task) = attack_task {
         let rss_after = sampler.as_mut().and_then(|sampler| {
@@ -274,5 +289,6 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let _ = tokio::time::timeout(Duration::from_secs(30), collect).await;
     let mut report = Report::build(&s, reports, timeline, sampler.as_ref(), churned, started.elapsed());
     report.attack = attack_report;
+    report.steady = steady_phase;
     Ok(report)
 }
