@@ -119,7 +119,35 @@ class Server:
             self.proc.wait()
 
 
-def run_one(kind, listeners, args, work):
+def perf_profile(pid, seconds, folder):
+    """Samples `pid` with `perf record` for `seconds`; returns the kernel's share of its
+    CPU and its busiest symbols, or None without perf."""
+    if not shutil.which("perf"):
+        return None
+    data = os.path.join(folder, "perf.data")
+    subprocess.run(["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", data, "--", "sleep", str(seconds)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def report(sort):
+        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "-q", "-g", "none"],
+                             capture_output=True, text=True).stdout
+        rows = []
+        for line in out.splitlines():
+            share, _, name = line.strip().partition("%")
+            try:
+                rows.append((float(share), name.strip()))
+            except ValueError:
+                continue
+        return rows
+
+    dsos = report("dso")
+    return {
+        "kernel_share": sum(x for x, name in dsos if name.startswith("[kernel")) / 100.0,
+        "symbols": report("sym")[:8],
+    }
+
+
+def run_one(kind, listeners, args, work, profile_seconds=0):
     folder = tempfile.mkdtemp(dir=work)
     with open(os.path.join(folder, "server.log"), "w") as log:
         server = Server(kind, folder, log)
@@ -132,7 +160,13 @@ def run_one(kind, listeners, args, work):
                 cmd += ["--edge", server.url, "--token-secret", TOKEN_SECRET]
             else:
                 cmd += ["--janus", server.url]
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            generator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profile = None
+            if profile_seconds:
+                # Into the steady phase: the ramp, the last joins, then a margin.
+                time.sleep(listeners / args.ramp + 6)
+                profile = perf_profile(server.proc.pid, profile_seconds, folder)
+            generator.wait()
             with open(report) as f:
                 r = json.load(f)
         finally:
@@ -159,6 +193,7 @@ def run_one(kind, listeners, args, work):
         "server_cpu_mean_percent": srv["cpu_mean_percent"],
         "generator_cpu_mean_percent": procs.get("loadtest", {}).get("cpu_mean_percent", 0.0),
     }
+    row["profile"] = profile
     row["passed"] = (row["failed"] == 0 and joined == listeners and row["loss_percent"] < 0.5
                      and row["p99_ms"] < 50.0)
     say(f"{kind} with {listeners} listeners: {json.dumps(row)}")

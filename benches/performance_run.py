@@ -2,9 +2,12 @@
 """Every figure of the performance work in one run on this machine, so they can be
 compared with each other: the raw ceiling (`ceiling`, draining and not), the edge's
 forwarding with one and two media workers pinned to one and two CPUs (listeners that
-never read), capacity with the load generator on the same machine (a core, one edge of
-two workers, listeners that decrypt 1 packet in 10), and the side-by-side with Janus
-(`janus_compare.py`). Writes one markdown report.
+never read), the edge's user-space cost per packet (criterion), memory per listener past
+the DTLS linger, capacity with the load generator on the same machine (a core, one edge
+of two workers, listeners that decrypt 1 packet in 10) against the most this machine's
+kernel allows, the side-by-side with Janus (`janus_compare.py`), and, with `perf`
+installed, a profile of our edge and of Janus in their steady phase. Writes one
+markdown report.
 
     python3 benches/performance_run.py [--out target/performance-run.md] [--quick]
 """
@@ -12,6 +15,7 @@ two workers, listeners that decrypt 1 packet in 10), and the side-by-side with J
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +45,47 @@ def local(work, name, args):
         return json.load(f)
 
 
+def user_space_per_listener():
+    """The edge's per-listener work (rewrite, header, SRTP protect into the transmit
+    arena; no syscall) from the `edge_fanout` criterion bench, ns per listener."""
+    jc.say("cargo bench --bench edge_fanout (user-space cost per forwarded packet)")
+    subprocess.run(["cargo", "bench", "--locked", "-p", "benches", "--bench", "edge_fanout", "--", "--warm-up-time", "1",
+                    "--measurement-time", "5"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = {}
+    for profile in ("AeadAes128Gcm", "Aes128CmHmacSha1_80"):
+        path = os.path.join(ROOT, f"target/criterion/edge/one_packet_to_25_listeners_{profile}/new/estimates.json")
+        with open(path) as f:
+            out[profile] = json.load(f)["mean"]["point_estimate"] / 25
+    return out
+
+
+def profiles(work, listeners):
+    """Our edge and tuned Janus in their steady phase under `perf`: the kernel's share
+    of each, and so the best ratio a server with our kernel path could reach."""
+    if not shutil.which("perf"):
+        return "\n(No `perf` on this machine: no profiles.)\n"
+    ns = argparse.Namespace(duration="20s", ramp=100)
+    rows = {kind: jc.run_one(kind, listeners, ns, work, profile_seconds=8) for kind in ("edge", "janus-2-loops")}
+    out = [f"\n## Where the time goes: steady phase, {listeners} listeners, `perf record -F 999 -g` for 8 s\n",
+           "| server | CPU-s per M packets | kernel | kernel µs per packet | user space µs per packet | busiest symbols |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for kind, r in rows.items():
+        p, cost = r["profile"], r["steady_cpu_s_per_m"]
+        if not p:
+            continue
+        top = "; ".join(f"{name.replace('|', '/')} {share:.1f} %" for share, name in p["symbols"][:6])
+        out.append(f"| {kind} | {cost:.1f} | {100 * p['kernel_share']:.0f} % | {cost * p['kernel_share']:.2f} | "
+                   f"{cost * (1 - p['kernel_share']):.2f} | {top} |")
+    edge, janus = rows["edge"], rows["janus-2-loops"]
+    if edge["profile"]:
+        floor = edge["steady_cpu_s_per_m"] * edge["profile"]["kernel_share"]
+        out.append(f"\nOur edge is {janus['steady_cpu_s_per_m'] / edge['steady_cpu_s_per_m']:.1f}x tuned Janus here. "
+                   f"A server with our kernel path and no user space at all would spend {floor:.2f} µs per packet: "
+                   f"{janus['steady_cpu_s_per_m'] / floor:.1f}x tuned Janus, the most any user-space work could reach "
+                   "on this machine.")
+    return "\n".join(out) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "target/performance-run.md"))
@@ -54,7 +99,7 @@ def main():
     work = tempfile.mkdtemp(prefix="performance-run-")
     duration = "4s" if args.quick else "15s"
     scale_n = 300 if args.quick else 3500
-    capacity = [100, 200] if args.quick else [1000, 2000, 2500]
+    capacity = [100, 200] if args.quick else [1000, 1500, 2000, 2500]
     janus_loads = [20, 50] if args.quick else [100, 500, 1000, 2000, 2500]
     lines = []
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -83,6 +128,36 @@ def main():
         lines.append(f"| {workers} | {cpus} | {r['listeners_joined']} | {f['packets_per_s']:.0f} | {f['cpu_cores']:.2f} | "
                      f"{f['packets_per_cpu_second']:.0f} | {100 * f['packets_per_cpu_second'] / ceiling_no_drain:.0f} % |")
 
+    lines.append("\n## The edge's user-space cost per forwarded packet (rewrite, SRTP, batch build; no syscall)\n")
+    lines.append("| SRTP profile | ns per listener packet |\n| --- | --- |")
+    for profile, ns in user_space_per_listener().items():
+        lines.append(f"| {profile} | {ns:.0f} |")
+
+    few, many = (100, 300) if args.quick else (500, 2500)
+    lines.append(f"\n## Memory per listener past the DTLS linger ({few} and {many} listeners that never read, "
+                 "one edge of two workers and a core, `--dtls-linger 2s`)\n")
+    rss = {}
+    for n in (few, many):
+        r = local(work, f"memory-{n}", ["--edges", "1", "--edge-workers", "2", "--listeners", str(n), "--speakers",
+                                        "3", "--duration", duration, "--ramp", "100", "--deaf-listeners",
+                                        "--dtls-linger", "2s"])
+        rss[n] = (r["listeners_joined"], r.get("sfu_rss_end_mb") or 0.0)
+    lines.append("| listeners | joined | SFU RSS, all nodes, MB |\n| --- | --- | --- |")
+    for n, (joined, mb) in rss.items():
+        lines.append(f"| {n} | {joined} | {mb:.1f} |")
+    (j0, m0), (j1, m1) = rss[few], rss[many]
+    if j1 > j0:
+        lines.append(f"\nPer listener: {(m1 - m0) * 1024 / (j1 - j0):.1f} KiB (the slope between the two).")
+
+    pps = 3 * 50
+    drain = next(u for u in drained["udp"] if u["path"] == "loopback" and u["send"] == "sendto")
+    per_packet = 1 / drain["sends_per_cpu_s"] + 1 / drain["receives_per_cpu_s"]
+    machine_bound = (os.cpu_count() or 1) / per_packet / pps
+    lines.append(f"\nThe most listeners this machine's kernel could carry with no user-space work at all, "
+                 f"SFU and generator together: {os.cpu_count()} cores / ({1e6 / drain['sends_per_cpu_s']:.2f} µs per "
+                 f"send + {1e6 / drain['receives_per_cpu_s']:.2f} µs per receive) / {pps} packets a second each "
+                 f"= **{machine_bound:.0f}** (loopback ceiling above).")
+
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
     lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | meets |\n"
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -100,6 +175,13 @@ def main():
     ns = argparse.Namespace(duration=duration, ramp=100)
     rows = [jc.run_one(kind, n, ns, work) for kind in ("edge", "janus", "janus-2-loops") for n in janus_loads]
     lines.append(jc.table(rows, janus_loads))
+    lines.append("| listeners | Janus at defaults / our edge, CPU per packet (steady) | tuned Janus / our edge |\n"
+                 "| --- | --- | --- |")
+    cost = {(r["server"], r["listeners"]): r["steady_cpu_s_per_m"] for r in rows}
+    for n in janus_loads:
+        lines.append(f"| {n} | {cost[('janus', n)] / cost[('edge', n)]:.1f}x | "
+                     f"{cost[('janus-2-loops', n)] / cost[('edge', n)]:.1f}x |")
+    lines.append(profiles(work, 100 if args.quick else 500))
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)
