@@ -45,6 +45,17 @@ fn short_local_run_meets_its_thresholds() {
         report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(procs, vec!["core", "edge-1", "edge-2", "loadtest"]);
     assert!(report["processes"][1]["rss_max_mb"].as_f64().unwrap() > 1.0);
+    // The steady phase alone: its length, what listeners heard (20 listeners, 3 streams
+    // of 50 packets a second; counts are flushed each second, so within half either
+    // way), and each process's CPU over it.
+    let steady = &report["steady"];
+    assert!(steady["seconds"].as_f64().unwrap() >= 3.0, "{report}");
+    let heard = steady["packets_per_s"].as_f64().unwrap();
+    assert!((1500.0..4500.0).contains(&heard), "{heard} packets/s: {report}");
+    let steady_procs: Vec<&str> =
+        steady["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(steady_procs, procs);
+    assert!(steady["processes"][3]["cpu_cores"].as_f64().unwrap() > 0.0, "the generator worked: {report}");
     // Churned listeners left and rejoined; each still counts once, and nothing was lost.
     assert!(report["churned"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["sfu_rss_end_mb"].as_f64().unwrap() > 1.0, "{report}");
