@@ -159,16 +159,21 @@ def main():
                  f"= **{machine_bound:.0f}** (loopback ceiling above).")
 
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
-    lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | meets |\n"
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | "
+                 "steady: packets/s heard | edge µs per packet | generator µs per packet | meets |\n"
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in capacity:
         r = local(work, f"capacity-{n}", ["--edges", "1", "--edge-workers", "2", "--listeners", str(n), "--speakers",
                                           "3", "--duration", duration, "--ramp", "100", "--decrypt-every", "10"])
         procs = {x["name"]: x for x in r["processes"]}
+        steady = r.get("steady") or {"packets_per_s": 0, "processes": []}
+        cores = {x["name"]: x["cpu_cores"] for x in steady["processes"]}
+        pps = steady["packets_per_s"] or float("nan")
         ok = r["failed"] == 0 and r["listeners_joined"] == n and r["loss_percent"] < 0.5 and r["latency"]["p99_ms"] < 50
         lines.append(f"| {n} | {r['listeners_joined']} | {r['loss_percent']:.3f} | {r['latency']['p50_ms']:.1f} | "
                      f"{r['latency']['p99_ms']:.1f} | {procs['edge-1']['cpu_mean_percent']:.0f} | "
                      f"{procs['loadtest']['cpu_mean_percent']:.0f} | {r.get('sfu_rss_end_mb') or 0:.1f} | "
+                     f"{pps:.0f} | {1e6 * cores.get('edge-1', 0) / pps:.1f} | {1e6 * cores.get('loadtest', 0) / pps:.1f} | "
                      f"{'yes' if ok else 'no'} |")
 
     lines.append("\n## Side by side with Janus\n")
