@@ -663,7 +663,11 @@ async fn listen(
     let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
     let mut spurts_heard: HashMap<u32, u64> = HashMap::new();
     let mut said_bye = vec![false; streams.len()];
-    let mut interval = latency_histogram();
+    // This second's latency samples, for the live view: recorded into the shared
+    // histogram one by one each second (adding a whole histogram walks all its buckets).
+    let mut samples: Vec<u64> = Vec::with_capacity(256);
+    // Each speaker's last packet and longest gap, written to the report each second.
+    let mut gaps: Vec<(u32, Instant, Duration)> = Vec::new();
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     let mut next_consent = Instant::now() + CONSENT_INTERVAL;
     let mut buf = vec![0u8; 2048];
@@ -674,9 +678,12 @@ async fn listen(
     // One timer, moved when it fires: not a new one per packet.
     let timer = tokio::time::sleep_until(next_flush.min(next_consent).into());
     tokio::pin!(timer);
+    // One stop future for the whole loop, likewise.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let n = tokio::select! {
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             r = c.socket.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
             _ = &mut timer => 0,
         };
@@ -738,13 +745,21 @@ async fn listen(
             let arrival_us = micros_since(shared.epoch, now);
             let receiving_since = *receiving_since.get_or_insert(arrival_us);
             if let Some(csrc) = speaker {
-                let (last, gap) = report.speaker_gaps.entry(csrc.0).or_insert((now, Duration::ZERO));
-                *gap = (*gap).max(now - *last);
-                *last = now;
+                match gaps.iter_mut().find(|(s, _, _)| *s == csrc.0) {
+                    Some((_, last, gap)) => {
+                        *gap = (*gap).max(now - *last);
+                        *last = now;
+                    }
+                    None => gaps.push((csrc.0, now, Duration::ZERO)),
+                }
             }
             let Some(payload) = plain.and_then(|p| RtpView::parse(p).ok()).map(|v| v.payload()) else { continue };
             if let Some(sent) = read_stamp(payload) {
-                let _ = interval.record((latency(sent, arrival_us).as_micros() as u64).max(1));
+                let micros = (latency(sent, arrival_us).as_micros() as u64).max(1);
+                let _ = report.latency.record(micros);
+                if samples.len() < samples.capacity() {
+                    samples.push(micros);
+                }
             }
             // A talk spurt heard for the first time (on any slot, under any id): how long
             // it took to arrive, and how much of its start was lost. Sampled, a spurt whose
@@ -761,22 +776,31 @@ async fn listen(
                 }
             }
         }
+        let mut deadline_moved = false;
         if now >= next_flush {
             next_flush = now + Duration::from_secs(1);
+            deadline_moved = true;
             shared.live.packets.fetch_add(packets, Ordering::Relaxed);
             packets = 0;
-            let _ = shared.live.interval_latency.lock().expect("live histogram").add(&interval);
-            let _ = report.latency.add(&interval);
-            interval.reset();
+            let mut live = shared.live.interval_latency.lock().expect("live histogram");
+            for micros in samples.drain(..) {
+                let _ = live.record(micros);
+            }
+            drop(live);
+            report.speaker_gaps.extend(gaps.iter().map(|&(s, last, gap)| (s, (last, gap))));
         }
         if now >= next_consent {
             next_consent = now + CONSENT_INTERVAL;
+            deadline_moved = true;
             c.consent().await?;
         }
-        timer.as_mut().reset(next_flush.min(next_consent).into());
+        // Moved only when it must be: resetting a timer per packet costs the timer wheel.
+        if deadline_moved || timer.is_elapsed() {
+            timer.as_mut().reset(next_flush.min(next_consent).into());
+        }
     }
     shared.live.packets.fetch_add(packets, Ordering::Relaxed);
-    let _ = report.latency.add(&interval);
+    report.speaker_gaps.extend(gaps.iter().map(|&(s, last, gap)| (s, (last, gap))));
     report.streams = streams
         .iter()
         .map(|s| StreamReport {
