@@ -659,159 +659,267 @@ async fn listen(
             }
         }
     }
-    let answer = c.answer.clone();
-    let mut streams: Vec<StreamStats> = answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, shared.epoch)).collect();
-    let mut spurts_heard: HashMap<u32, u64> = HashMap::new();
-    let mut said_bye = vec![false; streams.len()];
-    // This second's latency samples, for the live view: recorded into the shared
-    // histogram one by one each second (adding a whole histogram walks all its buckets).
-    let mut samples: Vec<u64> = Vec::with_capacity(256);
-    // Each speaker's last packet and longest gap, written to the report each second.
-    let mut gaps: Vec<(u32, Instant, Duration)> = Vec::new();
-    let mut next_flush = Instant::now() + Duration::from_secs(1);
-    let mut next_consent = Instant::now() + CONSENT_INTERVAL;
+    let mut l = Listening::new(&c.answer, c.socket.peer_addr()?, c.offer_sent, shared.epoch, Instant::now());
     let mut buf = vec![0u8; 2048];
-    let mut plain_buf = Vec::with_capacity(2048);
-    let mut last_speaker: Vec<Option<media::Ssrc>> = vec![None; streams.len()];
-    let mut packets = 0u64;
-    let mut receiving_since: Option<u64> = None;
-    // One timer, moved when it fires: not a new one per packet.
-    let timer = tokio::time::sleep_until(next_flush.min(next_consent).into());
+    // One timer, moved when it must be: not a new one per packet.
+    let timer = tokio::time::sleep_until(l.deadline().into());
     tokio::pin!(timer);
     // One stop future for the whole loop, likewise.
     let stopped = stop.changed();
     tokio::pin!(stopped);
     loop {
-        let n = tokio::select! {
+        tokio::select! {
             _ = &mut stopped => break,
-            r = c.socket.recv(&mut buf) => match r { Ok(n) => n, Err(_) => continue },
-            _ = &mut timer => 0,
-        };
-        let now = Instant::now();
-        if n > 0 && classify(&buf[..n]) == PacketKind::Stun {
-            answer_check(&c.socket, &buf[..n], &c.pwd);
-        }
-        if n > 0 && classify(&buf[..n]) == PacketKind::Rtcp {
-            if let Ok(plain) = c.srtp.unprotect_rtcp(&buf[..n]) {
-                for fb in parse_feedback(&plain).unwrap_or_default() {
-                    if let Feedback::Bye(ssrc) = fb {
-                        if let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == ssrc) {
-                            said_bye[slot] = true;
-                        }
-                    }
-                }
-                if said_bye.iter().all(|&b| b) {
-                    report.ended_by_edge = true;
+            r = c.socket.recv(&mut buf) => {
+                let Ok(n) = r else { continue };
+                let socket = &c.socket;
+                let send = |reply: &[u8]| {
+                    let _ = socket.try_send(reply);
+                };
+                if l.on_datagram(&buf[..n], Instant::now(), &mut c.srtp, &c.pwd, shared, report, send) == Heard::Ended {
                     break;
                 }
             }
-        }
-        if n > 0 && classify(&buf[..n]) == PacketKind::Rtp {
-            // The header is clear text: every packet counts for loss, order, jitter and
-            // gaps; only a sample is decrypted (and timed).
-            let Ok(v) = RtpView::parse_protected(&buf[..n]) else { continue };
-            let Some(slot) = answer.slot_ssrcs.iter().position(|&s| s == v.ssrc) else { continue };
-            let speaker = v.csrcs().next();
-            let (sequence, timestamp, marker) = (v.sequence, v.timestamp, v.marker);
-            let switched = speaker != last_speaker[slot];
-            last_speaker[slot] = speaker;
-            report.packets_received += 1;
-            let sampled = report.packets_received % shared.decrypt_every == 1 % shared.decrypt_every;
-            let decrypt = sampled || marker || switched || report.join_time.is_none();
-            let plain = match decrypt {
-                true => match c.srtp.unprotect_rtp_into(&buf[..n], &mut plain_buf) {
-                    Ok(()) => Some(&plain_buf[..]),
-                    // Forged or damaged: not counted as received audio.
-                    Err(_) => {
-                        report.packets_received -= 1;
-                        continue;
-                    }
-                },
-                false => None,
-            };
-            if plain.is_some() {
-                report.packets_decrypted += 1;
-                if report.join_time.is_none() {
-                    report.join_time = Some(now - c.offer_sent);
-                    shared.live.joined.fetch_add(1, Ordering::Relaxed);
+            _ = &mut timer => {
+                if l.on_time(Instant::now(), shared, report) {
+                    c.consent().await?;
                 }
+                timer.as_mut().reset(l.deadline().into());
             }
-            streams[slot].on_packet(sequence, timestamp, now);
-            packets += 1;
-            if let Some(previous) = report.last_packet_at {
-                report.max_gap = report.max_gap.max(now - previous);
-            }
-            report.last_packet_at = Some(now);
-            let arrival_us = micros_since(shared.epoch, now);
-            let receiving_since = *receiving_since.get_or_insert(arrival_us);
-            if let Some(csrc) = speaker {
-                match gaps.iter_mut().find(|(s, _, _)| *s == csrc.0) {
-                    Some((_, last, gap)) => {
-                        *gap = (*gap).max(now - *last);
-                        *last = now;
-                    }
-                    None => gaps.push((csrc.0, now, Duration::ZERO)),
-                }
-            }
-            let Some(payload) = plain.and_then(|p| RtpView::parse(p).ok()).map(|v| v.payload()) else { continue };
-            if let Some(sent) = read_stamp(payload) {
-                let micros = (latency(sent, arrival_us).as_micros() as u64).max(1);
-                let _ = report.latency.record(micros);
-                if samples.len() < samples.capacity() {
-                    samples.push(micros);
-                }
-            }
-            // A talk spurt heard for the first time (on any slot, under any id): how long
-            // it took to arrive, and how much of its start was lost. Sampled, a spurt whose
-            // first packet was lost shows at its next decrypted packet: clips are then
-            // overstated, never hidden.
-            if let (Some(csrc), Some(sent), Some(spurt)) = (speaker, read_stamp(payload), read_spurt(payload)) {
-                if spurts_heard.get(&csrc.0) != Some(&spurt) {
-                    spurts_heard.insert(csrc.0, spurt);
-                    // Only talk spurts that began while this listener was receiving.
-                    if spurt > receiving_since {
-                        report.switch_times.push(latency(spurt, arrival_us));
-                        report.onset_clips.push(latency(spurt, sent));
-                    }
-                }
-            }
-        }
-        let mut deadline_moved = false;
-        if now >= next_flush {
-            next_flush = now + Duration::from_secs(1);
-            deadline_moved = true;
-            shared.live.packets.fetch_add(packets, Ordering::Relaxed);
-            packets = 0;
-            let mut live = shared.live.interval_latency.lock().expect("live histogram");
-            for micros in samples.drain(..) {
-                let _ = live.record(micros);
-            }
-            drop(live);
-            report.speaker_gaps.extend(gaps.iter().map(|&(s, last, gap)| (s, (last, gap))));
-        }
-        if now >= next_consent {
-            next_consent = now + CONSENT_INTERVAL;
-            deadline_moved = true;
-            c.consent().await?;
-        }
-        // Moved only when it must be: resetting a timer per packet costs the timer wheel.
-        if deadline_moved || timer.is_elapsed() {
-            timer.as_mut().reset(next_flush.min(next_consent).into());
         }
     }
-    shared.live.packets.fetch_add(packets, Ordering::Relaxed);
-    report.speaker_gaps.extend(gaps.iter().map(|&(s, last, gap)| (s, (last, gap))));
-    report.streams = streams
-        .iter()
-        .map(|s| StreamReport {
-            expected: s.expected(),
-            lost: s.lost(),
-            duplicates: s.duplicates,
-            out_of_order: s.out_of_order,
-            jitter: s.jitter(),
-        })
-        .collect();
+    l.finish(shared, report);
     Ok(())
+}
+
+/// What a listener's datagram did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    Counted,
+    /// The edge said BYE on every slot.
+    Ended,
+}
+
+/// A listener's measuring, apart from how its datagrams are received: fed datagrams
+/// and the time, it counts every packet from its clear header, decrypts and times a
+/// sample, answers the server's ICE checks, and says when consent is due. Run on the
+/// listener's own task (`listen`) or in a receive pool (`crate::pool`).
+pub(crate) struct Listening {
+    /// The edge's media address (our ICE answers echo it).
+    peer: std::net::SocketAddr,
+    offer_sent: Instant,
+    slot_ssrcs: Vec<Ssrc>,
+    streams: Vec<StreamStats>,
+    spurts_heard: HashMap<u32, u64>,
+    said_bye: Vec<bool>,
+    /// This second's latency samples, for the live view: recorded into the shared
+    /// histogram one by one each second (adding a whole histogram walks all its buckets).
+    samples: Vec<u64>,
+    /// Each speaker's last packet and longest gap, written to the report each second.
+    gaps: Vec<(u32, Instant, Duration)>,
+    last_speaker: Vec<Option<Ssrc>>,
+    plain_buf: Vec<u8>,
+    packets: u64,
+    receiving_since: Option<u64>,
+    next_flush: Instant,
+    next_consent: Instant,
+}
+
+impl Listening {
+    pub(crate) fn new(
+        answer: &Answer,
+        peer: std::net::SocketAddr,
+        offer_sent: Instant,
+        epoch: Instant,
+        now: Instant,
+    ) -> Self {
+        let slots = answer.slot_ssrcs.len();
+        Listening {
+            peer,
+            offer_sent,
+            slot_ssrcs: answer.slot_ssrcs.clone(),
+            streams: answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, epoch)).collect(),
+            spurts_heard: HashMap::new(),
+            said_bye: vec![false; slots],
+            samples: Vec::with_capacity(256),
+            gaps: Vec::new(),
+            last_speaker: vec![None; slots],
+            plain_buf: Vec::with_capacity(2048),
+            packets: 0,
+            receiving_since: None,
+            next_flush: now + Duration::from_secs(1),
+            next_consent: now + CONSENT_INTERVAL,
+        }
+    }
+
+    /// When `on_time` has work next.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.next_flush.min(self.next_consent)
+    }
+
+    /// One datagram from the edge; `send` carries a reply (to the server's ICE checks).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_datagram(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        srtp: &mut SrtpSession,
+        pwd: &str,
+        shared: &Shared,
+        report: &mut ClientReport,
+        send: impl FnOnce(&[u8]),
+    ) -> Heard {
+        match classify(data) {
+            PacketKind::Stun => {
+                if let Ok(response) = media::ice::BindingRequest::parse(data).and_then(|r| r.respond(pwd, self.peer)) {
+                    send(&response);
+                }
+                Heard::Counted
+            }
+            PacketKind::Rtcp => self.on_rtcp(data, srtp, report),
+            PacketKind::Rtp => {
+                self.on_rtp(data, now, srtp, shared, report);
+                Heard::Counted
+            }
+            _ => Heard::Counted,
+        }
+    }
+
+    fn on_rtcp(&mut self, data: &[u8], srtp: &mut SrtpSession, report: &mut ClientReport) -> Heard {
+        let Ok(plain) = srtp.unprotect_rtcp(data) else { return Heard::Counted };
+        for fb in parse_feedback(&plain).unwrap_or_default() {
+            if let Feedback::Bye(ssrc) = fb {
+                if let Some(slot) = self.slot_ssrcs.iter().position(|&s| s == ssrc) {
+                    self.said_bye[slot] = true;
+                }
+            }
+        }
+        if self.said_bye.iter().all(|&b| b) {
+            report.ended_by_edge = true;
+            return Heard::Ended;
+        }
+        Heard::Counted
+    }
+
+    fn on_rtp(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        srtp: &mut SrtpSession,
+        shared: &Shared,
+        report: &mut ClientReport,
+    ) {
+        // The header is clear text: every packet counts for loss, order, jitter and gaps;
+        // only a sample is decrypted (and timed).
+        let Ok(v) = RtpView::parse_protected(data) else { return };
+        let Some(slot) = self.slot_ssrcs.iter().position(|&s| s == v.ssrc) else { return };
+        let speaker = v.csrcs().next();
+        let (sequence, timestamp, marker) = (v.sequence, v.timestamp, v.marker);
+        let switched = speaker != self.last_speaker[slot];
+        self.last_speaker[slot] = speaker;
+        report.packets_received += 1;
+        let sampled = report.packets_received % shared.decrypt_every == 1 % shared.decrypt_every;
+        let decrypt = sampled || marker || switched || report.join_time.is_none();
+        let plain = match decrypt {
+            true => match srtp.unprotect_rtp_into(data, &mut self.plain_buf) {
+                Ok(()) => Some(&self.plain_buf[..]),
+                // Forged or damaged: not counted as received audio.
+                Err(_) => {
+                    report.packets_received -= 1;
+                    return;
+                }
+            },
+            false => None,
+        };
+        if plain.is_some() {
+            report.packets_decrypted += 1;
+            if report.join_time.is_none() {
+                report.join_time = Some(now - self.offer_sent);
+                shared.live.joined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.streams[slot].on_packet(sequence, timestamp, now);
+        self.packets += 1;
+        if let Some(previous) = report.last_packet_at {
+            report.max_gap = report.max_gap.max(now - previous);
+        }
+        report.last_packet_at = Some(now);
+        let arrival_us = micros_since(shared.epoch, now);
+        let receiving_since = *self.receiving_since.get_or_insert(arrival_us);
+        if let Some(csrc) = speaker {
+            match self.gaps.iter_mut().find(|(s, _, _)| *s == csrc.0) {
+                Some((_, last, gap)) => {
+                    *gap = (*gap).max(now - *last);
+                    *last = now;
+                }
+                None => self.gaps.push((csrc.0, now, Duration::ZERO)),
+            }
+        }
+        let Some(payload) = plain.and_then(|p| RtpView::parse(p).ok()).map(|v| v.payload()) else { return };
+        let stamp = read_stamp(payload);
+        if let Some(sent) = stamp {
+            let micros = (latency(sent, arrival_us).as_micros() as u64).max(1);
+            let _ = report.latency.record(micros);
+            if self.samples.len() < self.samples.capacity() {
+                self.samples.push(micros);
+            }
+        }
+        // A talk spurt heard for the first time (on any slot, under any id): how long
+        // it took to arrive, and how much of its start was lost. Sampled, a spurt whose
+        // first packet was lost shows at its next decrypted packet: clips are then
+        // overstated, never hidden.
+        if let (Some(csrc), Some(sent), Some(spurt)) = (speaker, stamp, read_spurt(payload)) {
+            if self.spurts_heard.get(&csrc.0) != Some(&spurt) {
+                self.spurts_heard.insert(csrc.0, spurt);
+                // Only talk spurts that began while this listener was receiving.
+                if spurt > receiving_since {
+                    report.switch_times.push(latency(spurt, arrival_us));
+                    report.onset_clips.push(latency(spurt, sent));
+                }
+            }
+        }
+    }
+
+    /// The time's work: each second the live counts; true when a consent check is due
+    /// (the caller sends it).
+    pub(crate) fn on_time(&mut self, now: Instant, shared: &Shared, report: &mut ClientReport) -> bool {
+        if now >= self.next_flush {
+            self.next_flush = now + Duration::from_secs(1);
+            self.flush(shared, report);
+        }
+        let consent = now >= self.next_consent;
+        if consent {
+            self.next_consent = now + CONSENT_INTERVAL;
+        }
+        consent
+    }
+
+    fn flush(&mut self, shared: &Shared, report: &mut ClientReport) {
+        shared.live.packets.fetch_add(std::mem::take(&mut self.packets), Ordering::Relaxed);
+        if !self.samples.is_empty() {
+            let mut live = shared.live.interval_latency.lock().expect("live histogram");
+            for micros in self.samples.drain(..) {
+                let _ = live.record(micros);
+            }
+        }
+        report.speaker_gaps.extend(self.gaps.iter().map(|&(s, last, gap)| (s, (last, gap))));
+    }
+
+    /// The listener stops: what it counted goes into its report.
+    pub(crate) fn finish(mut self, shared: &Shared, report: &mut ClientReport) {
+        self.flush(shared, report);
+        report.streams = self
+            .streams
+            .iter()
+            .map(|s| StreamReport {
+                expected: s.expected(),
+                lost: s.lost(),
+                duplicates: s.duplicates,
+                out_of_order: s.out_of_order,
+                jitter: s.jitter(),
+            })
+            .collect();
+    }
 }
 
 /// A client on its own task, as tests drive them: started, then stopped for its report.
