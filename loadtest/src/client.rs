@@ -54,6 +54,9 @@ pub struct Shared {
     /// Clients join this VideoRoom room of the Janus at their base URL instead of an
     /// edge (for the side-by-side benchmark).
     pub janus_room: Option<u64>,
+    /// Listeners receive in these threads once connected (batched), instead of each on
+    /// its own task.
+    pub pool: Option<crate::pool::ReceivePool>,
 }
 
 /// Counters for the live display; histograms are merged once a second per client.
@@ -156,10 +159,14 @@ pub struct ClientReport {
 
 impl ClientReport {
     fn new(spec: &ClientSpec) -> Self {
+        Self::blank(spec.name.clone(), spec.edge, matches!(spec.role, Role::Listener { .. }))
+    }
+
+    fn blank(name: String, edge: usize, listener: bool) -> Self {
         ClientReport {
-            name: spec.name.clone(),
-            edge: spec.edge,
-            listener: matches!(spec.role, Role::Listener { .. }),
+            name,
+            edge,
+            listener,
             error: None,
             join_time: None,
             latency: latency_histogram(),
@@ -246,6 +253,7 @@ impl Shared {
             decrypt_every: 1,
             deaf: false,
             janus_room: None,
+            pool: None,
         })
     }
 
@@ -362,9 +370,13 @@ fn answer_check(socket: &UdpSocket, packet: &[u8], pwd: &str) {
 pub async fn handshake_as(j: &Joined, shared: &Shared, dtls_client: bool) -> anyhow::Result<SrtpSession> {
     let remote = *j.answer.candidates.first().ok_or_else(|| anyhow::anyhow!("answer has no candidate"))?;
     let (tx, rx) = mpsc::channel(dtls::DTLS_QUEUE);
-    let out = j.socket.clone();
+    // Weak: the DTLS connection's tasks may outlive the handshake, and a receive pool
+    // takes the socket for itself afterwards.
+    let out = Arc::downgrade(&j.socket);
     let sink: DatagramSink = Arc::new(move |d: Bytes| {
-        let _ = out.try_send(&d);
+        if let Some(socket) = out.upgrade() {
+            let _ = socket.try_send(&d);
+        }
     });
     let handshake = dtls::handshake(
         &shared.identity,
@@ -527,7 +539,7 @@ async fn connect_janus(spec: &ClientSpec, shared: &Shared, room: u64) -> anyhow:
 
 async fn session(
     spec: &ClientSpec,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stop: &mut watch::Receiver<bool>,
     report: &mut ClientReport,
 ) -> anyhow::Result<()> {
@@ -540,15 +552,64 @@ async fn session(
             shared.live.joined.fetch_add(1, Ordering::Relaxed);
             speak(&mut c, shared, stop, report, params).await
         }
-        Role::Listener { .. } => listen(&mut c, shared, stop, report).await,
+        Role::Listener { .. } => match shared.pool.as_ref().filter(|_| !shared.deaf) {
+            Some(pool) => {
+                let (location, janus) = (c.location.take(), c.janus.take());
+                let result = listen_pooled(c, shared, pool, stop, report).await;
+                leave(shared, location.as_deref(), janus.as_deref()).await;
+                return result;
+            }
+            None => listen(&mut c, shared, stop, report).await,
+        },
     };
-    if let Some(location) = &c.location {
+    leave(shared, c.location.as_deref(), c.janus.as_deref()).await;
+    result
+}
+
+/// Ends the session at the SFU: DELETE for ours, destroy for a Janus session.
+async fn leave(shared: &Shared, location: Option<&str>, janus: Option<&crate::janus::Session>) {
+    if let Some(location) = location {
         let _ = shared.http.delete(location).send().await;
     }
-    if let Some(session) = &c.janus {
+    if let Some(session) = janus {
         session.destroy().await;
     }
-    result
+}
+
+/// `listen` in a receive pool: the socket and the measuring move to a receive thread
+/// until the stop (or the edge's BYE), then the report comes back.
+async fn listen_pooled(
+    mut c: Connected,
+    shared: &Arc<Shared>,
+    pool: &crate::pool::ReceivePool,
+    stop: &mut watch::Receiver<bool>,
+    report: &mut ClientReport,
+) -> anyhow::Result<()> {
+    let peer = c.socket.peer_addr()?;
+    // The handshake's sink may hold the socket for the moment of a send.
+    let socket = loop {
+        match Arc::try_unwrap(c.socket) {
+            Ok(socket) => break socket.into_std()?,
+            Err(shared_socket) => {
+                c.socket = shared_socket;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let (consent, _) = binding_request(&c.answer.ice_ufrag, &c.ufrag, &c.answer.ice_pwd)?;
+    let listener = crate::pool::PooledListener {
+        socket,
+        srtp: c.srtp,
+        pwd: c.pwd,
+        consent,
+        listening: Listening::new(&c.answer, peer, c.offer_sent, shared.epoch, Instant::now()),
+        report: std::mem::replace(report, ClientReport::blank(String::new(), 0, true)),
+    };
+    let receiving = pool.add(listener, shared.clone())?;
+    let mut back = pool.until(receiving, stop).await?;
+    back.listening.finish(shared, &mut back.report);
+    *report = back.report;
+    Ok(())
 }
 
 fn talking(

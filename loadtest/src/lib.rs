@@ -9,6 +9,7 @@ pub mod janus;
 pub mod link;
 pub mod measure;
 pub mod plot;
+pub mod pool;
 pub mod procs;
 pub mod report;
 pub mod scenario;

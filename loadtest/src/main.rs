@@ -201,6 +201,13 @@ struct LoadArgs {
     /// reports the edges' forwarded packets per second instead).
     #[arg(long)]
     deaf_listeners: bool,
+    /// Threads listeners receive in once connected, each waiting on its share of the
+    /// sockets with one epoll and reading each with `recvmmsg`; 0: one per core. With
+    /// `--task-per-listener`, each listener receives on its own task instead.
+    #[arg(long, default_value_t = 0)]
+    receive_threads: usize,
+    #[arg(long)]
+    task_per_listener: bool,
 }
 
 /// Impairment of every core-edge link, both ways (`local` only), through a user-space
@@ -293,6 +300,10 @@ impl LoadArgs {
             decrypt_every: self.decrypt_every,
             deaf: self.deaf_listeners,
             janus_room: None,
+            receive_threads: match self.task_per_listener {
+                true => None,
+                false => Some(edge_sfu::config::workers_or_cores(self.receive_threads)),
+            },
         }
     }
 

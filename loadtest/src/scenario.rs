@@ -53,6 +53,9 @@ pub struct Scenario {
     pub deaf: bool,
     /// Clients join this room of a Janus VideoRoom (see `Shared::janus_room`).
     pub janus_room: Option<u64>,
+    /// Listeners receive in this many threads once connected (see `Shared::pool`);
+    /// `None`: each on its own task.
+    pub receive_threads: Option<usize>,
 }
 
 async fn token(s: &Scenario, shared: &Shared, base: &str, name: &str, role: TokenRole) -> anyhow::Result<String> {
@@ -95,6 +98,9 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     shared.decrypt_every = s.decrypt_every.max(1);
     shared.deaf = s.deaf;
     shared.janus_room = s.janus_room;
+    if let Some(threads) = s.receive_threads.filter(|_| !s.deaf) {
+        shared.pool = Some(crate::pool::ReceivePool::new(threads)?);
+    }
     let shared = Arc::new(shared);
     let bar = if s.progress { ProgressBar::new(s.listeners as u64) } else { ProgressBar::hidden() };
     bar.set_style(
