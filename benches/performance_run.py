@@ -100,7 +100,7 @@ def main():
     duration = "4s" if args.quick else "15s"
     scale_n = 300 if args.quick else 3500
     capacity = [100, 200] if args.quick else [1000, 1500, 2000, 2500]
-    janus_loads = [20, 50] if args.quick else [100, 500, 1000, 2000, 2500]
+    janus_loads = [20, 50] if args.quick else [100, 500, 750, 1000, 2000, 2500]
     lines = []
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines.append(f"# Performance run\n\n{os.cpu_count()} cores, {cpu}; command: `python3 benches/performance_run.py"
