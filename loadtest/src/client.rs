@@ -587,13 +587,16 @@ async fn listen_pooled(
 ) -> anyhow::Result<()> {
     let peer = c.socket.peer_addr()?;
     // The handshake's sink may hold the socket for the moment of a send.
+    let mut tries = 0;
     let socket = loop {
         match Arc::try_unwrap(c.socket) {
             Ok(socket) => break socket.into_std()?,
-            Err(shared_socket) => {
+            Err(shared_socket) if tries < 100 => {
                 c.socket = shared_socket;
+                tries += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            Err(_) => anyhow::bail!("the socket is still shared a second after the handshake"),
         }
     };
     let (consent, _) = binding_request(&c.answer.ice_ufrag, &c.ufrag, &c.answer.ice_pwd)?;

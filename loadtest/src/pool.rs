@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use media::srtp::SrtpSession;
@@ -45,7 +45,7 @@ enum Command {
 
 /// Receive threads for a run's listeners; each listener goes to the next in turn.
 pub struct ReceivePool {
-    threads: Vec<Mutex<mpsc::Sender<Command>>>,
+    threads: Vec<mpsc::Sender<Command>>,
     next: AtomicUsize,
     ids: AtomicU64,
 }
@@ -63,7 +63,7 @@ impl ReceivePool {
             .map(|i| {
                 let (tx, rx) = mpsc::channel();
                 std::thread::Builder::new().name(format!("receive-{i}")).spawn(move || receive(rx))?;
-                Ok(Mutex::new(tx))
+                Ok(tx)
             })
             .collect::<std::io::Result<_>>()?;
         Ok(ReceivePool { threads, next: AtomicUsize::new(0), ids: AtomicU64::new(0) })
@@ -96,8 +96,7 @@ impl ReceivePool {
     }
 
     fn send(&self, thread: usize, command: Command) -> anyhow::Result<()> {
-        let tx = self.threads[thread].lock().expect("receive thread sender");
-        tx.send(command).map_err(|_| anyhow::anyhow!("receive thread {thread} has stopped"))
+        self.threads[thread].send(command).map_err(|_| anyhow::anyhow!("receive thread {thread} has stopped"))
     }
 }
 
