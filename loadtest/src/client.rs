@@ -219,10 +219,16 @@ impl Connected {
     /// A consent-freshness check (RFC 7675), as browsers send every few seconds.
     /// `&mut`: the SRTP contexts inside are `Send` but not `Sync`.
     async fn consent(&mut self) -> anyhow::Result<()> {
-        let (req, _) = binding_request(&self.answer.ice_ufrag, &self.ufrag, &self.answer.ice_pwd)?;
+        let req = consent_request(&self.answer, &self.ufrag)?;
         let _ = self.socket.send(&req).await;
         Ok(())
     }
+}
+
+/// A consent-freshness check (RFC 7675) with the answer's credentials, a new
+/// transaction each time.
+fn consent_request(answer: &Answer, ufrag: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(binding_request(&answer.ice_ufrag, ufrag, &answer.ice_pwd)?.0)
 }
 
 /// How many loopback addresses (127.0.1.1 and up) clients' HTTP requests come from when
@@ -359,11 +365,15 @@ async fn ice_check(
 /// Answers a server's connectivity check (a full ICE agent such as Janus's checks its
 /// peers, and keeps checking for consent).
 fn answer_check(socket: &UdpSocket, packet: &[u8], pwd: &str) {
-    if let (Ok(request), Ok(from)) = (media::ice::BindingRequest::parse(packet), socket.peer_addr()) {
-        if let Ok(response) = request.respond(pwd, from) {
-            let _ = socket.try_send(&response);
-        }
+    if let Some(response) = socket.peer_addr().ok().and_then(|from| check_response(packet, pwd, from)) {
+        let _ = socket.try_send(&response);
     }
+}
+
+/// The answer to a connectivity check from `from` (the server, which our socket is
+/// connected to), if `packet` is one.
+fn check_response(packet: &[u8], pwd: &str, from: std::net::SocketAddr) -> Option<Vec<u8>> {
+    media::ice::BindingRequest::parse(packet).and_then(|r| r.respond(pwd, from)).ok()
 }
 
 /// The DTLS handshake in the given role.
@@ -546,6 +556,8 @@ async fn session(
     let mut c = connect(spec, shared).await?;
     report.edge_url = Some(c.edge_url.clone());
     report.media_addr = c.answer.candidates.first().copied();
+    // Kept here: a pooled listener hands the rest of `c` to its receive thread.
+    let (location, janus) = (c.location.take(), c.janus.take());
     let result = match &spec.role {
         Role::Speaker(params) => {
             report.join_time = Some(c.offer_sent.elapsed());
@@ -553,16 +565,11 @@ async fn session(
             speak(&mut c, shared, stop, report, params).await
         }
         Role::Listener { .. } => match shared.pool.as_ref().filter(|_| !shared.deaf) {
-            Some(pool) => {
-                let (location, janus) = (c.location.take(), c.janus.take());
-                let result = listen_pooled(c, shared, pool, stop, report).await;
-                leave(shared, location.as_deref(), janus.as_deref()).await;
-                return result;
-            }
+            Some(pool) => listen_pooled(c, shared, pool, stop, report).await,
             None => listen(&mut c, shared, stop, report).await,
         },
     };
-    leave(shared, c.location.as_deref(), c.janus.as_deref()).await;
+    leave(shared, location.as_deref(), janus.as_deref()).await;
     result
 }
 
@@ -585,7 +592,7 @@ async fn listen_pooled(
     stop: &mut watch::Receiver<bool>,
     report: &mut ClientReport,
 ) -> anyhow::Result<()> {
-    let peer = c.socket.peer_addr()?;
+    let listening = Listening::new(&c, shared.epoch, Instant::now())?;
     // The handshake's sink may hold the socket for the moment of a send.
     let mut tries = 0;
     let socket = loop {
@@ -599,13 +606,10 @@ async fn listen_pooled(
             Err(_) => anyhow::bail!("the socket is still shared a second after the handshake"),
         }
     };
-    let (consent, _) = binding_request(&c.answer.ice_ufrag, &c.ufrag, &c.answer.ice_pwd)?;
     let listener = crate::pool::PooledListener {
         socket,
         srtp: c.srtp,
-        pwd: c.pwd,
-        consent,
-        listening: Listening::new(&c.answer, peer, c.offer_sent, shared.epoch, Instant::now()),
+        listening,
         report: std::mem::replace(report, ClientReport::blank(String::new(), 0, true)),
     };
     let receiving = pool.add(listener, shared.clone())?;
@@ -723,7 +727,7 @@ async fn listen(
             }
         }
     }
-    let mut l = Listening::new(&c.answer, c.socket.peer_addr()?, c.offer_sent, shared.epoch, Instant::now());
+    let mut l = Listening::new(c, shared.epoch, Instant::now())?;
     let mut buf = vec![0u8; 2048];
     // One timer, moved when it must be: not a new one per packet.
     let timer = tokio::time::sleep_until(l.deadline().into());
@@ -740,13 +744,13 @@ async fn listen(
                 let send = |reply: &[u8]| {
                     let _ = socket.try_send(reply);
                 };
-                if l.on_datagram(&buf[..n], Instant::now(), &mut c.srtp, &c.pwd, shared, report, send) == Heard::Ended {
+                if l.on_datagram(&buf[..n], Instant::now(), &mut c.srtp, shared, report, send) == Heard::Ended {
                     break;
                 }
             }
             _ = &mut timer => {
-                if l.on_time(Instant::now(), shared, report) {
-                    c.consent().await?;
+                if let Some(consent) = l.on_time(Instant::now(), shared, report)? {
+                    let _ = c.socket.send(&consent).await;
                 }
                 timer.as_mut().reset(l.deadline().into());
             }
@@ -766,13 +770,17 @@ pub(crate) enum Heard {
 
 /// A listener's measuring, apart from how its datagrams are received: fed datagrams
 /// and the time, it counts every packet from its clear header, decrypts and times a
-/// sample, answers the server's ICE checks, and says when consent is due. Run on the
-/// listener's own task (`listen`) or in a receive pool (`crate::pool`).
+/// sample, answers the server's ICE checks, and gives the consent checks to send. Run
+/// on the listener's own task (`listen`) or in a receive pool (`crate::pool`).
 pub(crate) struct Listening {
+    answer: Answer,
+    /// Our ICE credentials: consent checks carry the ufrag, answers to the server's
+    /// checks the password.
+    ufrag: String,
+    pwd: String,
     /// The edge's media address (our ICE answers echo it).
     peer: std::net::SocketAddr,
     offer_sent: Instant,
-    slot_ssrcs: Vec<Ssrc>,
     streams: Vec<StreamStats>,
     spurts_heard: HashMap<u32, u64>,
     said_bye: Vec<bool>,
@@ -790,19 +798,15 @@ pub(crate) struct Listening {
 }
 
 impl Listening {
-    pub(crate) fn new(
-        answer: &Answer,
-        peer: std::net::SocketAddr,
-        offer_sent: Instant,
-        epoch: Instant,
-        now: Instant,
-    ) -> Self {
-        let slots = answer.slot_ssrcs.len();
-        Listening {
-            peer,
-            offer_sent,
-            slot_ssrcs: answer.slot_ssrcs.clone(),
-            streams: answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, epoch)).collect(),
+    fn new(c: &Connected, epoch: Instant, now: Instant) -> anyhow::Result<Self> {
+        let slots = c.answer.slot_ssrcs.len();
+        Ok(Listening {
+            answer: c.answer.clone(),
+            ufrag: c.ufrag.clone(),
+            pwd: c.pwd.clone(),
+            peer: c.socket.peer_addr()?,
+            offer_sent: c.offer_sent,
+            streams: c.answer.slot_ssrcs.iter().map(|&s| StreamStats::new(s, epoch)).collect(),
             spurts_heard: HashMap::new(),
             said_bye: vec![false; slots],
             samples: Vec::with_capacity(256),
@@ -813,7 +817,7 @@ impl Listening {
             receiving_since: None,
             next_flush: now + Duration::from_secs(1),
             next_consent: now + CONSENT_INTERVAL,
-        }
+        })
     }
 
     /// When `on_time` has work next.
@@ -822,20 +826,18 @@ impl Listening {
     }
 
     /// One datagram from the edge; `send` carries a reply (to the server's ICE checks).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_datagram(
         &mut self,
         data: &[u8],
         now: Instant,
         srtp: &mut SrtpSession,
-        pwd: &str,
         shared: &Shared,
         report: &mut ClientReport,
         send: impl FnOnce(&[u8]),
     ) -> Heard {
         match classify(data) {
             PacketKind::Stun => {
-                if let Ok(response) = media::ice::BindingRequest::parse(data).and_then(|r| r.respond(pwd, self.peer)) {
+                if let Some(response) = check_response(data, &self.pwd, self.peer) {
                     send(&response);
                 }
                 Heard::Counted
@@ -853,7 +855,7 @@ impl Listening {
         let Ok(plain) = srtp.unprotect_rtcp(data) else { return Heard::Counted };
         for fb in parse_feedback(&plain).unwrap_or_default() {
             if let Feedback::Bye(ssrc) = fb {
-                if let Some(slot) = self.slot_ssrcs.iter().position(|&s| s == ssrc) {
+                if let Some(slot) = self.answer.slot_ssrcs.iter().position(|&s| s == ssrc) {
                     self.said_bye[slot] = true;
                 }
             }
@@ -876,7 +878,7 @@ impl Listening {
         // The header is clear text: every packet counts for loss, order, jitter and gaps;
         // only a sample is decrypted (and timed).
         let Ok(v) = RtpView::parse_protected(data) else { return };
-        let Some(slot) = self.slot_ssrcs.iter().position(|&s| s == v.ssrc) else { return };
+        let Some(slot) = self.answer.slot_ssrcs.iter().position(|&s| s == v.ssrc) else { return };
         let speaker = v.csrcs().next();
         let (sequence, timestamp, marker) = (v.sequence, v.timestamp, v.marker);
         let switched = speaker != self.last_speaker[slot];
@@ -944,18 +946,23 @@ impl Listening {
         }
     }
 
-    /// The time's work: each second the live counts; true when a consent check is due
+    /// The time's work: each second the live counts; a consent check when one is due
     /// (the caller sends it).
-    pub(crate) fn on_time(&mut self, now: Instant, shared: &Shared, report: &mut ClientReport) -> bool {
+    pub(crate) fn on_time(
+        &mut self,
+        now: Instant,
+        shared: &Shared,
+        report: &mut ClientReport,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         if now >= self.next_flush {
             self.next_flush = now + Duration::from_secs(1);
             self.flush(shared, report);
         }
-        let consent = now >= self.next_consent;
-        if consent {
-            self.next_consent = now + CONSENT_INTERVAL;
+        if now < self.next_consent {
+            return Ok(None);
         }
-        consent
+        self.next_consent = now + CONSENT_INTERVAL;
+        consent_request(&self.answer, &self.ufrag).map(Some)
     }
 
     fn flush(&mut self, shared: &Shared, report: &mut ClientReport) {

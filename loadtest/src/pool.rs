@@ -30,10 +30,6 @@ const POLL_EVERY: Duration = Duration::from_millis(1);
 pub(crate) struct PooledListener {
     pub socket: UdpSocket,
     pub srtp: SrtpSession,
-    /// Our ICE password (the server's checks are answered with it).
-    pub pwd: String,
-    /// A consent check to send when due (RFC 7675).
-    pub consent: Vec<u8>,
     pub listening: Listening,
     pub report: ClientReport,
 }
@@ -158,8 +154,11 @@ fn receive(commands: mpsc::Receiver<Command>) {
             next_time = now + Duration::from_millis(50);
             for e in entries.values_mut() {
                 let l = &mut *e.listener;
-                if now >= l.listening.deadline() && l.listening.on_time(now, &e.shared, &mut l.report) {
-                    let _ = l.socket.send(&l.consent);
+                if now < l.listening.deadline() {
+                    continue;
+                }
+                if let Ok(Some(consent)) = l.listening.on_time(now, &e.shared, &mut l.report) {
+                    let _ = l.socket.send(&consent);
                 }
             }
         }
@@ -197,8 +196,7 @@ fn read(
         let send = |reply: &[u8]| {
             let _ = socket.send(reply);
         };
-        let heard =
-            l.listening.on_datagram(&buffer[..length], now, &mut l.srtp, &l.pwd, &e.shared, &mut l.report, send);
+        let heard = l.listening.on_datagram(&buffer[..length], now, &mut l.srtp, &e.shared, &mut l.report, send);
         if heard == Heard::Ended {
             return Heard::Ended;
         }

@@ -219,7 +219,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         }
         if now >= next_tick {
             next_tick += Duration::from_secs(1);
-            let packets = shared.live.packets.load(std::sync::atomic::Ordering::Relaxed);
+            let packets = live_packets();
             let pps = packets - last_packets;
             last_packets = packets;
             let (p50, p99) = {
