@@ -6,9 +6,9 @@ loops, as its documentation suggests for many handles) and each load, a fresh se
 started on loopback, `loadtest run` joins 3 speakers and N listeners (3 streams each) for
 real (ICE, DTLS, SRTP), and the table gets: CPU-seconds of the server per million packets
 its listeners received (in the steady phase, when everyone has joined: what forwarding
-costs; and over the whole run, joins included), end-to-end latency p50/p99 (loopback, so what the server adds),
-the server's RSS per listener, loss, and the most listeners it carried at < 0.5 % loss and
-p99 < 50 ms. Installs Janus from Debian if it is missing.
+costs; and over the whole run, joins included), end-to-end latency p50/p99 (loopback, so
+what the server adds), the server's RSS per listener, loss, and the most listeners it
+carried at < 0.5 % loss and p99 < 50 ms. Installs Janus from Debian if it is missing.
 
     python3 benches/janus_compare.py [--loads 100,500,1000,2000] [--duration 15s] [--out FILE]
 """
@@ -147,6 +147,20 @@ def perf_profile(pid, seconds, folder):
     }
 
 
+def steady_cost(report, process):
+    """CPU-seconds `process` spent per million packets heard in the report's steady phase
+    (µs per packet); infinite if nothing was heard."""
+    steady = report.get("steady") or {"packets_per_s": 0, "processes": []}
+    cores = next((p["cpu_cores"] for p in steady["processes"] if p["name"] == process), 0.0)
+    return cores / steady["packets_per_s"] * 1e6 if steady["packets_per_s"] else float("inf")
+
+
+def meets(report, listeners):
+    """Every listener joined and heard with < 0.5 % loss and p99 < 50 ms."""
+    return (report["failed"] == 0 and report["listeners_joined"] == listeners and report["loss_percent"] < 0.5
+            and report["latency"]["p99_ms"] < 50.0)
+
+
 def run_one(kind, listeners, args, work, profile_seconds=0):
     folder = tempfile.mkdtemp(dir=work)
     with open(os.path.join(folder, "server.log"), "w") as log:
@@ -175,8 +189,6 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
     srv = procs["server"]
     cpu_s = srv["cpu_mean_percent"] / 100.0 * r["run_s"]
     received = r["packets_received"]
-    steady = r.get("steady") or {"packets_per_s": 0, "processes": []}
-    steady_cores = next((p["cpu_cores"] for p in steady["processes"] if p["name"] == "server"), 0.0)
     joined = r["listeners_joined"]
     row = {
         "server": kind,
@@ -185,7 +197,7 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
         "failed": r["failed"],
         "packets_received": received,
         "cpu_s_per_m": cpu_s / received * 1e6 if received else float("inf"),
-        "steady_cpu_s_per_m": steady_cores / steady["packets_per_s"] * 1e6 if steady["packets_per_s"] else float("inf"),
+        "steady_cpu_s_per_m": steady_cost(r, "server"),
         "p50_ms": r["latency"]["p50_ms"],
         "p99_ms": r["latency"]["p99_ms"],
         "loss_percent": r["loss_percent"],
@@ -194,8 +206,7 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
         "generator_cpu_mean_percent": procs.get("loadtest", {}).get("cpu_mean_percent", 0.0),
     }
     row["profile"] = profile
-    row["passed"] = (row["failed"] == 0 and joined == listeners and row["loss_percent"] < 0.5
-                     and row["p99_ms"] < 50.0)
+    row["passed"] = meets(r, listeners)
     say(f"{kind} with {listeners} listeners: {json.dumps(row)}")
     return row
 

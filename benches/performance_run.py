@@ -45,6 +45,11 @@ def local(work, name, args):
         return json.load(f)
 
 
+def loopback_sendto(ceiling_report):
+    """The ceiling's row for `sendto` over loopback."""
+    return next(u for u in ceiling_report["udp"] if u["path"] == "loopback" and u["send"] == "sendto")
+
+
 def user_space_per_listener():
     """The edge's per-listener work (rewrite, header, SRTP protect into the transmit
     arena; no syscall) from the `edge_fanout` criterion bench, ns per listener."""
@@ -114,8 +119,7 @@ def main():
             lines.append(f"| {u['path']} | {u['send']} | {how} | {u['sends_per_cpu_s'] / 1e6:.2f} M | "
                          f"{u['receives_per_cpu_s'] / 1e6:.2f} M |")
     lines.append(f"\nAES-128-GCM seals: {drained['gcm_seals_per_cpu_s'] / 1e6:.2f} M per CPU-second.\n")
-    ceiling_no_drain = next(u["sends_per_cpu_s"] for u in undrained["udp"] if u["path"] == "loopback"
-                            and u["send"] == "sendto")
+    ceiling_no_drain = loopback_sendto(undrained)["sends_per_cpu_s"]
 
     lines.append(f"## Media workers, pinned ({scale_n} listeners that never read, 3 speakers, one edge)\n")
     lines.append("| workers | edge CPUs | joined | forwarded packets/s | edge CPU (cores) | packets per CPU-second | "
@@ -149,13 +153,13 @@ def main():
     if j1 > j0:
         lines.append(f"\nPer listener: {(m1 - m0) * 1024 / (j1 - j0):.1f} KiB (the slope between the two).")
 
-    pps = 3 * 50
-    drain = next(u for u in drained["udp"] if u["path"] == "loopback" and u["send"] == "sendto")
+    listener_pps = 3 * 50
+    drain = loopback_sendto(drained)
     per_packet = 1 / drain["sends_per_cpu_s"] + 1 / drain["receives_per_cpu_s"]
-    machine_bound = (os.cpu_count() or 1) / per_packet / pps
+    machine_bound = (os.cpu_count() or 1) / per_packet / listener_pps
     lines.append(f"\nThe most listeners this machine's kernel could carry with no user-space work at all, "
                  f"SFU and generator together: {os.cpu_count()} cores / ({1e6 / drain['sends_per_cpu_s']:.2f} µs per "
-                 f"send + {1e6 / drain['receives_per_cpu_s']:.2f} µs per receive) / {pps} packets a second each "
+                 f"send + {1e6 / drain['receives_per_cpu_s']:.2f} µs per receive) / {listener_pps} packets a second each "
                  f"= **{machine_bound:.0f}** (loopback ceiling above).")
 
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
@@ -166,15 +170,12 @@ def main():
         r = local(work, f"capacity-{n}", ["--edges", "1", "--edge-workers", "2", "--listeners", str(n), "--speakers",
                                           "3", "--duration", duration, "--ramp", "100", "--decrypt-every", "10"])
         procs = {x["name"]: x for x in r["processes"]}
-        steady = r.get("steady") or {"packets_per_s": 0, "processes": []}
-        cores = {x["name"]: x["cpu_cores"] for x in steady["processes"]}
-        pps = steady["packets_per_s"] or float("nan")
-        ok = r["failed"] == 0 and r["listeners_joined"] == n and r["loss_percent"] < 0.5 and r["latency"]["p99_ms"] < 50
+        heard = (r.get("steady") or {}).get("packets_per_s", 0)
         lines.append(f"| {n} | {r['listeners_joined']} | {r['loss_percent']:.3f} | {r['latency']['p50_ms']:.1f} | "
                      f"{r['latency']['p99_ms']:.1f} | {procs['edge-1']['cpu_mean_percent']:.0f} | "
                      f"{procs['loadtest']['cpu_mean_percent']:.0f} | {r.get('sfu_rss_end_mb') or 0:.1f} | "
-                     f"{pps:.0f} | {1e6 * cores.get('edge-1', 0) / pps:.1f} | {1e6 * cores.get('loadtest', 0) / pps:.1f} | "
-                     f"{'yes' if ok else 'no'} |")
+                     f"{heard:.0f} | {jc.steady_cost(r, 'edge-1'):.1f} | {jc.steady_cost(r, 'loadtest'):.1f} | "
+                     f"{'yes' if jc.meets(r, n) else 'no'} |")
 
     lines.append("\n## Side by side with Janus\n")
     ns = argparse.Namespace(duration=duration, ramp=100)
