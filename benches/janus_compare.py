@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Our edge and Debian's Janus (VideoRoom) side by side, driven by the same load tester.
 
-For each server (our edge standalone; Janus at its defaults; Janus with two shared event
-loops, as its documentation suggests for many handles) and each load, a fresh server is
+For each server (our edge standalone, where one room is one media worker on one core;
+our SFU laid out as a fleet on one machine, a core and one edge of two media workers,
+where one room uses both cores ("sfu"); Janus at its defaults; Janus with two shared event loops,
+as its documentation suggests for many handles) and each load, a fresh server is
 started on loopback, `loadtest run` joins 3 speakers and N listeners (3 streams each) for
 real (ICE, DTLS, SRTP), and the table gets: CPU-seconds of the server per million packets
 its listeners received (in the steady phase, when everyone has joined: what forwarding
@@ -27,7 +29,10 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = "/usr/lib/x86_64-linux-gnu/janus"
 TOKEN_SECRET = "janus-compare-token-secret-of-32-bytes"
+CLUSTER_SECRET = "janus-compare-cluster-secret-of-32-bytes"
 EDGE_HTTP, EDGE_UDP, JANUS_HTTP = 18080, 13478, 18088
+CORE_HTTP, CORE_QUIC = 18070, 14433
+SERVERS = ("edge", "sfu", "janus", "janus-2-loops")
 
 
 def say(*args):
@@ -44,7 +49,8 @@ def ensure_janus():
 
 def build():
     say("building edge-sfu and loadtest (release)")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "edge-sfu", "-p", "loadtest"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "edge-sfu", "-p", "core-sfu", "-p", "loadtest"],
+                   cwd=ROOT, check=True)
 
 
 def janus_config(folder, event_loops):
@@ -93,30 +99,44 @@ def rss_kib(pid):
 
 
 class Server:
+    """A fresh server of `kind` on loopback: `procs` are its processes (the core first for
+    "sfu")."""
+
     def __init__(self, kind, folder, log):
         self.kind = kind
-        if kind == "edge":
-            cmd = [os.path.join(ROOT, "target/release/edge-sfu"), "--http", f"127.0.0.1:{EDGE_HTTP}",
-                   "--udp", f"127.0.0.1:{EDGE_UDP}", "--token-secret", TOKEN_SECRET,
-                   "--max-listeners-per-channel", "100000", "--max-sessions", "100000",
-                   "--offers-per-sec-per-ip", "1000", "--max-pending-sessions", "1024"]
+        self.procs = []
+        if kind in ("edge", "sfu"):
+            edge = [os.path.join(ROOT, "target/release/edge-sfu"), "--http", f"127.0.0.1:{EDGE_HTTP}",
+                    "--udp", f"127.0.0.1:{EDGE_UDP}", "--token-secret", TOKEN_SECRET,
+                    "--max-listeners-per-channel", "100000", "--max-sessions", "100000",
+                    "--offers-per-sec-per-ip", "1000", "--max-pending-sessions", "1024"]
+            if kind == "sfu":
+                core = [os.path.join(ROOT, "target/release/core-sfu"), "--http", f"127.0.0.1:{CORE_HTTP}",
+                        "--quic", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET]
+                self.procs.append(subprocess.Popen(core, stdout=log, stderr=subprocess.STDOUT))
+                wait_http(f"http://127.0.0.1:{CORE_HTTP}/healthz")
+                edge += ["--workers", "2", "--core", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET,
+                         "--core-url", f"http://127.0.0.1:{CORE_HTTP}"]
             self.url, probe = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{EDGE_HTTP}/readyz"
+            cmd = edge
         else:
             janus_config(folder, 2 if kind == "janus-2-loops" else 0)
             cmd = ["janus", "-C", os.path.join(folder, "janus.jcfg"), "-F", folder]
             self.url, probe = f"http://127.0.0.1:{JANUS_HTTP}", f"http://127.0.0.1:{JANUS_HTTP}/janus"
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        self.proc = self.procs[-1]
         wait_http(probe)
         time.sleep(0.5)
-        self.idle_rss = rss_kib(self.proc.pid)
+        self.idle_rss = sum(rss_kib(p.pid) for p in self.procs)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def perf_profile(pid, seconds, folder):
@@ -148,11 +168,18 @@ def perf_profile(pid, seconds, folder):
 
 
 def steady_cost(report, process):
-    """CPU-seconds `process` spent per million packets heard in the report's steady phase
-    (µs per packet); infinite if nothing was heard."""
+    """CPU-seconds spent per million packets heard in the report's steady phase (µs per
+    packet) by `process`, or by every process whose name it accepts if it is callable;
+    infinite if nothing was heard."""
     steady = report.get("steady") or {"packets_per_s": 0, "processes": []}
-    cores = next((p["cpu_cores"] for p in steady["processes"] if p["name"] == process), 0.0)
+    named = process if callable(process) else (lambda name: name == process)
+    cores = sum(p["cpu_cores"] for p in steady["processes"] if named(p["name"]))
     return cores / steady["packets_per_s"] * 1e6 if steady["packets_per_s"] else float("inf")
+
+
+def is_server(name):
+    """The server's processes in a `loadtest run` report (`server`, or `server-1`, ...)."""
+    return name == "server" or name.startswith("server-")
 
 
 def meets(report, listeners):
@@ -169,8 +196,10 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
             report = os.path.join(folder, "report.json")
             cmd = [os.path.join(ROOT, "target/release/loadtest"), "run", "--listeners", str(listeners),
                    "--speakers", "3", "--duration", args.duration, "--ramp", str(args.ramp),
-                   "--decrypt-every", "10", "--quiet", "--json", report, "--watch-pid", str(server.proc.pid)]
-            if kind == "edge":
+                   "--decrypt-every", "10", "--quiet", "--json", report]
+            for proc in server.procs:
+                cmd += ["--watch-pid", str(proc.pid)]
+            if kind in ("edge", "sfu"):
                 cmd += ["--edge", server.url, "--token-secret", TOKEN_SECRET]
             else:
                 cmd += ["--janus", server.url]
@@ -186,8 +215,10 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
         finally:
             server.stop()
     procs = {p["name"]: p for p in r["processes"]}
-    srv = procs["server"]
-    cpu_s = srv["cpu_mean_percent"] / 100.0 * r["run_s"]
+    server_cpu_percent = sum(p["cpu_mean_percent"] for name, p in procs.items() if is_server(name))
+    cpu_s = server_cpu_percent / 100.0 * r["run_s"]
+    # Each process's peak, summed: at most a little above the peak of the sum.
+    server_rss_max_mb = sum(p["rss_max_mb"] for name, p in procs.items() if is_server(name))
     received = r["packets_received"]
     joined = r["listeners_joined"]
     row = {
@@ -197,12 +228,12 @@ def run_one(kind, listeners, args, work, profile_seconds=0):
         "failed": r["failed"],
         "packets_received": received,
         "cpu_s_per_m": cpu_s / received * 1e6 if received else float("inf"),
-        "steady_cpu_s_per_m": steady_cost(r, "server"),
+        "steady_cpu_s_per_m": steady_cost(r, is_server),
         "p50_ms": r["latency"]["p50_ms"],
         "p99_ms": r["latency"]["p99_ms"],
         "loss_percent": r["loss_percent"],
-        "rss_kib_per_listener": (srv["rss_max_mb"] * 1024 - server.idle_rss) / max(joined, 1),
-        "server_cpu_mean_percent": srv["cpu_mean_percent"],
+        "rss_kib_per_listener": (server_rss_max_mb * 1024 - server.idle_rss) / max(joined, 1),
+        "server_cpu_mean_percent": server_cpu_percent,
         "generator_cpu_mean_percent": procs.get("loadtest", {}).get("cpu_mean_percent", 0.0),
     }
     row["profile"] = profile
@@ -234,7 +265,7 @@ def main():
     p.add_argument("--loads", default="100,500,1000,2000", help="listener counts, comma-separated")
     p.add_argument("--duration", default="15s", help="steady phase of each run")
     p.add_argument("--ramp", type=int, default=100, help="listener joins per second")
-    p.add_argument("--servers", default="edge,janus,janus-2-loops")
+    p.add_argument("--servers", default=",".join(SERVERS), help="of " + ", ".join(SERVERS))
     p.add_argument("--out", default=os.path.join(ROOT, "target/janus-compare.md"), help="where the table goes (also printed)")
     args = p.parse_args()
     loads = [int(x) for x in args.loads.split(",")]

@@ -179,14 +179,15 @@ def main():
 
     lines.append("\n## Side by side with Janus\n")
     ns = argparse.Namespace(duration=duration, ramp=100)
-    rows = [jc.run_one(kind, n, ns, work) for kind in ("edge", "janus", "janus-2-loops") for n in janus_loads]
+    rows = [jc.run_one(kind, n, ns, work) for kind in jc.SERVERS for n in janus_loads]
     lines.append(jc.table(rows, janus_loads))
-    lines.append("| listeners | Janus at defaults / our edge, CPU per packet (steady) | tuned Janus / our edge |\n"
-                 "| --- | --- | --- |")
+    lines.append("| listeners | Janus at defaults / our edge, CPU per packet (steady) | tuned Janus / our edge | "
+                 "tuned Janus / our core and edge (sfu) |\n| --- | --- | --- | --- |")
     cost = {(r["server"], r["listeners"]): r["steady_cpu_s_per_m"] for r in rows}
     for n in janus_loads:
         lines.append(f"| {n} | {cost[('janus', n)] / cost[('edge', n)]:.1f}x | "
-                     f"{cost[('janus-2-loops', n)] / cost[('edge', n)]:.1f}x |")
+                     f"{cost[('janus-2-loops', n)] / cost[('edge', n)]:.1f}x | "
+                     f"{cost[('janus-2-loops', n)] / cost[('sfu', n)]:.1f}x |")
     lines.append(profiles(work, 100 if args.quick else 500))
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:

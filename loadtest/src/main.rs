@@ -76,9 +76,10 @@ enum Command {
         janus: Option<String>,
         #[arg(long, default_value_t = 1234)]
         janus_room: u64,
-        /// Sample this process (the server under test) for the report's CPU and memory.
+        /// Sample this process (the server under test) for the report's CPU and memory;
+        /// repeat for a server of several processes (named server-1, server-2, ...).
         #[arg(long)]
-        watch_pid: Option<u32>,
+        watch_pid: Vec<u32>,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -506,10 +507,16 @@ enum Target {
     Janus { url: String, room: u64 },
 }
 
-async fn run(target: Target, watch_pid: Option<u32>, load: LoadArgs) -> anyhow::Result<()> {
+async fn run(target: Target, watch_pids: Vec<u32>, load: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(load.attack.is_none(), "--attack runs against a local cluster (loadtest local)");
-    let sampler = watch_pid
-        .map(|pid| ProcSampler::new(vec![("server".into(), pid), (procs::LOAD_GENERATOR.into(), std::process::id())]));
+    let sampler = (!watch_pids.is_empty()).then(|| {
+        let mut watched: Vec<(String, u32)> = match watch_pids[..] {
+            [pid] => vec![("server".into(), pid)],
+            _ => watch_pids.iter().enumerate().map(|(k, &pid)| (format!("server-{}", k + 1), pid)).collect(),
+        };
+        watched.push((procs::LOAD_GENERATOR.into(), std::process::id()));
+        ProcSampler::new(watched)
+    });
     let scenario = match target {
         Target::Sfu { core, edge, token_secret, admin_token } => {
             let core_url = core.clone();
