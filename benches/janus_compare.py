@@ -27,7 +27,6 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIB = "/usr/lib/x86_64-linux-gnu/janus"
 TOKEN_SECRET = "janus-compare-token-secret-of-32-bytes"
 CLUSTER_SECRET = "janus-compare-cluster-secret-of-32-bytes"
 EDGE_HTTP, EDGE_UDP, JANUS_HTTP = 18080, 13478, 18088
@@ -54,28 +53,12 @@ def build():
 
 
 def janus_config(folder, event_loops):
-    """A minimal Janus: the HTTP transport on loopback and the VideoRoom plugin."""
-    others = ["audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip", "streaming", "textroom",
-              "videocall", "voicemail"]
-    transports = ["mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets"]
-    loops = f"\tevent_loops = {event_loops}\n" if event_loops else ""
-    with open(os.path.join(folder, "janus.jcfg"), "w") as f:
-        f.write(
-            "general: {\n"
-            f'\tconfigs_folder = "{folder}"\n\tplugins_folder = "{LIB}/plugins"\n'
-            f'\ttransports_folder = "{LIB}/transports"\n\tevents_folder = "{LIB}/events"\n'
-            f'\tloggers_folder = "{LIB}/loggers"\n\tdebug_level = 3\n{loops}'
-            "}\n"
-            'media: {\n\trtp_port_range = "20000-60000"\n}\n'
-            "plugins: {\n\tdisable = \"" + ",".join(f"libjanus_{p}.so" for p in others) + '"\n}\n'
-            "transports: {\n\tdisable = \"" + ",".join(f"libjanus_{t}.so" for t in transports) + '"\n}\n'
-            'loggers: {\n\tdisable = "libjanus_jsonlog.so"\n}\n'
-        )
-    with open(os.path.join(folder, "janus.transport.http.jcfg"), "w") as f:
-        f.write(f'general: {{\n\tbase_path = "/janus"\n\thttp = true\n\tport = {JANUS_HTTP}\n\tip = "127.0.0.1"\n}}\n'
-                "admin: {\n\tadmin_http = false\n}\n")
-    with open(os.path.join(folder, "janus.plugin.videoroom.jcfg"), "w") as f:
-        f.write("general: {\n}\n")
+    """A minimal Janus (the HTTP transport on loopback and the VideoRoom plugin), written by
+    the load tester as its Janus test writes it; returns the path for `janus -C`."""
+    cmd = [os.path.join(ROOT, "target/release/loadtest"), "janus-config", "--dir", folder, "--port", str(JANUS_HTTP)]
+    if event_loops:
+        cmd += ["--event-loops", str(event_loops)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def wait_http(url, seconds=30):
@@ -120,8 +103,8 @@ class Server:
             self.url, probe = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{EDGE_HTTP}/readyz"
             cmd = edge
         else:
-            janus_config(folder, 2 if kind == "janus-2-loops" else 0)
-            cmd = ["janus", "-C", os.path.join(folder, "janus.jcfg"), "-F", folder]
+            config = janus_config(folder, 2 if kind == "janus-2-loops" else 0)
+            cmd = ["janus", "-C", config, "-F", folder]
             self.url, probe = f"http://127.0.0.1:{JANUS_HTTP}", f"http://127.0.0.1:{JANUS_HTTP}/janus"
         self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         self.proc = self.procs[-1]

@@ -10,6 +10,57 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 
+/// Where Debian's `janus` package puts its plugins, transports, events and loggers.
+pub const DEBIAN_LIB: &str = "/usr/lib/x86_64-linux-gnu/janus";
+
+/// Writes a minimal Janus configuration into `dir` (only the HTTP transport, on
+/// 127.0.0.1:`http_port`, and the VideoRoom plugin; `event_loops` shared loops instead of a
+/// thread per handle when given) and returns the path of its `janus.jcfg`, for
+/// `janus -C <that path> -F <dir>`.
+pub fn write_config(
+    dir: &std::path::Path,
+    http_port: u16,
+    event_loops: Option<u32>,
+) -> std::io::Result<std::path::PathBuf> {
+    const OTHER_PLUGINS: [&str; 11] = [
+        "audiobridge",
+        "duktape",
+        "echotest",
+        "lua",
+        "nosip",
+        "recordplay",
+        "sip",
+        "streaming",
+        "textroom",
+        "videocall",
+        "voicemail",
+    ];
+    const OTHER_TRANSPORTS: [&str; 5] = ["mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets"];
+    let plugins = OTHER_PLUGINS.map(|p| format!("libjanus_{p}.so")).join(",");
+    let transports = OTHER_TRANSPORTS.map(|t| format!("libjanus_{t}.so")).join(",");
+    let loops = event_loops.map_or(String::new(), |n| format!(" event_loops = {n}\n"));
+    let lib = DEBIAN_LIB;
+    let main = format!(
+        "general: {{\n configs_folder = \"{dir}\"\n plugins_folder = \"{lib}/plugins\"\n \
+         transports_folder = \"{lib}/transports\"\n events_folder = \"{lib}/events\"\n \
+         loggers_folder = \"{lib}/loggers\"\n debug_level = 3\n{loops}}}\n\
+         media: {{\n rtp_port_range = \"20000-60000\"\n}}\n\
+         plugins: {{\n disable = \"{plugins}\"\n}}\n\
+         transports: {{\n disable = \"{transports}\"\n}}\n\
+         loggers: {{\n disable = \"libjanus_jsonlog.so\"\n}}\n",
+        dir = dir.display()
+    );
+    let http = format!(
+        "general: {{\n base_path = \"/janus\"\n http = true\n port = {http_port}\n ip = \"127.0.0.1\"\n}}\n\
+         admin: {{\n admin_http = false\n}}\n"
+    );
+    let path = dir.join("janus.jcfg");
+    std::fs::write(&path, main)?;
+    std::fs::write(dir.join("janus.transport.http.jcfg"), http)?;
+    std::fs::write(dir.join("janus.plugin.videoroom.jcfg"), "general: {\n}\n")?;
+    Ok(path)
+}
+
 /// How long a request, or the wait for an asynchronous answer, may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Janus ends a session idle for 60 s by default.

@@ -83,6 +83,18 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Writes a minimal Janus configuration into DIR (its HTTP transport on
+    /// 127.0.0.1:PORT and the VideoRoom plugin, nothing else) and prints the path for
+    /// `janus -C`; `benches/janus_compare.py` starts Janus with it.
+    JanusConfig {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        port: u16,
+        /// Shared event loops instead of Janus's thread per handle.
+        #[arg(long)]
+        event_loops: Option<u32>,
+    },
     /// An SFU node for `local` (internal).
     #[command(hide = true)]
     Node {
@@ -355,6 +367,12 @@ fn main() -> anyhow::Result<()> {
                 None => Target::Sfu { core, edge, token_secret, admin_token },
             };
             tokio::runtime::Runtime::new()?.block_on(run(target, watch_pid, load))
+        }
+        Command::JanusConfig { dir, port, event_loops } => {
+            let path = loadtest::janus::write_config(&dir, port, event_loops)
+                .with_context(|| format!("writing a Janus configuration into {}", dir.display()))?;
+            println!("{}", path.display());
+            Ok(())
         }
         Command::Node { node } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(node.threads())

@@ -6,8 +6,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/janus";
-
 struct Janus(Child);
 
 impl Drop for Janus {
@@ -23,36 +21,13 @@ fn free_port() -> u16 {
 
 /// Janus with only its HTTP transport (on loopback) and the VideoRoom plugin.
 fn start_janus(dir: &std::path::Path, port: u16) -> Janus {
-    assert!(std::path::Path::new(PLUGINS).exists(), "janus is not installed: run scripts/setup-test-deps.sh");
-    let plugins = ["audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip", "streaming", "textroom"]
-        .iter()
-        .chain(&["videocall", "voicemail"])
-        .map(|p| format!("libjanus_{p}.so"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let transports =
-        ["mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets"].map(|t| format!("libjanus_{t}.so")).join(",");
-    let config = format!(
-        "general: {{\n configs_folder = \"{dir}\"\n plugins_folder = \"{PLUGINS}/plugins\"\n \
-         transports_folder = \"{PLUGINS}/transports\"\n events_folder = \"{PLUGINS}/events\"\n \
-         loggers_folder = \"{PLUGINS}/loggers\"\n debug_level = 3\n}}\n\
-         media: {{\n rtp_port_range = \"20000-60000\"\n}}\n\
-         plugins: {{\n disable = \"{plugins}\"\n}}\n\
-         transports: {{\n disable = \"{transports}\"\n}}\n\
-         loggers: {{\n disable = \"libjanus_jsonlog.so\"\n}}\n",
-        dir = dir.display()
-    );
-    std::fs::write(dir.join("janus.jcfg"), config).unwrap();
-    let http = format!(
-        "general: {{\n base_path = \"/janus\"\n http = true\n port = {port}\n ip = \"127.0.0.1\"\n}}\n\
-         admin: {{\n admin_http = false\n}}\n"
-    );
-    std::fs::write(dir.join("janus.transport.http.jcfg"), http).unwrap();
-    std::fs::write(dir.join("janus.plugin.videoroom.jcfg"), "general: {\n}\n").unwrap();
+    let lib = loadtest::janus::DEBIAN_LIB;
+    assert!(std::path::Path::new(lib).exists(), "janus is not installed: run scripts/setup-test-deps.sh");
+    let config = loadtest::janus::write_config(dir, port, None).expect("janus configuration written");
     let log = std::fs::File::create(dir.join("janus.log")).unwrap();
     let child = Command::new("janus")
         .arg("-C")
-        .arg(dir.join("janus.jcfg"))
+        .arg(config)
         .arg("-F")
         .arg(dir)
         .stdout(log.try_clone().unwrap())
