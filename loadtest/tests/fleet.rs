@@ -175,10 +175,7 @@ impl Fleet {
 
     async fn core_counter(&self, core: usize, name: &str) -> u64 {
         let (_, body) = self.get(&format!("http://{}/metrics", self.cores[core].http)).await;
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+        loadtest::forwarding::series_sum(&body, name, "")
             .unwrap_or_else(|| panic!("{name} in the metrics of core {core}")) as u64
     }
 

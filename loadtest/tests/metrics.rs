@@ -48,13 +48,10 @@ fn names(body: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (series, help)
 }
 
-/// The value of the first sample of `name` whose labels include `label` (`key="value"`).
+/// The samples of `name` whose labels include `label` (`key="value"`), summed; there must
+/// be one.
 fn sample(body: &str, name: &str, label: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .next()
-        .unwrap_or_else(|| panic!("no {name} with {label} in:\n{body}"))
+    loadtest::forwarding::series_sum(body, name, label).unwrap_or_else(|| panic!("no {name} with {label} in:\n{body}"))
 }
 
 /// Offers the edge at `http` must refuse, each for a reason of its own.
