@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Every figure of the performance work in one run on this machine, so they can be
-compared with each other: the raw ceiling (`ceiling`, draining and not), the edge's
-forwarding with one and two media workers pinned to one and two CPUs (listeners that
-never read), the edge's user-space cost per packet (criterion), memory per listener past
-the DTLS linger, capacity with the load generator on the same machine (a core, one edge
-of two workers, listeners that decrypt 1 packet in 10) against the most this machine's
-kernel allows, the side-by-side with Janus (`janus_compare.py`), and, with `perf`
-installed, a profile of our edge and of Janus in their steady phase. Writes one
-markdown report.
+compared with each other: the raw ceiling (`ceiling`, draining and not, to 25 sockets and
+to as many as the profiled listeners), the edge's forwarding with one and two media
+workers pinned to one and two CPUs (listeners that never read), the edge's user-space
+cost per packet (criterion), memory per listener past the DTLS linger, capacity with the
+load generator on the same machine (a core, one edge of two workers, listeners that
+decrypt 1 packet in 10) against the most this machine's kernel allows, the side-by-side
+with Janus (`janus_compare.py`), and, with `perf` installed, a profile of our edge and of
+Janus in their steady phase. Writes one markdown report.
 
     python3 benches/performance_run.py [--out target/performance-run.md] [--quick]
 """
@@ -27,10 +27,13 @@ ROOT = jc.ROOT
 RELEASE = os.path.join(ROOT, "target/release")
 
 
-def ceiling(work, no_drain):
-    out = os.path.join(work, f"ceiling-{'no-drain' if no_drain else 'drain'}.json")
-    cmd = [os.path.join(RELEASE, "ceiling"), "--json", out] + (["--no-drain"] if no_drain else ["--veth"])
-    jc.say("ceiling" + (" (receivers that never read)" if no_drain else " (draining receivers, loopback and veth)"))
+def ceiling(work, no_drain, sockets=25):
+    """The `ceiling` binary's report: to `sockets` receiving sockets, draining ones over
+    loopback and veth (loopback alone with more than the default 25), or ones never read."""
+    out = os.path.join(work, f"ceiling-{'no-drain' if no_drain else 'drain'}-{sockets}.json")
+    cmd = [os.path.join(RELEASE, "ceiling"), "--json", out, "--sockets", str(sockets)]
+    cmd += ["--no-drain"] if no_drain else ["--veth"] if sockets == 25 else []
+    jc.say(f"ceiling to {sockets} sockets" + (" that never read" if no_drain else " that drain"))
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)
@@ -64,9 +67,10 @@ def user_space_per_listener():
     return out
 
 
-def profiles(work, listeners):
+def profiles(work, listeners, ceiling_there):
     """Our edge and tuned Janus in their steady phase under `perf`: the kernel's share
-    of each, and so the best ratio a server with our kernel path could reach."""
+    of each, and so the best ratio a server with our kernel path could reach;
+    `ceiling_there` is the loopback ceiling to as many sockets as `listeners`."""
     if not shutil.which("perf"):
         return "\n(No `perf` on this machine: no profiles.)\n"
     ns = argparse.Namespace(duration="20s", ramp=100)
@@ -88,6 +92,12 @@ def profiles(work, listeners):
                    f"A server with our kernel path and no user space at all would spend {floor:.2f} µs per packet: "
                    f"{janus['steady_cpu_s_per_m'] / floor:.1f}x tuned Janus, the most any user-space work could reach "
                    "on this machine.")
+        bare = 1e6 / max(u["sends_per_cpu_s"] for u in ceiling_there["udp"] if u["path"] == "loopback")
+        out.append(f"To {listeners} draining sockets, as many as the listeners here, a bare send (the cheaper of "
+                   f"`sendto` and `sendmmsg`) costs "
+                   f"{bare:.2f} µs of the sending thread's CPU: our whole edge, at "
+                   f"{edge['steady_cpu_s_per_m']:.2f} µs per packet, forwards at "
+                   f"{100 * bare / edge['steady_cpu_s_per_m']:.0f} % of that ceiling.")
     return "\n".join(out) + "\n"
 
 
@@ -111,12 +121,15 @@ def main():
     lines.append(f"# Performance run\n\n{os.cpu_count()} cores, {cpu}; command: `python3 benches/performance_run.py"
                  f"{' --quick' if args.quick else ''}`.\n")
 
+    profiled = 100 if args.quick else 500
     drained, undrained = ceiling(work, False), ceiling(work, True)
-    lines.append("## Raw ceiling (150-byte datagrams, 25 receiving sockets)\n")
-    lines.append("| path | send | receivers | sends per CPU-second | receives per CPU-second |\n| --- | --- | --- | --- | --- |")
-    for c, how in ((drained, "drain"), (undrained, "never read")):
+    drained_many = ceiling(work, False, sockets=profiled)
+    lines.append("## Raw ceiling (150-byte datagrams)\n")
+    lines.append("| path | send | receiving sockets | receivers | sends per CPU-second | receives per CPU-second |\n"
+                 "| --- | --- | --- | --- | --- | --- |")
+    for c, how in ((drained, "drain"), (undrained, "never read"), (drained_many, "drain")):
         for u in c["udp"]:
-            lines.append(f"| {u['path']} | {u['send']} | {how} | {u['sends_per_cpu_s'] / 1e6:.2f} M | "
+            lines.append(f"| {u['path']} | {u['send']} | {c['sockets']} | {how} | {u['sends_per_cpu_s'] / 1e6:.2f} M | "
                          f"{u['receives_per_cpu_s'] / 1e6:.2f} M |")
     lines.append(f"\nAES-128-GCM seals: {drained['gcm_seals_per_cpu_s'] / 1e6:.2f} M per CPU-second.\n")
     ceiling_no_drain = loopback_sendto(undrained)["sends_per_cpu_s"]
@@ -188,7 +201,7 @@ def main():
         lines.append(f"| {n} | {cost[('janus', n)] / cost[('edge', n)]:.1f}x | "
                      f"{cost[('janus-2-loops', n)] / cost[('edge', n)]:.1f}x | "
                      f"{cost[('janus-2-loops', n)] / cost[('sfu', n)]:.1f}x |")
-    lines.append(profiles(work, 100 if args.quick else 500))
+    lines.append(profiles(work, profiled, drained_many))
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)
