@@ -3,14 +3,16 @@
 
 For each server (our edge standalone, where one room is one media worker on one core;
 our SFU laid out as a fleet on one machine, a core and one edge of two media workers,
-where one room uses both cores ("sfu"); Janus at its defaults; Janus with two shared event loops,
-as its documentation suggests for many handles) and each load, a fresh server is
-started on loopback, `loadtest run` joins 3 speakers and N listeners (3 streams each) for
-real (ICE, DTLS, SRTP), and the table gets: CPU-seconds of the server per million packets
-its listeners received (in the steady phase, when everyone has joined: what forwarding
-costs; and over the whole run, joins included), end-to-end latency p50/p99 (loopback, so
-what the server adds), the server's RSS per listener, loss, and the most listeners it
-carried at < 0.5 % loss and p99 < 50 ms. Installs Janus from Debian if it is missing.
+where one room uses both cores ("sfu"); Janus at its defaults; Janus with two shared
+event loops, as its documentation suggests for many handles) and each load, a fresh
+server is started on loopback, `loadtest run` joins 3 speakers and N listeners (3
+streams each) for real (ICE, DTLS, SRTP), and the table gets: CPU-seconds of the server
+(all its processes) per million packets its listeners received (in the steady phase, when everyone has
+joined: what forwarding costs; and over the whole run, joins included), end-to-end
+latency p50/p99 (loopback, so what the server adds), the server's RSS per listener (each
+process's peak, summed),
+loss, and the most listeners it carried at < 0.5 % loss and p99 < 50 ms. Installs Janus
+from Debian if it is missing.
 
     python3 benches/janus_compare.py [--loads 100,500,1000,2000] [--duration 15s] [--out FILE]
 """
@@ -97,7 +99,11 @@ class Server:
                 core = [os.path.join(ROOT, "target/release/core-sfu"), "--http", f"127.0.0.1:{CORE_HTTP}",
                         "--quic", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET]
                 self.procs.append(subprocess.Popen(core, stdout=log, stderr=subprocess.STDOUT))
-                wait_http(f"http://127.0.0.1:{CORE_HTTP}/healthz")
+                try:
+                    wait_http(f"http://127.0.0.1:{CORE_HTTP}/healthz")
+                except RuntimeError:
+                    self.stop()
+                    raise
                 edge += ["--workers", "2", "--core", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET,
                          "--core-url", f"http://127.0.0.1:{CORE_HTTP}"]
             self.url, probe = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{EDGE_HTTP}/readyz"
@@ -108,7 +114,11 @@ class Server:
             self.url, probe = f"http://127.0.0.1:{JANUS_HTTP}", f"http://127.0.0.1:{JANUS_HTTP}/janus"
         self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         self.proc = self.procs[-1]
-        wait_http(probe)
+        try:
+            wait_http(probe)
+        except RuntimeError:
+            self.stop()
+            raise
         time.sleep(0.5)
         self.idle_rss = sum(rss_kib(p.pid) for p in self.procs)
 
