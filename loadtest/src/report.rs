@@ -113,14 +113,17 @@ pub struct Report {
     pub jitter_mean_ms: f64,
     pub jitter_max_ms: f64,
     pub per_edge: Vec<EdgeRow>,
-    /// The edges' own count of packets sent to listeners, over the run's busiest window
-    /// (`local` only).
+    /// The edges' own count of packets sent to listeners, over the steady phase (the
+    /// run's busiest window if there is none; `local` only).
     pub edge_forwarding: Option<crate::forwarding::ForwardingRate>,
     /// Distinct media addresses (edge workers' UDP ports) listeners were answered with.
     pub media_addresses: usize,
     pub processes: Vec<ProcessRow>,
     /// CPU and packets over the steady phase only (when processes were sampled).
     pub steady: Option<SteadyPhase>,
+    /// When the steady phase began and ended.
+    #[serde(skip)]
+    pub steady_window: Option<(std::time::Instant, std::time::Instant)>,
     /// All SFU nodes' RSS when every listener had joined, and at the end: a leak shows
     /// as growth over a long `--duration`.
     pub sfu_rss_steady_start_mb: Option<f64>,
@@ -238,6 +241,7 @@ impl Report {
                 .len(),
             processes,
             steady: None,
+            steady_window: None,
             sfu_rss_steady_start_mb: timeline
                 .iter()
                 .find(|t| t.joined >= (s.listeners + s.speakers) as u64)

@@ -257,6 +257,7 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
         tokio::time::sleep_until(wake.into()).await;
     }
     bar.finish_and_clear();
+    let steady_window = steady.then(|| (end - s.duration, end));
     let steady_phase = steady_mark.zip(sampler.as_ref()).map(|((at, packets, cpu), sm)| {
         let seconds = at.elapsed().as_secs_f64().max(1e-3);
         let processes = sm
@@ -296,5 +297,6 @@ pub async fn run(s: Scenario, mut sampler: Option<ProcSampler>) -> anyhow::Resul
     let mut report = Report::build(&s, reports, timeline, sampler.as_ref(), churned, started.elapsed());
     report.attack = attack_report;
     report.steady = steady_phase;
+    report.steady_window = steady_window;
     Ok(report)
 }
