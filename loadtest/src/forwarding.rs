@@ -1,6 +1,6 @@
 //! The edges' own account of what they forwarded: `sfu_edge_rtp_out_total` and the
-//! process CPU time from each edge's `/metrics`, sampled every second, and the best
-//! window of the run as packets per second and per CPU-second.
+//! process CPU time from each edge's `/metrics`, sampled every second, and a window of
+//! them as packets per second and per CPU-second.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ pub struct Sample {
     pub cpu_seconds: f64,
 }
 
-/// The edges' forwarding over the busiest window of the run.
+/// The edges' forwarding over a window of samples.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct ForwardingRate {
     pub window_s: f64,
