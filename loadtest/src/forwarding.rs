@@ -41,6 +41,20 @@ pub fn best_window(samples: &[Sample], width: usize) -> Option<ForwardingRate> {
         .max_by(|x, y| x.packets_per_s.total_cmp(&y.packets_per_s))
 }
 
+/// The forwarding over the samples taken within `steady` (first to last), or, if fewer
+/// than two were, over the busiest window of `fallback_width` samples of the run.
+pub fn over_steady_phase(
+    samples: &[Sample],
+    steady: Option<(Instant, Instant)>,
+    fallback_width: usize,
+) -> Option<ForwardingRate> {
+    let inside: Vec<Sample> = match steady {
+        Some((from, to)) => samples.iter().copied().filter(|s| s.at >= from && s.at <= to).collect(),
+        None => Vec::new(),
+    };
+    best_window(&inside, inside.len().saturating_sub(1).max(1)).or_else(|| best_window(samples, fallback_width))
+}
+
 /// The sum of the series named `name` (any labels) whose line contains `filter`, in
 /// Prometheus text; `None` if there is none.
 pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
@@ -98,6 +112,32 @@ mod tests {
         assert!((best.cpu_cores - 0.5).abs() < 1e-9);
         assert!((best.packets_per_cpu_second - 2000.0).abs() < 1e-6);
         assert_eq!(best_window(&samples[..2], 2), None);
+    }
+
+    #[test]
+    fn the_steady_phase_leaves_the_ramp_out() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let s = |secs: u64, packets_out: u64, cpu_seconds: f64| Sample { at: at(secs), packets_out, cpu_seconds };
+        // A ramp as busy as the steady phase but with handshakes (1 CPU-s per second), then
+        // 1000 packets per CPU-second from 3 s to 6 s.
+        let samples = [
+            s(0, 0, 0.0),
+            s(1, 500, 1.0),
+            s(2, 1000, 2.0),
+            s(3, 1500, 3.0),
+            s(4, 2000, 3.5),
+            s(5, 2500, 4.0),
+            s(6, 3000, 4.5),
+            s(7, 3000, 4.6),
+        ];
+        let steady = over_steady_phase(&samples, Some((at(3), at(6))), 2).unwrap();
+        assert_eq!(steady.window_s, 3.0);
+        assert!((steady.packets_per_cpu_second - 1000.0).abs() < 1e-6);
+        // Too few samples inside: the run's busiest window.
+        let starved = over_steady_phase(&samples, Some((at(3), at(3))), 2).unwrap();
+        assert_eq!(starved, best_window(&samples, 2).unwrap());
+        assert_eq!(over_steady_phase(&samples, None, 2), best_window(&samples, 2));
     }
 
     #[test]

@@ -498,12 +498,7 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     let samples = samples.lock().expect("samples").clone();
     // Over the whole steady phase: during the ramp the edges also spend CPU on handshakes,
     // and a saturated edge answers /metrics late, so short windows have uneven lengths.
-    let steady: Vec<_> = match report.steady_window {
-        Some((from, to)) => samples.iter().copied().filter(|s| s.at >= from && s.at <= to).collect(),
-        None => Vec::new(),
-    };
-    report.edge_forwarding = loadtest::forwarding::best_window(&steady, steady.len().saturating_sub(1).max(1))
-        .or_else(|| loadtest::forwarding::best_window(&samples, FORWARDING_WINDOW));
+    report.edge_forwarding = loadtest::forwarding::over_steady_phase(&samples, report.steady_window, FORWARDING_WINDOW);
     if !links.is_empty() {
         let (mut up, mut down) = (loadtest::link::LinkCounters::default(), loadtest::link::LinkCounters::default());
         for l in &links {
