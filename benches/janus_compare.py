@@ -90,37 +90,38 @@ class Server:
     def __init__(self, kind, folder, log):
         self.kind = kind
         self.procs = []
-        if kind in ("edge", "sfu"):
-            edge = [os.path.join(ROOT, "target/release/edge-sfu"), "--http", f"127.0.0.1:{EDGE_HTTP}",
-                    "--udp", f"127.0.0.1:{EDGE_UDP}", "--token-secret", TOKEN_SECRET,
-                    "--max-listeners-per-channel", "100000", "--max-sessions", "100000",
-                    "--offers-per-sec-per-ip", "1000", "--max-pending-sessions", "1024"]
-            if kind == "sfu":
-                core = [os.path.join(ROOT, "target/release/core-sfu"), "--http", f"127.0.0.1:{CORE_HTTP}",
-                        "--quic", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET]
-                self.procs.append(subprocess.Popen(core, stdout=log, stderr=subprocess.STDOUT))
-                try:
-                    wait_http(f"http://127.0.0.1:{CORE_HTTP}/healthz")
-                except RuntimeError:
-                    self.stop()
-                    raise
-                edge += ["--workers", "2", "--core", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET,
-                         "--core-url", f"http://127.0.0.1:{CORE_HTTP}"]
-            self.url, probe = f"http://127.0.0.1:{EDGE_HTTP}", f"http://127.0.0.1:{EDGE_HTTP}/readyz"
-            cmd = edge
-        else:
-            config = janus_config(folder, 2 if kind == "janus-2-loops" else 0)
-            cmd = ["janus", "-C", config, "-F", folder]
-            self.url, probe = f"http://127.0.0.1:{JANUS_HTTP}", f"http://127.0.0.1:{JANUS_HTTP}/janus"
-        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-        self.proc = self.procs[-1]
         try:
-            wait_http(probe)
-        except RuntimeError:
+            self.url = self.start_all(kind, folder, log)
+        except Exception:
             self.stop()
             raise
+        self.proc = self.procs[-1]
         time.sleep(0.5)
         self.idle_rss = sum(rss_kib(p.pid) for p in self.procs)
+
+    def start_all(self, kind, folder, log):
+        """Starts the server's processes in order, each answering before the next; returns
+        its signalling URL."""
+        if kind not in ("edge", "sfu"):
+            config = janus_config(folder, 2 if kind == "janus-2-loops" else 0)
+            self.start(["janus", "-C", config, "-F", folder], f"http://127.0.0.1:{JANUS_HTTP}/janus", log)
+            return f"http://127.0.0.1:{JANUS_HTTP}"
+        edge = [os.path.join(ROOT, "target/release/edge-sfu"), "--http", f"127.0.0.1:{EDGE_HTTP}",
+                "--udp", f"127.0.0.1:{EDGE_UDP}", "--token-secret", TOKEN_SECRET,
+                "--max-listeners-per-channel", "100000", "--max-sessions", "100000",
+                "--offers-per-sec-per-ip", "1000", "--max-pending-sessions", "1024"]
+        if kind == "sfu":
+            core = [os.path.join(ROOT, "target/release/core-sfu"), "--http", f"127.0.0.1:{CORE_HTTP}",
+                    "--quic", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET]
+            self.start(core, f"http://127.0.0.1:{CORE_HTTP}/healthz", log)
+            edge += ["--workers", "2", "--core", f"127.0.0.1:{CORE_QUIC}", "--cluster-secret", CLUSTER_SECRET,
+                     "--core-url", f"http://127.0.0.1:{CORE_HTTP}"]
+        self.start(edge, f"http://127.0.0.1:{EDGE_HTTP}/readyz", log)
+        return f"http://127.0.0.1:{EDGE_HTTP}"
+
+    def start(self, cmd, probe, log):
+        self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        wait_http(probe)
 
     def stop(self):
         for proc in reversed(self.procs):

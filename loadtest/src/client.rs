@@ -55,7 +55,7 @@ pub struct Shared {
     /// edge (for the side-by-side benchmark).
     pub janus_room: Option<u64>,
     /// Listeners receive in these threads once connected (batched), instead of each on
-    /// its own task.
+    /// its own task (never for deaf listeners, which do not read: the scenario makes none).
     pub pool: Option<crate::pool::ReceivePool>,
 }
 
@@ -564,7 +564,7 @@ async fn session(
             shared.live.joined.fetch_add(1, Ordering::Relaxed);
             speak(&mut c, shared, stop, report, params).await
         }
-        Role::Listener { .. } => match shared.pool.as_ref().filter(|_| !shared.deaf) {
+        Role::Listener { .. } => match &shared.pool {
             Some(pool) => listen_pooled(c, shared, pool, stop, report).await,
             None => listen(&mut c, shared, stop, report).await,
         },
