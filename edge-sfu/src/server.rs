@@ -17,6 +17,8 @@ use relay_proto::endpoint::{read_message, send_message, ReadError, Trust};
 use relay_proto::health::LinkHealth;
 use relay_proto::queue::MEDIA_AGE_BUDGET;
 use relay_proto::sender::{sleep_until_some, Backlog, DatagramSender};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -294,7 +296,11 @@ struct DtlsTask {
 
 struct Shell {
     edge: Edge,
-    socket: UdpSocket,
+    /// Registered for readability only: a socket that also waits for writability has
+    /// its epoll entry (and a parked runtime thread) woken as each sent datagram's
+    /// buffer is freed, once per packet. Sends go straight to the socket; a full send
+    /// buffer is counted as a send error, as before.
+    socket: AsyncFd<std::net::UdpSocket>,
     identity: DtlsIdentity,
     handshake_timeout: Duration,
     commands: mpsc::Sender<Command>,
@@ -324,6 +330,10 @@ pub fn start(
     relay: Option<RelayConfig>,
 ) -> std::io::Result<(EdgeHandle, JoinHandle<()>)> {
     let udp_addr = socket.local_addr()?;
+    // Deprecated for any `AsRawFd`, whose descriptor might close under the registration;
+    // a `std::net::UdpSocket` owns its descriptor until the `AsyncFd` drops it.
+    #[allow(deprecated)]
+    let socket = AsyncFd::with_interest(socket.into_std()?, Interest::READABLE)?;
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let now = Instant::now();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -384,18 +394,19 @@ impl Shell {
                     Some(cmd) => self.handle_command(cmd),
                     None => break,
                 },
-                r = self.socket.recv_from(&mut buf) => {
+                ready = self.socket.readable() => {
+                    let Ok(mut ready) = ready else { break };
                     let now = Instant::now();
                     self.forwarding = Some(now);
-                    if let Ok((n, from)) = r {
-                        let data = &buf[..n];
-                        self.edge.contain(Some(from), "datagram", |e| e.handle_datagram(now, from, data));
-                    }
-                    for _ in 1..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut buf) {
+                    for _ in 0..RECV_BATCH {
+                        match ready.get_inner().recv_from(&mut buf) {
                             Ok((n, from)) => {
                                 let data = &buf[..n];
                                 self.edge.contain(Some(from), "datagram", |e| e.handle_datagram(now, from, data));
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                ready.clear_ready();
+                                break;
                             }
                             Err(_) => break,
                         }
@@ -564,7 +575,7 @@ impl Shell {
             match out {
                 Output::Transmit { to, data } => {
                     forwarded = true;
-                    if let Err(e) = self.socket.try_send_to(&data, to) {
+                    if let Err(e) = self.socket.get_ref().send_to(&data, to) {
                         self.send_errors += 1;
                         self.edge.count_send_error();
                         let now = Instant::now();

@@ -1,30 +1,33 @@
 //! Listeners' receiving, batched. After its handshake a listener's socket and measuring
-//! state ([`Listening`]) move to a receive thread, which waits on all of its sockets
-//! with one epoll and reads each ready socket with one `recvmmsg`: no task, wake-up and
-//! pair of `recv` calls (the second one empty) per datagram. The listener's task waits
+//! state ([`Listening`]) move to a receive thread, which reads each of its sockets in turn
+//! every [`SWEEP_EVERY`] with `recvmmsg`, and times each datagram by the kernel's arrival
+//! stamp (`SO_TIMESTAMPNS`). No socket is in an epoll set: on loopback the sender's CPU
+//! pays for waking whoever watches the receiving socket, once per datagram, so watching
+//! would charge the SFU under test for the generator's wake-ups. The listener's task waits
 //! for its stop, then takes its state and report back.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use media::srtp::SrtpSession;
-use nix::sys::epoll::{epoll_create1, epoll_ctl, epoll_wait, EpollCreateFlags, EpollEvent, EpollFlags, EpollOp};
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::time::TimeSpec;
 use tokio::sync::oneshot;
 
 use crate::client::{ClientReport, Heard, Listening, Shared};
 
-/// Datagrams read per `recvmmsg`; a listener gets a few per 20 ms.
+/// Datagrams read per `recvmmsg`; a listener gets three every 20 ms.
 const BATCH: usize = 8;
-/// A receive thread looks for datagrams this often, rather than sleeping in `epoll_wait`
-/// until one arrives: each look then finds many sockets ready, and the generator's CPU
-/// per datagram fell by about a quarter against waking per datagram. Latency is
-/// overstated by up to this much.
-const POLL_EVERY: Duration = Duration::from_millis(1);
+/// How often a receive thread reads each of its sockets. Arrival times come from the
+/// kernel, so the sweep's pace does not show in the latency; a longer sweep reads more
+/// datagrams per call.
+const SWEEP_EVERY: Duration = Duration::from_millis(20);
+/// How often a receive thread looks for due consent checks and live counts.
+const TICK: Duration = Duration::from_millis(50);
 
 /// What moves to a receive thread and back.
 pub(crate) struct PooledListener {
@@ -104,33 +107,29 @@ struct Entry {
 
 /// One receive thread: until every sender is gone and no listener is left.
 fn receive(commands: mpsc::Receiver<Command>) {
-    let epoll = match epoll_create1(EpollCreateFlags::EPOLL_CLOEXEC) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "receive thread: no epoll");
-            return;
-        }
-    };
     let mut entries: HashMap<u64, Entry> = HashMap::new();
-    let mut events = vec![EpollEvent::empty(); 256];
     let mut buffers = [[0u8; 2048]; BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut next_time = Instant::now();
+    let mut reader = Reader::new();
+    let mut ended = Vec::new();
+    let mut next_tick = Instant::now();
     let mut open = true;
     while open || !entries.is_empty() {
+        let sweep_started = Instant::now();
         loop {
             match commands.try_recv() {
                 Ok(Command::Add { id, listener, shared, done }) => {
-                    let fd = listener.socket.as_raw_fd();
-                    let mut event = EpollEvent::new(EpollFlags::EPOLLIN, id);
-                    if epoll_ctl(epoll, EpollOp::EpollCtlAdd, fd, &mut event).is_ok() {
-                        entries.insert(id, Entry { listener, shared, done });
-                    } else {
-                        // Given back at once: its task sees it end.
-                        let _ = done.send(listener);
+                    match setsockopt(listener.socket.as_raw_fd(), sockopt::ReceiveTimestampns, &true) {
+                        Ok(()) => {
+                            entries.insert(id, Entry { listener, shared, done });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "receive thread: no arrival stamps on a listener's socket");
+                            // Given back at once: its task sees it end.
+                            let _ = done.send(listener);
+                        }
                     }
                 }
-                Ok(Command::Stop(id)) => end(epoll, &mut entries, id),
+                Ok(Command::Stop(id)) => end(&mut entries, id),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -138,20 +137,17 @@ fn receive(commands: mpsc::Receiver<Command>) {
                 }
             }
         }
-        let ready = epoll_wait(epoll, &mut events, 0).unwrap_or(0);
-        let now = Instant::now();
-        for event in &events[..ready] {
-            let id = event.data();
-            let Some(e) = entries.get_mut(&id) else { continue };
-            if read(e, &mut buffers, &mut headers, now) == Heard::Ended {
-                end(epoll, &mut entries, id);
+        for (&id, e) in entries.iter_mut() {
+            if reader.drain(e, &mut buffers) == Heard::Ended {
+                ended.push(id);
             }
         }
-        if ready < events.len() {
-            std::thread::sleep(POLL_EVERY);
+        for id in ended.drain(..) {
+            end(&mut entries, id);
         }
-        if now >= next_time {
-            next_time = now + Duration::from_millis(50);
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
             for e in entries.values_mut() {
                 let l = &mut *e.listener;
                 if now < l.listening.deadline() {
@@ -162,52 +158,100 @@ fn receive(commands: mpsc::Receiver<Command>) {
                 }
             }
         }
+        // Behind (more sockets than one sweep's time reads): at once.
+        if let Some(rest) = (sweep_started + SWEEP_EVERY).checked_duration_since(Instant::now()) {
+            std::thread::sleep(rest);
+        }
     }
-    let _ = nix::unistd::close(epoll);
 }
 
-/// Reads what one ready socket holds, a batch per call (level-triggered: what is left
-/// is reported again).
-fn read(
-    e: &mut Entry,
-    buffers: &mut [[u8; 2048]; BATCH],
-    headers: &mut MultiHeaders<SockaddrStorage>,
-    now: Instant,
-) -> Heard {
-    let fd: RawFd = e.listener.socket.as_raw_fd();
-    let mut lengths = [0usize; BATCH];
-    let count = {
-        let slices = buffers.each_mut().map(|b| [std::io::IoSliceMut::new(&mut b[..])]);
-        match recvmmsg(fd, headers, slices.iter(), MsgFlags::MSG_DONTWAIT, None) {
-            Ok(results) => {
-                let mut n = 0;
-                for (length, r) in lengths.iter_mut().zip(results) {
-                    *length = r.bytes;
-                    n += 1;
+/// `recvmmsg`'s headers, with room for each datagram's arrival stamp.
+struct Reader {
+    headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader { headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec))) }
+    }
+
+    /// Reads all that one socket holds, a batch per call.
+    fn drain(&mut self, e: &mut Entry, buffers: &mut [[u8; 2048]; BATCH]) -> Heard {
+        loop {
+            let mut received = [(0usize, None::<TimeSpec>); BATCH];
+            let mut count = 0;
+            let mut unstamped = false;
+            {
+                let slices = buffers.each_mut().map(|b| [std::io::IoSliceMut::new(&mut b[..])]);
+                let fd = e.listener.socket.as_raw_fd();
+                let Ok(results) = recvmmsg(fd, &mut self.headers, slices.iter(), MsgFlags::MSG_DONTWAIT, None) else {
+                    return Heard::Counted;
+                };
+                for (slot, r) in received.iter_mut().zip(results) {
+                    let stamp = r.cmsgs().find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(t) => Some(t),
+                        _ => None,
+                    });
+                    unstamped |= stamp.is_none();
+                    *slot = (r.bytes, stamp);
+                    count += 1;
                 }
-                n
             }
-            Err(_) => 0,
-        }
-    };
-    let l = &mut *e.listener;
-    for (buffer, &length) in buffers.iter().zip(&lengths).take(count) {
-        let socket = &l.socket;
-        let send = |reply: &[u8]| {
-            let _ = socket.send(reply);
-        };
-        let heard = l.listening.on_datagram(&buffer[..length], now, &mut l.srtp, &e.shared, &mut l.report, send);
-        if heard == Heard::Ended {
-            return Heard::Ended;
+            if unstamped {
+                // The kernel shrinks a header's control length to what it wrote, and
+                // `recvmmsg` reuses headers as they are: a datagram without a stamp
+                // would leave no room for the next one's.
+                *self = Reader::new();
+            }
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let l = &mut *e.listener;
+            for (buffer, &(length, stamp)) in buffers.iter().zip(&received).take(count) {
+                let arrived = stamp.map_or(now, |t| arrival(t, now, wall));
+                let socket = &l.socket;
+                let send = |reply: &[u8]| {
+                    let _ = socket.send(reply);
+                };
+                let heard =
+                    l.listening.on_datagram(&buffer[..length], arrived, &mut l.srtp, &e.shared, &mut l.report, send);
+                if heard == Heard::Ended {
+                    return Heard::Ended;
+                }
+            }
+            if count < BATCH {
+                return Heard::Counted;
+            }
         }
     }
-    Heard::Counted
+}
+
+/// A kernel arrival stamp (wall clock) as an `Instant`, by its distance from `wall`,
+/// read at `now`.
+fn arrival(stamp: TimeSpec, now: Instant, wall: SystemTime) -> Instant {
+    let stamp = Duration::new(stamp.tv_sec().max(0) as u64, stamp.tv_nsec().clamp(0, 999_999_999) as u32);
+    let wall = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    now.checked_sub(wall.saturating_sub(stamp)).unwrap_or(now)
 }
 
 /// Takes a listener out and gives it back to its task.
-fn end(epoll: RawFd, entries: &mut HashMap<u64, Entry>, id: u64) {
+fn end(entries: &mut HashMap<u64, Entry>, id: u64) {
     if let Some(e) = entries.remove(&id) {
-        let _ = epoll_ctl(epoll, EpollOp::EpollCtlDel, e.listener.socket.as_raw_fd(), None);
         let _ = e.done.send(e.listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_is_as_far_before_now_as_the_stamp_before_the_wall_clock() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let since_epoch = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let earlier = since_epoch - Duration::from_millis(7);
+        let stamp = TimeSpec::new(earlier.as_secs() as _, earlier.subsec_nanos() as _);
+        assert_eq!(now - arrival(stamp, now, wall), Duration::from_millis(7));
+        // A stamp after the wall clock was read (it arrived meanwhile) is now.
+        let later = since_epoch + Duration::from_millis(3);
+        assert_eq!(arrival(TimeSpec::new(later.as_secs() as _, later.subsec_nanos() as _), now, wall), now);
     }
 }
