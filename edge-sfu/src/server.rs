@@ -395,7 +395,11 @@ impl Shell {
                     None => break,
                 },
                 ready = self.socket.readable() => {
-                    let Ok(mut ready) = ready else { break };
+                    let Ok(mut ready) = ready else {
+                        // Only when the runtime's I/O driver is gone, at shutdown.
+                        warn!("udp socket no longer watched: media worker stopping");
+                        break;
+                    };
                     let now = Instant::now();
                     self.forwarding = Some(now);
                     for _ in 0..RECV_BATCH {
