@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Every figure of the performance work in one run on this machine, so they can be
-compared with each other: the raw ceiling (`ceiling`, draining and not, to 25 sockets and
-to as many as the profiled listeners), the edge's forwarding with one and two media
+compared with each other: the raw ceiling (`ceiling`, receivers that wait for readiness,
+that sweep their sockets, and that never read, to 25 sockets and to as many as the
+profiled listeners), the edge's forwarding with one and two media
 workers pinned to one and two CPUs (listeners that never read), the edge's user-space
 cost per packet (criterion), memory per listener past the DTLS linger, capacity with the
 load generator on the same machine (a core, one edge of two workers, listeners that
@@ -27,13 +28,19 @@ ROOT = jc.ROOT
 RELEASE = os.path.join(ROOT, "target/release")
 
 
-def ceiling(work, no_drain, sockets=25):
-    """The `ceiling` binary's report: to `sockets` receiving sockets, draining ones over
-    loopback and veth (loopback alone with more than the default 25), or ones never read."""
-    out = os.path.join(work, f"ceiling-{'no-drain' if no_drain else 'drain'}-{sockets}.json")
-    cmd = [os.path.join(RELEASE, "ceiling"), "--json", out, "--sockets", str(sockets)]
-    cmd += ["--no-drain"] if no_drain else ["--veth"] if sockets == 25 else []
-    jc.say(f"ceiling to {sockets} sockets" + (" that never read" if no_drain else " that drain"))
+CEILING_DRAINS = {"poll": [], "sweep": ["--sweep"], "never": ["--no-drain"]}
+CEILING_READING = {"poll": "poll, then read", "sweep": "swept every 5 ms", "never": "never read"}
+
+
+def ceiling(work, drain, sockets=25):
+    """The `ceiling` binary's report: to `sockets` receiving sockets, over loopback, and over
+    veth too when they drain and are the default 25. `drain` is "poll" (read when `poll`
+    says ready, as an event loop does), "sweep" (every socket read every 5 ms, as the load
+    generator does) or "never"."""
+    out = os.path.join(work, f"ceiling-{drain}-{sockets}.json")
+    cmd = [os.path.join(RELEASE, "ceiling"), "--json", out, "--sockets", str(sockets)] + CEILING_DRAINS[drain]
+    cmd += ["--veth"] if drain != "never" and sockets == 25 else []
+    jc.say(f"ceiling to {sockets} sockets, {CEILING_READING[drain]}")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)
@@ -93,7 +100,7 @@ def profiles(work, listeners, ceiling_there):
                    f"{janus['steady_cpu_s_per_m'] / floor:.1f}x tuned Janus, the most any user-space work could reach "
                    "on this machine.")
         bare = 1e6 / max(u["sends_per_cpu_s"] for u in ceiling_there["udp"] if u["path"] == "loopback")
-        out.append(f"To {listeners} draining sockets, as many as the listeners here, a bare send (the cheaper of "
+        out.append(f"To {listeners} swept sockets, as many as the listeners here, a bare send (the cheaper of "
                    f"`sendto` and `sendmmsg`) costs "
                    f"{bare:.2f} µs of the sending thread's CPU: our whole edge, at "
                    f"{edge['steady_cpu_s_per_m']:.2f} µs per packet, forwards at "
@@ -122,16 +129,17 @@ def main():
                  f"{' --quick' if args.quick else ''}`.\n")
 
     profiled = 100 if args.quick else 500
-    drained, undrained = ceiling(work, False), ceiling(work, True)
-    drained_many = ceiling(work, False, sockets=profiled)
+    polled, swept, undrained = ceiling(work, "poll"), ceiling(work, "sweep"), ceiling(work, "never")
+    swept_many = ceiling(work, "sweep", sockets=profiled)
     lines.append("## Raw ceiling (150-byte datagrams)\n")
     lines.append("| path | send | receiving sockets | receivers | sends per CPU-second | receives per CPU-second |\n"
                  "| --- | --- | --- | --- | --- | --- |")
-    for c, how in ((drained, "drain"), (undrained, "never read"), (drained_many, "drain")):
+    for c, how in ((polled, CEILING_READING["poll"]), (swept, CEILING_READING["sweep"]),
+                   (undrained, CEILING_READING["never"]), (swept_many, CEILING_READING["sweep"])):
         for u in c["udp"]:
             lines.append(f"| {u['path']} | {u['send']} | {c['sockets']} | {how} | {u['sends_per_cpu_s'] / 1e6:.2f} M | "
                          f"{u['receives_per_cpu_s'] / 1e6:.2f} M |")
-    lines.append(f"\nAES-128-GCM seals: {drained['gcm_seals_per_cpu_s'] / 1e6:.2f} M per CPU-second.\n")
+    lines.append(f"\nAES-128-GCM seals: {swept['gcm_seals_per_cpu_s'] / 1e6:.2f} M per CPU-second.\n")
     ceiling_no_drain = loopback_sendto(undrained)["sends_per_cpu_s"]
 
     lines.append(f"## Media workers, pinned ({scale_n} listeners that never read, 3 speakers, one edge)\n")
@@ -167,13 +175,14 @@ def main():
         lines.append(f"\nPer listener: {(m1 - m0) * 1024 / (j1 - j0):.1f} KiB (the slope between the two).")
 
     listener_pps = 3 * 50
-    drain = loopback_sendto(drained)
-    per_packet = 1 / drain["sends_per_cpu_s"] + 1 / drain["receives_per_cpu_s"]
-    machine_bound = (os.cpu_count() or 1) / per_packet / listener_pps
+    loopback = [u for c in (swept, swept_many) for u in c["udp"] if u["path"] == "loopback"]
+    send_us = 1e6 / max(u["sends_per_cpu_s"] for u in loopback)
+    receive_us = 1e6 / max(u["receives_per_cpu_s"] for u in loopback)
+    machine_bound = (os.cpu_count() or 1) / ((send_us + receive_us) / 1e6) / listener_pps
     lines.append(f"\nThe most listeners this machine's kernel could carry with no user-space work at all, "
-                 f"SFU and generator together: {os.cpu_count()} cores / ({1e6 / drain['sends_per_cpu_s']:.2f} µs per "
-                 f"send + {1e6 / drain['receives_per_cpu_s']:.2f} µs per receive) / {listener_pps} packets a second each "
-                 f"= **{machine_bound:.0f}** (loopback ceiling above).")
+                 f"SFU and generator together: {os.cpu_count()} cores / ({send_us:.2f} µs per send + {receive_us:.2f} "
+                 f"µs per receive, each the cheapest over loopback with swept receivers) / {listener_pps} packets a "
+                 f"second each = **{machine_bound:.0f}**.")
 
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
     lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | "
@@ -201,7 +210,7 @@ def main():
         lines.append(f"| {n} | {cost[('janus', n)] / cost[('edge', n)]:.1f}x | "
                      f"{cost[('janus-2-loops', n)] / cost[('edge', n)]:.1f}x | "
                      f"{cost[('janus-2-loops', n)] / cost[('sfu', n)]:.1f}x |")
-    lines.append(profiles(work, profiled, drained_many))
+    lines.append(profiles(work, profiled, swept_many))
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)

@@ -6,7 +6,13 @@
 //! network namespace this creates (root and `ip` needed); and AES-128-GCM seals of such
 //! a packet per CPU-second of one core.
 //!
-//! `cargo run --release -p benches --bin ceiling -- [--veth] [--json FILE]`
+//! The receiving thread waits for readiness with `poll` before it reads, as an event loop
+//! does, or with `--sweep` reads every socket every few milliseconds without asking, as
+//! the load generator's receive threads do. On loopback the sender delivers each datagram
+//! and pays for waking whoever waits on the socket, so sweeping gives the cheaper figure
+//! for both sides.
+//!
+//! `cargo run --release -p benches --bin ceiling -- [--veth] [--sweep] [--json FILE]`
 
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -40,8 +46,14 @@ struct Args {
     #[arg(long)]
     veth: bool,
     /// Receivers never read (the kernel drops once their buffers fill): for comparison only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sweep")]
     no_drain: bool,
+    /// Drain by reading every socket every `--sweep-ms` without waiting for readiness.
+    #[arg(long)]
+    sweep: bool,
+    /// Milliseconds between sweeps.
+    #[arg(long, default_value_t = 5)]
+    sweep_ms: u64,
     /// Also write the results here, as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -54,6 +66,17 @@ const BATCH: usize = 32;
 enum Send {
     SendTo,
     SendMmsg,
+}
+
+/// How the receiving thread keeps its sockets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Drain {
+    /// Waits for readiness (`poll`), then reads the ready sockets.
+    Poll,
+    /// Reads every socket every so often, without readiness.
+    Sweep(Duration),
+    /// Never reads.
+    Never,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -82,7 +105,7 @@ fn receiver(
     ip: Ipv4Addr,
     n: usize,
     netns: Option<String>,
-    drain: bool,
+    drain: Drain,
     ready: std::sync::mpsc::Sender<Vec<SocketAddr>>,
     stop: Arc<AtomicBool>,
 ) -> (u64, Duration) {
@@ -98,27 +121,40 @@ fn receiver(
     let mut headers = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
     let start = thread_cpu();
     let mut received = 0u64;
-    let mut fds: Vec<PollFd> = sockets.iter().map(|s| PollFd::new(s.as_raw_fd(), PollFlags::POLLIN)).collect();
-    while drain && !stop.load(Ordering::Relaxed) {
-        // Readiness first, as an event loop does: only sockets with data are read.
-        if !matches!(poll(&mut fds, 1), Ok(n) if n > 0) {
-            continue;
-        }
-        for (s, fd) in sockets.iter().zip(&fds) {
-            if !fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-                continue;
+    let mut read_all = |s: &UdpSocket| {
+        // A batch per call, until the socket is empty.
+        while let Ok(r) =
+            nix::sys::socket::recvmmsg(s.as_raw_fd(), &mut headers, slices.iter(), MsgFlags::MSG_DONTWAIT, None)
+        {
+            let n = r.count();
+            received += n as u64;
+            if n < BATCH {
+                break;
             }
-            // Drain it, a batch per call.
-            while let Ok(r) =
-                nix::sys::socket::recvmmsg(s.as_raw_fd(), &mut headers, slices.iter(), MsgFlags::MSG_DONTWAIT, None)
-            {
-                let n = r.count();
-                received += n as u64;
-                if n < BATCH {
-                    break;
+        }
+    };
+    match drain {
+        Drain::Poll => {
+            let mut fds: Vec<PollFd> = sockets.iter().map(|s| PollFd::new(s.as_raw_fd(), PollFlags::POLLIN)).collect();
+            while !stop.load(Ordering::Relaxed) {
+                if !matches!(poll(&mut fds, 1), Ok(n) if n > 0) {
+                    continue;
+                }
+                for (s, fd) in sockets.iter().zip(&fds) {
+                    if fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+                        read_all(s);
+                    }
                 }
             }
         }
+        Drain::Sweep(every) => {
+            while !stop.load(Ordering::Relaxed) {
+                let next = Instant::now() + every;
+                sockets.iter().for_each(&mut read_all);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        }
+        Drain::Never => {}
     }
     // Not draining: keep the sockets bound (full) until the sender is done.
     while !stop.load(Ordering::Relaxed) {
@@ -187,7 +223,12 @@ fn measure_udp(
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let receiving = {
-        let (stop, n, drain) = (stop.clone(), args.sockets, !args.no_drain);
+        let drain = match (args.no_drain, args.sweep) {
+            (true, _) => Drain::Never,
+            (false, true) => Drain::Sweep(Duration::from_millis(args.sweep_ms.max(1))),
+            (false, false) => Drain::Poll,
+        };
+        let (stop, n) = (stop.clone(), args.sockets);
         std::thread::spawn(move || receiver(receive_on, n, netns, drain, ready_tx, stop))
     };
     let targets = ready.recv().expect("receivers bound");
@@ -315,13 +356,22 @@ fn main() {
         );
     }
     println!("\nAES-128-GCM seals of a {}-byte packet: {:.2} M per CPU-second", args.size, seals / 1e6);
-    println!("({cores} cores, {cpu}; {} receiving sockets)", args.sockets);
+    let receive = if args.no_drain {
+        "never read".to_owned()
+    } else if args.sweep {
+        format!("swept every {} ms", args.sweep_ms)
+    } else {
+        "read when poll says ready".to_owned()
+    };
+    println!("({cores} cores, {cpu}; {} receiving sockets, {receive})", args.sockets);
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "cores": cores,
             "cpu": cpu,
             "size": args.size,
             "sockets": args.sockets,
+            "receive": if args.no_drain { "never" } else if args.sweep { "sweep" } else { "poll" },
+            "sweep_ms": args.sweep_ms,
             "udp": udp,
             "gcm_seals_per_cpu_s": seals,
         });
