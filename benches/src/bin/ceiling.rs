@@ -10,9 +10,10 @@
 //! does, or with `--sweep` reads every socket every few milliseconds without asking, as
 //! the load generator's receive threads do. On loopback the sender delivers each datagram
 //! and pays for waking whoever waits on the socket, so sweeping gives the cheaper figure
-//! for both sides.
+//! for both sides. With `--connected` each receiving socket is connected to the sender,
+//! as a WebRTC client's socket is to its server.
 //!
-//! `cargo run --release -p benches --bin ceiling -- [--veth] [--sweep] [--json FILE]`
+//! `cargo run --release -p benches --bin ceiling -- [--veth] [--sweep] [--connected] [--json FILE]`
 
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -51,6 +52,9 @@ struct Args {
     /// Drain by reading every socket every `--sweep-ms` without waiting for readiness.
     #[arg(long)]
     sweep: bool,
+    /// Receivers connected to the sender, as a WebRTC client's socket is to its server.
+    #[arg(long)]
+    connected: bool,
     /// Milliseconds between sweeps.
     #[arg(long, default_value_t = 5)]
     sweep_ms: u64,
@@ -106,6 +110,7 @@ fn receiver(
     n: usize,
     netns: Option<String>,
     drain: Drain,
+    connect_to: Option<SocketAddr>,
     ready: std::sync::mpsc::Sender<Vec<SocketAddr>>,
     stop: Arc<AtomicBool>,
 ) -> (u64, Duration) {
@@ -113,7 +118,15 @@ fn receiver(
         let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace file");
         nix::sched::setns(file.as_raw_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     }
-    let sockets: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind((ip, 0)).expect("bind receiver")).collect();
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| {
+            let s = UdpSocket::bind((ip, 0)).expect("bind receiver");
+            if let Some(peer) = connect_to {
+                s.connect(peer).expect("connect receiver");
+            }
+            s
+        })
+        .collect();
     ready.send(sockets.iter().map(|s| s.local_addr().unwrap()).collect()).unwrap();
     let mut buffers = vec![[0u8; 2048]; BATCH];
     let slices: Vec<[std::io::IoSliceMut; 1]> =
@@ -164,8 +177,7 @@ fn receiver(
 }
 
 /// Sends `size`-byte datagrams round-robin to `targets` for `seconds`, from `from`.
-fn sender(from: Ipv4Addr, targets: &[SocketAddr], size: usize, how: Send, seconds: f64) -> (u64, Duration) {
-    let socket = UdpSocket::bind((from, 0)).expect("bind sender");
+fn sender(socket: UdpSocket, targets: &[SocketAddr], size: usize, how: Send, seconds: f64) -> (u64, Duration) {
     let payload = vec![0x5au8; size];
     let addrs: Vec<SockaddrIn> = targets
         .iter()
@@ -222,6 +234,7 @@ fn measure_udp(
 ) -> UdpResult {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = std::sync::mpsc::channel();
+    let sending = UdpSocket::bind((send_from, 0)).expect("bind sender");
     let receiving = {
         let drain = match (args.no_drain, args.sweep) {
             (true, _) => Drain::Never,
@@ -229,10 +242,11 @@ fn measure_udp(
             (false, false) => Drain::Poll,
         };
         let (stop, n) = (stop.clone(), args.sockets);
-        std::thread::spawn(move || receiver(receive_on, n, netns, drain, ready_tx, stop))
+        let connect_to = args.connected.then_some(sending.local_addr().expect("sender address"));
+        std::thread::spawn(move || receiver(receive_on, n, netns, drain, connect_to, ready_tx, stop))
     };
     let targets = ready.recv().expect("receivers bound");
-    let (sent, send_cpu) = sender(send_from, &targets, args.size, how, args.seconds);
+    let (sent, send_cpu) = sender(sending, &targets, args.size, how, args.seconds);
     // Let the receiver drain what is in flight.
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
