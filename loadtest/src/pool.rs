@@ -20,12 +20,12 @@ use tokio::sync::oneshot;
 
 use crate::client::{ClientReport, Heard, Listening, Shared};
 
-/// Datagrams read per `recvmmsg`; a listener gets three every 20 ms.
+/// Datagrams read per `recvmmsg`; a listener gets six every 40 ms.
 const BATCH: usize = 8;
 /// How often a receive thread reads each of its sockets. Arrival times come from the
 /// kernel, so the sweep's pace does not show in the latency; a longer sweep reads more
 /// datagrams per call.
-const SWEEP_EVERY: Duration = Duration::from_millis(20);
+const SWEEP_EVERY: Duration = Duration::from_millis(40);
 /// How often a receive thread looks for due consent checks and live counts.
 const TICK: Duration = Duration::from_millis(50);
 
