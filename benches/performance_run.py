@@ -28,7 +28,7 @@ ROOT = jc.ROOT
 RELEASE = os.path.join(ROOT, "target/release")
 
 
-CEILING_DRAINS = {"poll": [], "sweep": ["--sweep"], "never": ["--no-drain"]}
+CEILING_DRAINS = {"poll": [], "sweep": ["--sweep", "--sweep-ms", "5"], "never": ["--no-drain"]}
 CEILING_READING = {"poll": "poll, then read", "sweep": "swept every 5 ms", "never": "never read"}
 
 

@@ -73,14 +73,41 @@ enum Send {
 }
 
 /// How the receiving thread keeps its sockets.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 enum Drain {
     /// Waits for readiness (`poll`), then reads the ready sockets.
     Poll,
     /// Reads every socket every so often, without readiness.
     Sweep(Duration),
-    /// Never reads.
+    /// Never reads: the sockets stay bound (and full) until the sender is done.
     Never,
+}
+
+impl Drain {
+    fn from_args(args: &Args) -> Drain {
+        match (args.no_drain, args.sweep) {
+            (true, _) => Drain::Never,
+            (false, true) => Drain::Sweep(Duration::from_millis(args.sweep_ms.max(1))),
+            (false, false) => Drain::Poll,
+        }
+    }
+
+    /// The name the JSON report gives it.
+    fn name(self) -> &'static str {
+        match self {
+            Drain::Poll => "poll",
+            Drain::Sweep(_) => "sweep",
+            Drain::Never => "never",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Drain::Poll => "read when poll says ready".to_owned(),
+            Drain::Sweep(every) => format!("swept every {} ms", every.as_millis()),
+            Drain::Never => "never read".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -167,11 +194,11 @@ fn receiver(
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         }
-        Drain::Never => {}
-    }
-    // Not draining: keep the sockets bound (full) until the sender is done.
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(10));
+        Drain::Never => {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
     (received, thread_cpu() - start)
 }
@@ -230,17 +257,13 @@ fn measure_udp(
     receive_on: Ipv4Addr,
     netns: Option<String>,
     how: Send,
+    drain: Drain,
     args: &Args,
 ) -> UdpResult {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let sending = UdpSocket::bind((send_from, 0)).expect("bind sender");
     let receiving = {
-        let drain = match (args.no_drain, args.sweep) {
-            (true, _) => Drain::Never,
-            (false, true) => Drain::Sweep(Duration::from_millis(args.sweep_ms.max(1))),
-            (false, false) => Drain::Poll,
-        };
         let (stop, n) = (stop.clone(), args.sockets);
         let connect_to = args.connected.then_some(sending.local_addr().expect("sender address"));
         std::thread::spawn(move || receiver(receive_on, n, netns, drain, connect_to, ready_tx, stop))
@@ -327,6 +350,7 @@ impl Drop for Veth {
 
 fn main() {
     let args = Args::parse();
+    let drain = Drain::from_args(&args);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -338,14 +362,14 @@ fn main() {
     let mut udp = Vec::new();
     for how in [Send::SendTo, Send::SendMmsg] {
         eprintln!("ceiling: loopback, {how:?}");
-        udp.push(measure_udp("loopback", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, None, how, &args));
+        udp.push(measure_udp("loopback", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, None, how, drain, &args));
     }
     let veth = args.veth.then(Veth::create);
     match &veth {
         Some(Ok(v)) => {
             for how in [Send::SendTo, Send::SendMmsg] {
                 eprintln!("ceiling: veth, {how:?}");
-                udp.push(measure_udp("veth", VETH_HOST, VETH_PEER, Some(v.netns.clone()), how, &args));
+                udp.push(measure_udp("veth", VETH_HOST, VETH_PEER, Some(v.netns.clone()), how, drain, &args));
             }
         }
         Some(Err(e)) => eprintln!("ceiling: no veth pair ({e}); loopback only"),
@@ -370,21 +394,14 @@ fn main() {
         );
     }
     println!("\nAES-128-GCM seals of a {}-byte packet: {:.2} M per CPU-second", args.size, seals / 1e6);
-    let receive = if args.no_drain {
-        "never read".to_owned()
-    } else if args.sweep {
-        format!("swept every {} ms", args.sweep_ms)
-    } else {
-        "read when poll says ready".to_owned()
-    };
-    println!("({cores} cores, {cpu}; {} receiving sockets, {receive})", args.sockets);
+    println!("({cores} cores, {cpu}; {} receiving sockets, {})", args.sockets, drain.describe());
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "cores": cores,
             "cpu": cpu,
             "size": args.size,
             "sockets": args.sockets,
-            "receive": if args.no_drain { "never" } else if args.sweep { "sweep" } else { "poll" },
+            "receive": drain.name(),
             "sweep_ms": args.sweep_ms,
             "udp": udp,
             "gcm_seals_per_cpu_s": seals,
