@@ -67,7 +67,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
         if addr.port() != 0 {
             addr.set_port(settings.udp.port() + k as u16);
         }
-        let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+        let udp = bind_media(addr).await?;
         let udp_addr = udp.local_addr()?;
         let id = edge_id
             .get_or_insert_with(|| {
@@ -161,3 +161,47 @@ fn relay_config(
 
 /// How long a demo or test token lives by default.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A media worker's socket, bound to `addr`, sending with don't-fragment set.
+async fn bind_media(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+    dont_fragment(&udp).with_context(|| format!("setting don't-fragment on UDP {addr}"))?;
+    Ok(udp)
+}
+
+/// Media leaves with don't-fragment set, and the kernel ignores path-MTU news from ICMP
+/// (`IP_PMTUDISC_PROBE`, as quinn does). Our datagrams are small (voice packets of a few
+/// hundred bytes, STUN, DTLS records of at most 1,200), so refusing to fragment costs
+/// nothing on an internet path; a forged "fragmentation needed" cannot shrink what we
+/// send; and an unconnected socket's IPv4 packets with DF carry ID 0, sparing each send
+/// the kernel's shared, hashed ID counters (one cache line per destination, shared by
+/// every core).
+fn dont_fragment(socket: &tokio::net::UdpSocket) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    match socket.local_addr()? {
+        std::net::SocketAddr::V4(_) => sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::PROBE)?,
+        std::net::SocketAddr::V6(_) => {
+            sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::PROBE)?;
+            // A dual-stack socket's IPv4 traffic follows the IPv4 option.
+            let _ = sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::PROBE);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::net::sockopt;
+
+    #[tokio::test]
+    async fn media_sockets_send_with_dont_fragment_and_ignore_icmp_path_mtu() {
+        let v4 = super::bind_media(([127, 0, 0, 1], 0).into()).await.unwrap();
+        assert_eq!(sockopt::ip_mtu_discover(&v4).unwrap(), sockopt::Ipv4PathMtuDiscovery::PROBE);
+        // IPv6 where the host has it.
+        let v6_loopback = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        if std::net::UdpSocket::bind(v6_loopback).is_ok() {
+            let v6 = super::bind_media(v6_loopback).await.unwrap();
+            assert_eq!(sockopt::ipv6_mtu_discover(&v6).unwrap(), sockopt::Ipv6PathMtuDiscovery::PROBE);
+        }
+    }
+}
