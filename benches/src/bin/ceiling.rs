@@ -263,6 +263,9 @@ fn measure_udp(
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let sending = UdpSocket::bind((send_from, 0)).expect("bind sender");
+    // Don't-fragment, as the edge's media sockets send.
+    rustix::net::sockopt::set_ip_mtu_discover(&sending, rustix::net::sockopt::Ipv4PathMtuDiscovery::PROBE)
+        .expect("don't-fragment on the sender");
     let receiving = {
         let (stop, n) = (stop.clone(), args.sockets);
         let connect_to = args.connected.then_some(sending.local_addr().expect("sender address"));
