@@ -46,6 +46,12 @@ def ceiling(work, drain, sockets=25):
         return json.load(f)
 
 
+def drops(report):
+    """The SFU's drops over a run, as "reason count" pairs, or "none"."""
+    d = report.get("sfu_drops") or {}
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+
 def local(work, name, args):
     out = os.path.join(work, f"{name}.json")
     cmd = [os.path.join(RELEASE, "loadtest"), "local", "--quiet", "--json", out] + args
@@ -186,8 +192,9 @@ def main():
 
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
     lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | "
-                 "steady: packets/s heard | edge µs per packet | generator µs per packet | meets |\n"
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                 "steady: packets/s heard | edge µs per packet | generator µs per packet | "
+                 "SFU drops (datagrams) | meets |\n"
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in capacity:
         r = local(work, f"capacity-{n}", ["--edges", "1", "--edge-workers", "2", "--listeners", str(n), "--speakers",
                                           "3", "--duration", duration, "--ramp", "100", "--decrypt-every", "10"])
@@ -197,7 +204,7 @@ def main():
                      f"{r['latency']['p99_ms']:.1f} | {procs['edge-1']['cpu_mean_percent']:.0f} | "
                      f"{procs['loadtest']['cpu_mean_percent']:.0f} | {r.get('sfu_rss_end_mb') or 0:.1f} | "
                      f"{heard:.0f} | {jc.steady_cost(r, 'edge-1'):.1f} | {jc.steady_cost(r, 'loadtest'):.1f} | "
-                     f"{'yes' if jc.meets(r, n) else 'no'} |")
+                     f"{drops(r)} | {'yes' if jc.meets(r, n) else 'no'} |")
 
     lines.append("\n## Side by side with Janus\n")
     ns = argparse.Namespace(duration=duration, ramp=100)

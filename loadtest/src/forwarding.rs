@@ -2,6 +2,7 @@
 //! process CPU time from each edge's `/metrics`, sampled every second, and a window of
 //! them as packets per second and per CPU-second.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,45 @@ pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+}
+
+/// What an SFU node dropped, from its `/metrics` text, by node role and reason: the
+/// edge's input and uplink drops (`sfu_edge_dropped_total`), the core's datagrams
+/// (`sfu_core_datagrams_dropped_total`) and the core's queues towards edges
+/// (`sfu_relay_link_queue_dropped_total` with `role="core"`). Added into `into`; zero
+/// counts are left out.
+pub fn add_drops(text: &str, into: &mut BTreeMap<String, u64>) {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            line[start..].split('"').next()
+        };
+        let key = if line.starts_with("sfu_edge_dropped_total{") {
+            label("reason").map(|r| format!("edge {r}"))
+        } else if line.starts_with("sfu_core_datagrams_dropped_total") {
+            Some("core datagrams".to_owned())
+        } else if line.starts_with("sfu_relay_link_queue_dropped_total{") && label("role") == Some("core") {
+            label("reason").map(|r| format!("core link queue {r}"))
+        } else {
+            None
+        };
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        if let (Some(key), true) = (key, value >= 1.0) {
+            *into.entry(key).or_default() += value as u64;
+        }
+    }
+}
+
+/// Every node's drops (see [`add_drops`]), summed; nodes that do not answer are left out.
+pub async fn drops(metrics_urls: &[String]) -> BTreeMap<String, u64> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("an HTTP client");
+    let mut all = BTreeMap::new();
+    for url in metrics_urls {
+        if let Ok(r) = http.get(url).send().await {
+            add_drops(&r.text().await.unwrap_or_default(), &mut all);
+        }
+    }
+    all
 }
 
 /// Samples every edge's `/metrics` each second into `out` until aborted; a sample is
@@ -149,5 +189,22 @@ mod tests {
         let two = "sfu_x{reason=\"a\"} 2\nsfu_x{reason=\"b\"} 3\n";
         assert_eq!(series_sum(two, "sfu_x", ""), Some(5.0));
         assert_eq!(series_sum(two, "sfu_x", "reason=\"b\""), Some(3.0));
+    }
+
+    #[test]
+    fn drops_are_summed_by_role_and_reason() {
+        let edge = "# HELP sfu_edge_dropped_total x\n\
+            sfu_edge_dropped_total{node=\"e1\",role=\"edge\",reason=\"relay_stale\"} 3429\n\
+            sfu_edge_dropped_total{node=\"e1\",role=\"edge\",reason=\"srtp_auth\"} 0\n\
+            sfu_relay_link_queue_dropped_total{node=\"e1\",role=\"edge\",worker=\"0\",reason=\"stale\"} 294\n";
+        let core = "sfu_core_datagrams_dropped_total{node=\"c\",role=\"core\"} 7\n\
+            sfu_relay_link_queue_dropped_total{node=\"c\",role=\"core\",peer=\"127.0.0.1:1\",reason=\"stale\"} 5\n\
+            sfu_relay_link_queue_dropped_total{node=\"c\",role=\"core\",peer=\"127.0.0.1:2\",reason=\"stale\"} 6\n";
+        let mut all = BTreeMap::new();
+        add_drops(edge, &mut all);
+        add_drops(edge, &mut all);
+        add_drops(core, &mut all);
+        let expected = [("core datagrams", 7), ("core link queue stale", 11), ("edge relay_stale", 6858)];
+        assert_eq!(all, expected.map(|(k, v)| (k.to_owned(), v)).into_iter().collect());
     }
 }

@@ -59,6 +59,11 @@ fn short_local_run_meets_its_thresholds() {
     // Churned listeners left and rejoined; each still counts once, and nothing was lost.
     assert!(report["churned"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["sfu_rss_end_mb"].as_f64().unwrap() > 1.0, "{report}");
+    // Honest clients gave the nodes nothing to refuse as forged or malformed.
+    let drops = report["sfu_drops"].as_object().expect("the nodes' drops are reported");
+    for reason in ["srtp_auth", "srtp_replay", "rtp_malformed", "rtcp_malformed", "stun_bad_credentials"] {
+        assert!(!drops.contains_key(&format!("edge {reason}")), "{reason}: {report}");
+    }
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("Loss per edge") && plot.contains("<polyline"), "not a plot");
     std::fs::remove_dir_all(&dir).unwrap();
