@@ -47,8 +47,8 @@ def ceiling(work, drain, sockets=25):
 
 
 def drops(report):
-    """The SFU's drops over a run, as "reason count" pairs, or "none"."""
-    d = report.get("sfu_drops") or {}
+    """What the nodes and the kernel dropped over a run, as "reason count" pairs, or "none"."""
+    d = report.get("drops") or {}
     return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
 
 
@@ -193,7 +193,7 @@ def main():
     lines.append("\n## Capacity, load generator included (a core, one edge of two workers, decrypt 1 in 10)\n")
     lines.append("| listeners | joined | loss % | p50 ms | p99 ms | edge CPU % | generator CPU % | SFU RSS MB | "
                  "steady: packets/s heard | edge µs per packet | generator µs per packet | "
-                 "SFU drops (datagrams) | meets |\n"
+                 "drops (nodes, datagrams; kernel) | meets |\n"
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in capacity:
         r = local(work, f"capacity-{n}", ["--edges", "1", "--edge-workers", "2", "--listeners", str(n), "--speakers",

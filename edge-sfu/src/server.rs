@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -150,6 +150,9 @@ pub struct Readiness {
 pub struct WorkerGauge {
     sessions: AtomicUsize,
     ready: AtomicBool,
+    /// The core's datagrams refused because the worker's command queue was full (counted
+    /// by the link's task, folded into the worker's drops when it reports).
+    relay_queue_full: AtomicU64,
     channels: std::sync::Mutex<HashMap<Arc<str>, ChannelCount>>,
 }
 
@@ -303,6 +306,8 @@ struct Shell {
     socket: AsyncFd<std::net::UdpSocket>,
     identity: DtlsIdentity,
     handshake_timeout: Duration,
+    /// The node's shared runtime, where DTLS handshakes run (off the media thread).
+    control: tokio::runtime::Handle,
     commands: mpsc::Sender<Command>,
     dtls: HashMap<SessionId, DtlsTask>,
     resources: HashMap<String, SessionId>,
@@ -330,10 +335,7 @@ pub fn start(
     relay: Option<RelayConfig>,
 ) -> std::io::Result<(EdgeHandle, JoinHandle<()>)> {
     let udp_addr = socket.local_addr()?;
-    // Deprecated for any `AsRawFd`, whose descriptor might close under the registration;
-    // a `std::net::UdpSocket` owns its descriptor until the `AsyncFd` drops it.
-    #[allow(deprecated)]
-    let socket = AsyncFd::with_interest(socket.into_std()?, Interest::READABLE)?;
+    let socket = socket.into_std()?;
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let now = Instant::now();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -354,30 +356,60 @@ pub fn start(
         .flat_map(|r| r.cores.iter())
         .map(|addr| (edge.add_core(addr.clone()), addr.clone()))
         .collect();
-    let shell = Shell {
-        edge,
-        socket,
-        identity,
-        handshake_timeout,
-        commands,
-        dtls: HashMap::new(),
-        resources: HashMap::new(),
-        resource_of: HashMap::new(),
-        send_errors: 0,
-        last_send_warning: None,
-        relays: HashMap::new(),
-        relay_config: relay_config.clone(),
-        backlog: Backlog::default(),
-        forwarding: None,
-        gauge,
-        placed: HashMap::new(),
-    };
-    let task = tokio::spawn(shell.run(rx));
-    if let Some(config) = relay_config {
-        for (link, addr) in seeds {
-            tokio::spawn(relay_link(config.clone(), addr, link, handle.commands.clone()));
-        }
-    }
+    let (link_commands, link_gauge) = (handle.commands.clone(), gauge.clone());
+    let control = tokio::runtime::Handle::current();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The thread ends when the worker does, or when the returned task is dropped with
+    // the node's runtime.
+    let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new().name(format!("media-{}", udp_addr.port())).spawn(move || {
+        runtime.block_on(async move {
+            // Deprecated for any `AsRawFd`, whose descriptor might close under the registration;
+            // a `std::net::UdpSocket` owns its descriptor until the `AsyncFd` drops it.
+            #[allow(deprecated)]
+            let socket = match AsyncFd::with_interest(socket, Interest::READABLE) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "media socket not watched: media worker stopping");
+                    return;
+                }
+            };
+            let shell = Shell {
+                edge,
+                socket,
+                identity,
+                handshake_timeout,
+                control,
+                commands,
+                dtls: HashMap::new(),
+                resources: HashMap::new(),
+                resource_of: HashMap::new(),
+                send_errors: 0,
+                last_send_warning: None,
+                relays: HashMap::new(),
+                relay_config: relay_config.clone(),
+                backlog: Backlog::default(),
+                forwarding: None,
+                gauge,
+                placed: HashMap::new(),
+            };
+            if let Some(config) = relay_config {
+                for (link, addr) in seeds {
+                    tokio::spawn(relay_link(config.clone(), addr, link, link_commands.clone(), link_gauge.clone()));
+                }
+            }
+            tokio::select! {
+                _ = shell.run(rx) => {}
+                _ = stopped => {}
+            }
+        });
+        drop(ended);
+    })?;
+    let task = tokio::spawn(async move {
+        let _stop = stop;
+        let _ = ended_rx.await;
+    });
     Ok((handle, task))
 }
 
@@ -513,6 +545,8 @@ impl Shell {
                 let _ = reply.send(links);
             }
             Command::Stats { reply } => {
+                let refused = self.gauge.relay_queue_full.swap(0, Ordering::Relaxed);
+                self.edge.count_drops(DropReason::RelayQueueFull, refused);
                 let _ = reply.send((self.edge.counters().clone(), self.edge.session_count()));
             }
             Command::RelayUp { link, relay, edge_number } => {
@@ -569,7 +603,7 @@ impl Shell {
                 }
             }
         };
-        let task = tokio::spawn(contain_handshake(id, self.commands.clone(), handshake));
+        let task = self.control.spawn(contain_handshake(id, self.commands.clone(), handshake));
         self.dtls.insert(id, DtlsTask { input, task });
     }
 
@@ -618,7 +652,7 @@ impl Shell {
                 Output::OpenLink { link, addr } => {
                     if let Some(config) = &self.relay_config {
                         info!(link, core = %addr, "linking to a channel's owning core");
-                        tokio::spawn(relay_link(config.clone(), addr, link, self.commands.clone()));
+                        tokio::spawn(relay_link(config.clone(), addr, link, self.commands.clone(), self.gauge.clone()));
                     }
                 }
                 Output::Closed { session, .. } => {
@@ -643,16 +677,22 @@ impl Shell {
 
 /// Keeps a link to the core: connect, authenticate both ways, relay, and on loss retry
 /// with backoff. Listeners stay connected to the edge throughout.
-async fn relay_link(config: Arc<RelayConfig>, core: String, link: LinkId, commands: mpsc::Sender<Command>) {
+async fn relay_link(
+    config: Arc<RelayConfig>,
+    core: String,
+    link: LinkId,
+    commands: mpsc::Sender<Command>,
+    gauge: Arc<WorkerGauge>,
+) {
     let mut backoff = RELAY_MIN_BACKOFF;
     let mut endpoint: Option<quinn::Endpoint> = None;
     let mut last_warning: Option<Instant> = None;
     while !commands.is_closed() {
         match connect_core(&config, &core, &mut endpoint).await {
-            Ok((conn, send, recv, reader, core_id, edge_number)) => {
-                info!(%core, core_id = ?core_id, "connected to core");
+            Ok(connected) => {
+                info!(%core, core_id = ?connected.4, "connected to core");
                 backoff = RELAY_MIN_BACKOFF;
-                pump(conn, send, recv, reader, link, edge_number, &commands).await;
+                pump(connected, link, &commands, &gauge).await;
                 if commands.send(Command::RelayDown { link }).await.is_err() {
                     break;
                 }
@@ -732,15 +772,8 @@ async fn connect_core(
 }
 
 /// Relays one connection until it ends.
-async fn pump(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut reader: FrameReader,
-    link: LinkId,
-    edge_number: u16,
-    commands: &mpsc::Sender<Command>,
-) {
+async fn pump(connected: Connected, link: LinkId, commands: &mpsc::Sender<Command>, gauge: &WorkerGauge) {
+    let (conn, mut send, mut recv, mut reader, _, edge_number) = connected;
     let (control, mut control_rx) = mpsc::channel::<Message>(RELAY_CONTROL_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(m) = control_rx.recv().await {
@@ -774,7 +807,11 @@ async fn pump(
             },
             d = conn.read_datagram() => match d {
                 // Media never waits: a full queue drops the datagram.
-                Ok(data) => { let _ = commands.try_send(Command::RelayDatagram { link, data, at: Instant::now() }); }
+                Ok(data) => {
+                    if commands.try_send(Command::RelayDatagram { link, data, at: Instant::now() }).is_err() {
+                        gauge.relay_queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Err(e) => {
                     debug!(error = %e, "core link closed");
                     break;

@@ -66,7 +66,8 @@ pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
 }
 
 /// What an SFU node dropped, from its `/metrics` text, by node role and reason: the
-/// edge's input and uplink drops (`sfu_edge_dropped_total`), the core's datagrams
+/// edge's input and uplink drops (`sfu_edge_dropped_total`), its failed sends
+/// (`sfu_edge_send_errors_total`), the core's datagrams
 /// (`sfu_core_datagrams_dropped_total`) and the core's queues towards edges
 /// (`sfu_relay_link_queue_dropped_total` with `role="core"`). Added into `into`; zero
 /// counts are left out.
@@ -78,6 +79,8 @@ pub fn add_drops(text: &str, into: &mut BTreeMap<String, u64>) {
         };
         let key = if line.starts_with("sfu_edge_dropped_total{") {
             label("reason").map(|r| format!("edge {r}"))
+        } else if line.starts_with("sfu_edge_send_errors_total") {
+            Some("edge send_errors".to_owned())
         } else if line.starts_with("sfu_core_datagrams_dropped_total") {
             Some("core datagrams".to_owned())
         } else if line.starts_with("sfu_relay_link_queue_dropped_total{") && label("role") == Some("core") {
@@ -92,13 +95,49 @@ pub fn add_drops(text: &str, into: &mut BTreeMap<String, u64>) {
     }
 }
 
+/// The kernel's UDP error counters of this network namespace (`/proc/net/snmp`): datagrams
+/// dropped for a full receive or send buffer, and all receive errors. `None` where the
+/// file cannot be read.
+pub fn kernel_udp_errors() -> Option<BTreeMap<String, u64>> {
+    parse_udp_errors(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+fn parse_udp_errors(snmp: &str) -> Option<BTreeMap<String, u64>> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let wanted = ["InErrors", "RcvbufErrors", "SndbufErrors"];
+    let counters = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(name, _)| wanted.contains(name))
+        .filter_map(|(name, value)| Some((format!("kernel udp {name}"), value.parse().ok()?)))
+        .collect::<BTreeMap<_, _>>();
+    (counters.len() == wanted.len()).then_some(counters)
+}
+
+/// What the kernel counted from `before` to `after`, into `into` (zero counts left out).
+pub fn add_kernel_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    into: &mut BTreeMap<String, u64>,
+) {
+    for (name, &value) in after {
+        let delta = value.saturating_sub(before.get(name).copied().unwrap_or(value));
+        if delta > 0 {
+            into.insert(name.clone(), delta);
+        }
+    }
+}
+
 /// Every node's drops (see [`add_drops`]), summed; nodes that do not answer are left out.
 pub async fn drops(metrics_urls: &[String]) -> BTreeMap<String, u64> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("an HTTP client");
+    // Generous: as a large run ends, an edge is busy closing its sessions.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an HTTP client");
     let mut all = BTreeMap::new();
     for url in metrics_urls {
-        if let Ok(r) = http.get(url).send().await {
-            add_drops(&r.text().await.unwrap_or_default(), &mut all);
+        match http.get(url).send().await {
+            Ok(r) => add_drops(&r.text().await.unwrap_or_default(), &mut all),
+            Err(e) => eprintln!("drops: could not read {url}: {e}"),
         }
     }
     all
@@ -206,5 +245,25 @@ mod tests {
         add_drops(core, &mut all);
         let expected = [("core datagrams", 7), ("core link queue stale", 11), ("edge relay_stale", 6858)];
         assert_eq!(all, expected.map(|(k, v)| (k.to_owned(), v)).into_iter().collect());
+    }
+
+    #[test]
+    fn the_kernels_udp_errors_are_read_and_differenced() {
+        let snmp = |rcvbuf: u64| {
+            format!(
+                "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+                 Udp: 100 2 {rcvbuf} 90 {rcvbuf} 0 0\n\
+                 UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+                 UdpLite: 0 0 0 0 0 0 0\n"
+            )
+        };
+        let before = parse_udp_errors(&snmp(5)).unwrap();
+        assert_eq!(before["kernel udp RcvbufErrors"], 5);
+        let mut delta = BTreeMap::new();
+        add_kernel_delta(&before, &parse_udp_errors(&snmp(12)).unwrap(), &mut delta);
+        let expected = [("kernel udp InErrors", 7), ("kernel udp RcvbufErrors", 7)];
+        assert_eq!(delta, expected.map(|(k, v)| (k.to_owned(), v)).into_iter().collect());
+        assert_eq!(parse_udp_errors("Udp: InErrors\n"), None);
     }
 }

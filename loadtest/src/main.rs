@@ -493,6 +493,7 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     let edge_metrics: Vec<String> = nodes.iter().map(|n| format!("http://{}/metrics", n.http)).collect();
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sampler = tokio::spawn(loadtest::forwarding::sample(edge_metrics.clone(), samples.clone()));
+    let kernel_before = loadtest::forwarding::kernel_udp_errors();
     let mut report = scenario::run(scenario, Some(ProcSampler::new(watched))).await?;
     sampler.abort();
     let samples = samples.lock().expect("samples").clone();
@@ -501,7 +502,10 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     report.edge_forwarding = loadtest::forwarding::over_steady_phase(&samples, report.steady_window, FORWARDING_WINDOW);
     let mut node_metrics = edge_metrics;
     node_metrics.push(format!("http://{}/metrics", core.http));
-    report.sfu_drops = loadtest::forwarding::drops(&node_metrics).await;
+    report.drops = loadtest::forwarding::drops(&node_metrics).await;
+    if let (Some(before), Some(after)) = (kernel_before, loadtest::forwarding::kernel_udp_errors()) {
+        loadtest::forwarding::add_kernel_delta(&before, &after, &mut report.drops);
+    }
     if !links.is_empty() {
         let (mut up, mut down) = (loadtest::link::LinkCounters::default(), loadtest::link::LinkCounters::default());
         for l in &links {

@@ -128,10 +128,11 @@ pub struct Report {
     /// as growth over a long `--duration`.
     pub sfu_rss_steady_start_mb: Option<f64>,
     pub sfu_rss_end_mb: Option<f64>,
-    /// What the SFU's nodes dropped over the whole run, by node role and reason (`local`
-    /// only; see [`crate::forwarding::add_drops`]). Each is a datagram before fan-out: one
+    /// What the SFU's nodes dropped over the whole run, by node role and reason, and the
+    /// kernel's UDP errors over it, this machine's whole (`local` only; see
+    /// [`crate::forwarding::add_drops`]). A node's drop is a datagram before fan-out: one
     /// an edge drops from the core would have reached all its listeners of the channel.
-    pub sfu_drops: std::collections::BTreeMap<String, u64>,
+    pub drops: std::collections::BTreeMap<String, u64>,
     /// The attack run through the steady phase, if any.
     pub attack: Option<crate::attack::AttackReport>,
     pub timeline: Vec<Tick>,
@@ -251,7 +252,7 @@ impl Report {
                 .find(|t| t.joined >= (s.listeners + s.speakers) as u64)
                 .and_then(|t| t.sfu_rss_mb),
             sfu_rss_end_mb: timeline.last().and_then(|t| t.sfu_rss_mb),
-            sfu_drops: Default::default(),
+            drops: Default::default(),
             attack: None,
             timeline,
         }
@@ -348,9 +349,9 @@ impl fmt::Display for Report {
                 r.packets_per_s, r.cpu_cores, r.packets_per_cpu_second, r.window_s
             )?;
         }
-        if !self.sfu_drops.is_empty() {
-            let drops: Vec<String> = self.sfu_drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            writeln!(f, "\n  SFU drops over the run, datagrams before fan-out: {}", drops.join(", "))?;
+        if !self.drops.is_empty() {
+            let drops: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            writeln!(f, "\n  drops over the run (the nodes' before fan-out; the kernel's): {}", drops.join(", "))?;
         }
         if let (Some(a), Some(b)) = (self.sfu_rss_steady_start_mb, self.sfu_rss_end_mb) {
             writeln!(f, "\n  SFU memory, all nodes: {a:.1} MB when all had joined, {b:.1} MB at the end")?;

@@ -87,7 +87,7 @@ fn malformed_rtp_above_the_session_rate() {
     // The report's drops over the whole run, read from the nodes' metrics as it ends,
     // hold at least what the attack's window counted.
     for reason in ["rate_limited", "rtp_malformed"] {
-        let whole_run = r["sfu_drops"][format!("edge {reason}")].as_u64().unwrap_or(0);
+        let whole_run = r["drops"][format!("edge {reason}")].as_u64().unwrap_or(0);
         assert!(whole_run >= dropped(&r, reason), "{reason}: {r}");
     }
 }

@@ -60,7 +60,7 @@ fn short_local_run_meets_its_thresholds() {
     assert!(report["churned"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["sfu_rss_end_mb"].as_f64().unwrap() > 1.0, "{report}");
     // Honest clients gave the nodes nothing to refuse as forged or malformed.
-    let drops = report["sfu_drops"].as_object().expect("the nodes' drops are reported");
+    let drops = report["drops"].as_object().expect("the nodes' drops are reported");
     for reason in ["srtp_auth", "srtp_replay", "rtp_malformed", "rtcp_malformed", "stun_bad_credentials"] {
         assert!(!drops.contains_key(&format!("edge {reason}")), "{reason}: {report}");
     }

@@ -121,6 +121,8 @@ pub enum DropReason {
     UplinkTooLarge,
     /// A core's datagram that waited in the edge's input queue past the age budget.
     RelayStale,
+    /// A core's datagram refused because the edge's input queue was full.
+    RelayQueueFull,
     /// An uplink datagram dropped in the link's queue (waited past the age budget behind a
     /// slow link, or refused by QUIC).
     UplinkQueue,
@@ -129,7 +131,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Oversize,
         DropReason::UnknownKind,
         DropReason::StunMalformed,
@@ -152,6 +154,7 @@ impl DropReason {
         DropReason::DtlsOverBudget,
         DropReason::UplinkTooLarge,
         DropReason::RelayStale,
+        DropReason::RelayQueueFull,
         DropReason::UplinkQueue,
         DropReason::DtlsLate,
     ];
@@ -180,6 +183,7 @@ impl DropReason {
             DropReason::DtlsOverBudget => "dtls_over_budget",
             DropReason::UplinkTooLarge => "uplink_too_large",
             DropReason::RelayStale => "relay_stale",
+            DropReason::RelayQueueFull => "relay_queue_full",
             DropReason::UplinkQueue => "uplink_queue",
             DropReason::DtlsLate => "dtls_late",
         }
