@@ -24,6 +24,54 @@ pub fn workers_or_cores(workers: usize) -> usize {
     }
 }
 
+/// CPU numbers, from a list such as `0-3,8`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Parses `0-3,8` (ranges and single CPUs, comma-separated) into CPU numbers, in order.
+pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let number = |n: &str| {
+            let max = rustix::thread::CpuSet::MAX_CPU;
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&c| c < max)
+                .ok_or_else(|| format!("{n:?} is not a CPU number below {max}"))
+        };
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(part)?, number(part)?),
+        };
+        if first > last {
+            return Err(format!("range {first}-{last} runs backwards"));
+        }
+        if last - first >= MAX_WORKERS * 4 {
+            return Err(format!("range {first}-{last} is longer than any edge needs"));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(CpuList(cpus))
+}
+
+/// Refuses CPUs this process may not run on (a typo, or a container's limit).
+fn check_cpus_available(cpus: &[usize]) -> anyhow::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let allowed = rustix::thread::sched_getaffinity(None).context("reading this process's CPUs")?;
+    for &cpu in cpus {
+        anyhow::ensure!(allowed.is_set(cpu), "--media-cpus: CPU {cpu} is not one this process may run on");
+    }
+    Ok(())
+}
+
 /// The region of an edge or core that names none.
 pub const DEFAULT_REGION: &str = "local";
 
@@ -43,6 +91,10 @@ pub struct RunArgs {
     /// links; 0 = one per available core (default 1).
     #[arg(long, env = "SFU_WORKERS")]
     pub workers: Option<usize>,
+    /// CPUs to pin the media workers' threads to, as `0-3,8`: worker k on the k-th of
+    /// them, round robin (default: not pinned). Only where the edge owns these CPUs.
+    #[arg(long, env = "SFU_MEDIA_CPUS", value_parser = parse_cpu_list)]
+    pub media_cpus: Option<CpuList>,
     /// Address put in ICE candidates (default: the UDP address, or 127.0.0.1 if unspecified).
     #[arg(long, env = "SFU_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
@@ -127,6 +179,7 @@ struct FileConfig {
     http: Option<SocketAddr>,
     udp: Option<SocketAddr>,
     workers: Option<usize>,
+    media_cpus: Option<String>,
     public_ip: Option<IpAddr>,
     token_secret: Option<SecretText>,
     admin_token: Option<SecretText>,
@@ -174,6 +227,8 @@ pub struct Settings {
     pub udp: SocketAddr,
     /// Media workers (at least 1), on consecutive UDP ports from `udp`.
     pub workers: usize,
+    /// CPUs the media workers' threads are pinned to, round robin (empty: not pinned).
+    pub media_cpus: Vec<usize>,
     pub public_ip: Option<IpAddr>,
     /// `None` only with `dev`: a random secret is made at start.
     pub token_secret: Option<Secret>,
@@ -198,6 +253,7 @@ impl Default for Settings {
             http: SocketAddr::from(([127, 0, 0, 1], 8080)),
             udp: SocketAddr::from(([127, 0, 0, 1], 3478)),
             workers: 1,
+            media_cpus: Vec::new(),
             public_ip: None,
             token_secret: None,
             admin_token: None,
@@ -312,10 +368,17 @@ impl Settings {
             "--udp port {} leaves no room for {workers} workers' ports",
             udp.port()
         );
+        let media_cpus = match (&args.media_cpus, &file.media_cpus) {
+            (Some(list), _) => list.0.clone(),
+            (None, Some(text)) => parse_cpu_list(text).map_err(|e| anyhow::anyhow!("media_cpus: {e}"))?.0,
+            (None, None) => Vec::new(),
+        };
+        check_cpus_available(&media_cpus)?;
         let settings = Settings {
             http: args.http.or(file.http).unwrap_or(d.http),
             udp,
             workers,
+            media_cpus,
             public_ip: args.public_ip.or(file.public_ip),
             token_secret,
             admin_token,
@@ -373,6 +436,18 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_ranges_and_single_cpus() {
+        assert_eq!(parse_cpu_list("0-3,8").unwrap(), CpuList(vec![0, 1, 2, 3, 8]));
+        assert_eq!(parse_cpu_list(" 5 ").unwrap(), CpuList(vec![5]));
+        for bad in ["", "a", "3-1", "0,0", "0-2,1", "-1", "99999999", "0-100000"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?} accepted");
+        }
+        // A CPU the process may not use is refused at start.
+        assert!(check_cpus_available(&[rustix::thread::CpuSet::MAX_CPU - 1]).is_err());
+        assert!(check_cpus_available(&[]).is_ok());
+    }
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {

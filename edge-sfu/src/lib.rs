@@ -95,6 +95,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningEdge> {
             identity.clone(),
             settings.handshake_timeout,
             relay,
+            (!settings.media_cpus.is_empty()).then(|| settings.media_cpus[k % settings.media_cpus.len()]),
         )?;
         handles.push(handle);
         tasks.push(task);

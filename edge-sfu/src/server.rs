@@ -333,6 +333,7 @@ pub fn start(
     identity: DtlsIdentity,
     handshake_timeout: Duration,
     relay: Option<RelayConfig>,
+    cpu: Option<usize>,
 ) -> std::io::Result<(EdgeHandle, JoinHandle<()>)> {
     let udp_addr = socket.local_addr()?;
     let socket = socket.into_std()?;
@@ -364,6 +365,14 @@ pub fn start(
     let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new().name(format!("media-{}", udp_addr.port())).spawn(move || {
+        if let Some(cpu) = cpu {
+            let mut only = rustix::thread::CpuSet::new();
+            only.set(cpu);
+            match rustix::thread::sched_setaffinity(None, &only) {
+                Ok(()) => info!(worker = %udp_addr, cpu, "media worker pinned"),
+                Err(e) => warn!(worker = %udp_addr, cpu, error = %e, "media worker not pinned"),
+            }
+        }
         runtime.block_on(async move {
             // Deprecated for any `AsRawFd`, whose descriptor might close under the registration;
             // a `std::net::UdpSocket` owns its descriptor until the `AsyncFd` drops it.
@@ -847,5 +856,43 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing about the other handshakes");
         assert!(!waiting.is_finished(), "the third handshake goes on");
         waiting.abort();
+    }
+
+    /// The thread named `name` in this process, if it runs.
+    fn thread_named(name: &str) -> Option<std::path::PathBuf> {
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .filter_map(|t| t.ok().map(|t| t.path()))
+            .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+    }
+
+    #[test]
+    fn a_media_worker_runs_on_its_own_thread_pinned_as_asked_until_its_runtime_ends() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let name = runtime.block_on(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = socket.local_addr().unwrap().port();
+            let identity = DtlsIdentity::generate().unwrap();
+            let (handle, _task) =
+                start(EdgeConfig::default(), socket, |a| a, identity, Duration::from_secs(5), None, Some(0)).unwrap();
+            // The worker answers from its own thread.
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            handle.commands.send(Command::Stats { reply }).await.unwrap();
+            answer.await.unwrap();
+            format!("media-{port}")
+        });
+        let thread = thread_named(&name).expect("the media worker's thread runs");
+        let status = std::fs::read_to_string(thread.join("status")).unwrap();
+        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+        assert_eq!(allowed.trim(), "0", "pinned to CPU 0: {status}");
+        // Its thread ends with the node's runtime.
+        drop(runtime);
+        for _ in 0..500 {
+            if thread_named(&name).is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{name} still runs after its node's runtime ended");
     }
 }

@@ -72,6 +72,7 @@ async fn app_on_workers(
             identity.clone(),
             std::time::Duration::from_secs(5),
             None,
+            None,
         )
         .unwrap();
         handles.push(handle);

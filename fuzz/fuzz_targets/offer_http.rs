@@ -36,6 +36,7 @@ fn http() -> &'static Http {
                 DtlsIdentity::generate().unwrap(),
                 Duration::from_secs(5),
                 None,
+                None,
             )
             .unwrap();
             router(
