@@ -868,13 +868,15 @@ mod tests {
 
     #[test]
     fn a_media_worker_runs_on_its_own_thread_pinned_as_asked_until_its_runtime_ends() {
+        let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+        let cpu = (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let name = runtime.block_on(async {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let port = socket.local_addr().unwrap().port();
             let identity = DtlsIdentity::generate().unwrap();
             let (handle, _task) =
-                start(EdgeConfig::default(), socket, |a| a, identity, Duration::from_secs(5), None, Some(0)).unwrap();
+                start(EdgeConfig::default(), socket, |a| a, identity, Duration::from_secs(5), None, Some(cpu)).unwrap();
             // The worker answers from its own thread.
             let (reply, answer) = tokio::sync::oneshot::channel();
             handle.commands.send(Command::Stats { reply }).await.unwrap();
@@ -883,8 +885,8 @@ mod tests {
         });
         let thread = thread_named(&name).expect("the media worker's thread runs");
         let status = std::fs::read_to_string(thread.join("status")).unwrap();
-        let allowed = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
-        assert_eq!(allowed.trim(), "0", "pinned to CPU 0: {status}");
+        let pinned_to = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+        assert_eq!(pinned_to.trim(), cpu.to_string(), "pinned to CPU {cpu}: {status}");
         // Its thread ends with the node's runtime.
         drop(runtime);
         for _ in 0..500 {
