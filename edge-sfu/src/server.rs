@@ -360,6 +360,14 @@ pub fn start(
     let (link_commands, link_gauge) = (handle.commands.clone(), gauge.clone());
     let control = tokio::runtime::Handle::current();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let socket = {
+        // Watched by the worker's own runtime. Deprecated for any `AsRawFd`, whose
+        // descriptor might close under the registration; a `std::net::UdpSocket` owns its
+        // descriptor until the `AsyncFd` drops it.
+        let _inside = runtime.enter();
+        #[allow(deprecated)]
+        AsyncFd::with_interest(socket, Interest::READABLE)?
+    };
     // The thread ends when the worker does, or when the returned task is dropped with
     // the node's runtime.
     let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
@@ -374,16 +382,6 @@ pub fn start(
             }
         }
         runtime.block_on(async move {
-            // Deprecated for any `AsRawFd`, whose descriptor might close under the registration;
-            // a `std::net::UdpSocket` owns its descriptor until the `AsyncFd` drops it.
-            #[allow(deprecated)]
-            let socket = match AsyncFd::with_interest(socket, Interest::READABLE) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "media socket not watched: media worker stopping");
-                    return;
-                }
-            };
             let shell = Shell {
                 edge,
                 socket,
