@@ -208,14 +208,10 @@ async fn defence_counters(http: &reqwest::Client, url: &str) -> anyhow::Result<B
     ];
     let text = http.get(url).send().await?.error_for_status()?.text().await?;
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| SERIES.iter().any(|s| l.starts_with(s))) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        if value > 0.0 {
+    for (name, series, value) in text.lines().filter_map(crate::forwarding::sample_line) {
+        if SERIES.contains(&name) && value > 0.0 {
             // Keep the name and the reason label; node and role are known from the URL.
-            let name = series.split('{').next().unwrap_or(series);
-            let reason = series.split("reason=\"").nth(1).and_then(|r| r.split('"').next());
-            let key = match reason {
+            let key = match crate::forwarding::label(series, "reason") {
                 Some(r) => format!("{name}{{reason={r}}}"),
                 None => name.to_owned(),
             };

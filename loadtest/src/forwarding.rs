@@ -60,9 +60,25 @@ pub fn over_steady_phase(
 /// Prometheus text; `None` if there is none.
 pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
     text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+        .filter_map(sample_line)
+        .filter(|&(n, series, _)| n == name && series.contains(filter))
+        .fold(None, |sum, (_, _, v)| Some(sum.unwrap_or(0.0) + v))
+}
+
+/// One sample of Prometheus text: the series' name, the series with its labels, and the
+/// value; `None` for comments and lines without a number.
+pub(crate) fn sample_line(line: &str) -> Option<(&str, &str, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let name = series.split('{').next().unwrap_or(series);
+    Some((name, series, value.parse().ok()?))
+}
+
+/// The value of label `name` in a series such as `x{a="1",reason="b"}`.
+pub(crate) fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+    series.split(&format!("{name}=\"")).nth(1)?.split('"').next()
 }
 
 /// What an SFU node dropped, from its `/metrics` text, by node role and reason: the
@@ -72,23 +88,16 @@ pub fn series_sum(text: &str, name: &str, filter: &str) -> Option<f64> {
 /// (`sfu_relay_link_queue_dropped_total` with `role="core"`). Added into `into`; zero
 /// counts are left out.
 pub fn add_drops(text: &str, into: &mut BTreeMap<String, u64>) {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let label = |name: &str| {
-            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-            line[start..].split('"').next()
+    for (name, series, value) in text.lines().filter_map(sample_line) {
+        let key = match name {
+            "sfu_edge_dropped_total" => label(series, "reason").map(|r| format!("edge {r}")),
+            "sfu_edge_send_errors_total" => Some("edge send_errors".to_owned()),
+            "sfu_core_datagrams_dropped_total" => Some("core datagrams".to_owned()),
+            "sfu_relay_link_queue_dropped_total" if label(series, "role") == Some("core") => {
+                label(series, "reason").map(|r| format!("core link queue {r}"))
+            }
+            _ => None,
         };
-        let key = if line.starts_with("sfu_edge_dropped_total{") {
-            label("reason").map(|r| format!("edge {r}"))
-        } else if line.starts_with("sfu_edge_send_errors_total") {
-            Some("edge send_errors".to_owned())
-        } else if line.starts_with("sfu_core_datagrams_dropped_total") {
-            Some("core datagrams".to_owned())
-        } else if line.starts_with("sfu_relay_link_queue_dropped_total{") && label("role") == Some("core") {
-            label("reason").map(|r| format!("core link queue {r}"))
-        } else {
-            None
-        };
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         if let (Some(key), true) = (key, value >= 1.0) {
             *into.entry(key).or_default() += value as u64;
         }
