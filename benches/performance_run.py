@@ -3,7 +3,8 @@
 compared with each other: the raw ceiling (`ceiling`, receivers that wait for readiness,
 that sweep their sockets, and that never read, to 25 sockets and to as many as the
 profiled listeners), the edge's forwarding with one and two media
-workers pinned to one and two CPUs (listeners that never read), the edge's user-space
+workers pinned to one and two CPUs, each worker's thread to a CPU of its own (listeners
+that never read), the edge's user-space
 cost per packet (criterion), memory per listener past the DTLS linger, capacity with the
 load generator on the same machine (a core, one edge of two workers, listeners that
 decrypt 1 packet in 10) against the most this machine's kernel allows, the side-by-side
@@ -148,12 +149,13 @@ def main():
     lines.append(f"\nAES-128-GCM seals: {swept['gcm_seals_per_cpu_s'] / 1e6:.2f} M per CPU-second.\n")
     ceiling_no_drain = loopback_sendto(undrained)["sends_per_cpu_s"]
 
-    lines.append(f"## Media workers, pinned ({scale_n} listeners that never read, 3 speakers, one edge)\n")
+    lines.append(f"## Media workers, pinned ({scale_n} listeners that never read, 3 speakers, one edge; "
+                 "each worker's thread on a CPU of its own, `--edge-media-cpus`)\n")
     lines.append("| workers | edge CPUs | joined | forwarded packets/s | edge CPU (cores) | packets per CPU-second | "
                  "of the ceiling (never read) |\n| --- | --- | --- | --- | --- | --- | --- |")
     for workers, cpus in ((1, "1"), (2, "0-1")):
         r = local(work, f"scale-{workers}", ["--edges", "1", "--edge-workers", str(workers), "--pin-edges", cpus,
-                                             "--pin-others", "0", "--listeners", str(scale_n), "--speakers", "3",
+                                             "--edge-media-cpus", cpus, "--pin-others", "0", "--listeners", str(scale_n), "--speakers", "3",
                                              "--duration", duration, "--ramp", "100", "--deaf-listeners"])
         f = r.get("edge_forwarding") or {"packets_per_s": 0, "cpu_cores": 0, "packets_per_cpu_second": 0}
         lines.append(f"| {workers} | {cpus} | {r['listeners_joined']} | {f['packets_per_s']:.0f} | {f['cpu_cores']:.2f} | "

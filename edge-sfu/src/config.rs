@@ -61,7 +61,7 @@ pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
 }
 
 /// Refuses CPUs this process may not run on (a typo, or a container's limit).
-fn check_cpus_available(cpus: &[usize]) -> anyhow::Result<()> {
+pub fn check_cpus_available(cpus: &[usize]) -> anyhow::Result<()> {
     if cpus.is_empty() {
         return Ok(());
     }

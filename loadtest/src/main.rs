@@ -146,6 +146,9 @@ enum Node {
         dtls_linger: Option<Duration>,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Pin media worker k's thread to the k-th of these CPUs.
+        #[arg(long, value_parser = edge_sfu::config::parse_cpu_list)]
+        media_cpus: Option<edge_sfu::config::CpuList>,
     },
 }
 
@@ -259,6 +262,10 @@ struct LinkArgs {
     /// Pin every edge's threads to these CPUs (`taskset` list, e.g. 1 or 0-1).
     #[arg(long)]
     pin_edges: Option<String>,
+    /// Pin every edge's media worker k to the k-th of these CPUs (the edge's
+    /// `--media-cpus`); `--pin-edges` then pins only the edge's other threads.
+    #[arg(long, value_parser = edge_sfu::config::parse_cpu_list)]
+    edge_media_cpus: Option<edge_sfu::config::CpuList>,
     /// Pin the core and the load generator to these CPUs.
     #[arg(long)]
     pin_others: Option<String>,
@@ -451,16 +458,23 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
         if let Some(linger) = link.dtls_linger {
             args.extend(["--dtls-linger".to_owned(), format!("{}ms", linger.as_millis())]);
         }
+        if let Some(cpus) = &link.edge_media_cpus {
+            let list: Vec<String> = cpus.0.iter().map(usize::to_string).collect();
+            args.extend(["--media-cpus".to_owned(), list.join(",")]);
+        }
         nodes.push(procs::spawn(&format!("edge-{i}"), &args).await?);
     }
     if let Some(cpus) = &link.pin_edges {
         for n in &nodes {
-            pin(n.pid(), cpus)?;
+            match link.edge_media_cpus {
+                Some(_) => procs::pin_threads(n.pid(), cpus, |name| !name.starts_with("media-"))?,
+                None => procs::pin(n.pid(), cpus)?,
+            }
         }
     }
     if let Some(cpus) = &link.pin_others {
-        pin(core.pid(), cpus)?;
-        pin(Some(std::process::id()), cpus)?;
+        procs::pin(core.pid(), cpus)?;
+        procs::pin(Some(std::process::id()), cpus)?;
     }
     let urls = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
     let mut watched: Vec<(String, u32)> = vec![("core".into(), core.pid().unwrap_or(0))];
@@ -624,6 +638,7 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             relay_repair,
             dtls_linger,
             workers,
+            media_cpus,
         } => {
             let mut s = edge_sfu::Settings {
                 http: "127.0.0.1:0".parse()?,
@@ -647,26 +662,15 @@ async fn node_main(node: Node) -> anyhow::Result<()> {
             s.edge.dtls_linger = dtls_linger.unwrap_or(s.edge.dtls_linger);
             s.edge.max_listeners_per_channel = max_listeners;
             s.edge.max_sessions = max_listeners * 4 + 100;
+            if let Some(cpus) = media_cpus {
+                edge_sfu::config::check_cpus_available(&cpus.0)?;
+                s.media_cpus = cpus.0;
+            }
             let edge = edge_sfu::start(s).await?;
             procs::announce_ready(edge.http_addr, "udp", edge.handle.udp_addr());
             let _ = edge.udp_task.await;
         }
     }
-    Ok(())
-}
-
-/// Pins every thread of a process to `cpus` (a `taskset` list).
-fn pin(pid: Option<u32>, cpus: &str) -> anyhow::Result<()> {
-    let pid = pid.context("the process has exited")?;
-    let out = std::process::Command::new("taskset")
-        .args(["-a", "-cp", cpus, &pid.to_string()])
-        .output()
-        .context("running taskset (util-linux)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "taskset -a -cp {cpus} {pid}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
     Ok(())
 }
 

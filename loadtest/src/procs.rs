@@ -132,6 +132,46 @@ impl ProcSampler {
     }
 }
 
+/// Pins every thread of a process to `cpus` (a `taskset` list).
+pub fn pin(pid: Option<u32>, cpus: &str) -> anyhow::Result<()> {
+    let pid = pid.context("the process has exited")?;
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-cp", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -cp {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Pins the threads of a process whose name `pick` accepts to `cpus` (a `taskset` list).
+pub fn pin_threads(pid: Option<u32>, cpus: &str, pick: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let pid = pid.context("the process has exited")?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("listing the process's threads")?;
+    for task in tasks {
+        let task = task?.path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let Some(tid) = task.file_name().and_then(|t| t.to_str()) else { continue };
+        if !pick(name.trim()) {
+            continue;
+        }
+        let out = std::process::Command::new("taskset")
+            .args(["-cp", cpus, tid])
+            .output()
+            .context("running taskset (util-linux)")?;
+        // A thread that has ended since the listing needs no pinning.
+        anyhow::ensure!(
+            out.status.success() || !task.exists(),
+            "taskset -cp {cpus} {tid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +191,38 @@ mod tests {
         let cpu = sampler.cpu_seconds();
         assert!(cpu[0].is_some() && cpu[1].is_none());
         assert_eq!(sampler.total_rss_except("self"), None);
+    }
+
+    /// The CPUs `Cpus_allowed_list` names for thread `tid` of this process.
+    fn allowed(tid: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn pins_only_the_threads_picked_by_name() {
+        let all = allowed(&std::process::id().to_string());
+        let cpu = all.split([',', '-']).next().unwrap().to_owned();
+        let mut running = Vec::new();
+        for name in ["pin-me", "leave-me"] {
+            let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let link = std::fs::read_link("/proc/thread-self").unwrap();
+                    tid_tx.send(link.file_name().unwrap().to_string_lossy().into_owned()).unwrap();
+                    let _ = stopped.recv();
+                })
+                .unwrap();
+            running.push((tid_rx.recv().unwrap(), stop, thread));
+        }
+        pin_threads(Some(std::process::id()), &cpu, |name| name == "pin-me").unwrap();
+        assert_eq!(allowed(&running[0].0), cpu, "the picked thread is pinned");
+        assert_eq!(allowed(&running[1].0), all, "the other thread is left as it was");
+        for (_, stop, thread) in running {
+            drop(stop);
+            thread.join().unwrap();
+        }
     }
 }
