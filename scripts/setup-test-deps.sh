@@ -8,6 +8,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${SFU_TEST_VENV:-$root/target/test-venv}"
 
 need_apt=()
+# jemalloc (the nodes' allocator) is built from source with make.
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)

@@ -1,6 +1,11 @@
 use clap::Parser;
 use core_sfu::{CoreArgs, CoreSettings};
 
+/// jemalloc, as the edge: it keeps less memory than glibc's malloc across many threads
+/// (benches/RESULTS.md, "Memory per listener and the allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Core SFU: selects a channel's active speakers across edges and fans them out.
 #[derive(Parser)]
 #[command(version)]

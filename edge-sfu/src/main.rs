@@ -2,6 +2,12 @@ use clap::{Parser, Subcommand};
 use edge_sfu::token::{unix_now, Claims, Role, TokenKeys};
 use edge_sfu::{RunArgs, Settings, DEFAULT_TOKEN_TTL};
 
+/// jemalloc, not glibc's malloc: with a thread per media worker beside the shared
+/// runtime's, glibc's per-thread arenas held about half as much memory again per listener
+/// (benches/RESULTS.md, "Memory per listener and the allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// webrtc-dtls warns about every unknown ClientHello extension; keep that out of info logs.
 const DEFAULT_LOG_FILTER: &str = "info,webrtc_dtls=error,webrtc_srtp=error";
 

@@ -8,6 +8,11 @@ use loadtest::procs::{self, ProcSampler};
 use loadtest::report::Report;
 use loadtest::scenario::{self, Scenario, Tokens};
 
+/// jemalloc, as the node binaries: this binary runs a local cluster's nodes too, so they
+/// allocate as in production (benches/RESULTS.md, "Memory per listener and the allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Local clusters and load tests for the cascading SFU.
 #[derive(Parser)]
 #[command(version)]
