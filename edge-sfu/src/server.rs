@@ -29,6 +29,8 @@ use crate::edge::{
 };
 
 const COMMAND_QUEUE: usize = 4096;
+/// A media worker's thread is named this and its UDP port.
+pub const MEDIA_THREAD: &str = "media-";
 /// Datagrams read per wake-up before outputs are flushed.
 const RECV_BATCH: usize = 64;
 
@@ -372,7 +374,7 @@ pub fn start(
     // the node's runtime.
     let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new().name(format!("media-{}", udp_addr.port())).spawn(move || {
+    std::thread::Builder::new().name(format!("{MEDIA_THREAD}{}", udp_addr.port())).spawn(move || {
         if let Some(cpu) = cpu {
             let mut only = rustix::thread::CpuSet::new();
             only.set(cpu);
@@ -879,7 +881,7 @@ mod tests {
             let (reply, answer) = tokio::sync::oneshot::channel();
             handle.commands.send(Command::Stats { reply }).await.unwrap();
             answer.await.unwrap();
-            format!("media-{port}")
+            format!("{MEDIA_THREAD}{port}")
         });
         let thread = thread_named(&name).expect("the media worker's thread runs");
         let status = std::fs::read_to_string(thread.join("status")).unwrap();

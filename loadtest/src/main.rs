@@ -471,10 +471,10 @@ async fn local(edges: usize, link: LinkArgs, load: LoadArgs) -> anyhow::Result<(
     }
     if let Some(cpus) = &link.pin_edges {
         for n in &nodes {
-            match link.edge_media_cpus {
-                Some(_) => procs::pin_threads(n.pid(), cpus, |name| !name.starts_with("media-"))?,
-                None => procs::pin(n.pid(), cpus)?,
-            }
+            let media_pinned = link.edge_media_cpus.is_some();
+            procs::pin_threads(n.pid(), cpus, |name| {
+                !(media_pinned && name.starts_with(edge_sfu::server::MEDIA_THREAD))
+            })?;
         }
     }
     if let Some(cpus) = &link.pin_others {

@@ -134,17 +134,7 @@ impl ProcSampler {
 
 /// Pins every thread of a process to `cpus` (a `taskset` list).
 pub fn pin(pid: Option<u32>, cpus: &str) -> anyhow::Result<()> {
-    let pid = pid.context("the process has exited")?;
-    let out = std::process::Command::new("taskset")
-        .args(["-a", "-cp", cpus, &pid.to_string()])
-        .output()
-        .context("running taskset (util-linux)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "taskset -a -cp {cpus} {pid}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    pin_threads(pid, cpus, |_| true)
 }
 
 /// Pins the threads of a process whose name `pick` accepts to `cpus` (a `taskset` list).
